@@ -1,0 +1,1 @@
+"""Activities: the only code that touches DynamoDB, SNS, SQS, HTTP or the Temporal client."""

@@ -1,0 +1,194 @@
+"""The two long-running commands: command one over SQS, command two over HTTP.
+
+Each send carries a signed callback URL the downstream system answers on, and an idempotency key.
+A send is recorded once it succeeded, so a retried activity does not send again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.idempotency import IdempotencyStore
+from common.tokens import Purpose, TokenSigner
+from workflows.messages import CommandName, SendCommand, SendResult
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageRequestTypeDef
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Response bodies up to this size are kept in the result (and the workflow's history).
+MAX_RESPONSE_DETAIL_BYTES = 4096
+# Below the 30 s activity attempt timeout, so a hung server fails as a retryable network error.
+DEFAULT_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=20, sock_connect=5)
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:
+    """A ``Retry-After`` header (delay seconds or HTTP-date) as a delay; None if absent or bad.
+
+    The delay is at least one second: a zero delay would read as "no delay given" to Temporal.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        delay = timedelta(seconds=int(value))
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        delay = when - (now or datetime.now(UTC))
+    return max(delay, timedelta(seconds=1))
+
+
+class CommandActivities:
+    def __init__(
+        self,
+        sqs: SQSClient,
+        queue_url: str,
+        http: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
+        command_url: str,
+        signer: TokenSigner,
+        callback_base_url: str,
+        idempotency: IdempotencyStore,
+        http_timeout: aiohttp.ClientTimeout = DEFAULT_HTTP_TIMEOUT,
+    ) -> None:
+        """``http`` is a session made inside the worker's event loop, or a factory for one."""
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._http = http
+        self._command_url = command_url
+        self._signer = signer
+        self._base_url = callback_base_url.rstrip("/")
+        self._idempotency = idempotency
+        self._http_timeout = http_timeout
+
+    @activity.defn(name="send_command_one")
+    def send_command_one(self, command: SendCommand) -> SendResult:
+        """Send command one as an SQS message, once."""
+        _expect(command, CommandName.ONE)
+        key = idempotency_key(command)
+        done = self._idempotency.get(key)
+        if done is not None:
+            return _result(command, key, duplicate=True, detail=done)
+        message: SendMessageRequestTypeDef = {
+            "QueueUrl": self._queue_url,
+            "MessageBody": json.dumps(self._payload(command, key)),
+            "MessageAttributes": {IDEMPOTENCY_HEADER: {"DataType": "String", "StringValue": key}},
+        }
+        if self._queue_url.endswith(".fifo"):
+            # A FIFO queue itself drops a resend that comes within 5 minutes.
+            message["MessageGroupId"] = command.process_id
+            message["MessageDeduplicationId"] = key
+        response = self._sqs.send_message(**message)
+        detail = {"message_id": response["MessageId"]}
+        self._idempotency.record(key, detail)
+        return _result(command, key, duplicate=False, detail=detail)
+
+    @activity.defn(name="send_command_two")
+    async def send_command_two(self, command: SendCommand) -> SendResult:
+        """POST command two, once; only the statuses the caller lists are retried."""
+        _expect(command, CommandName.TWO)
+        key = idempotency_key(command)
+        done = await asyncio.to_thread(self._idempotency.get, key)
+        if done is not None:
+            return _result(command, key, duplicate=True, detail=done)
+        async with self._session().post(
+            self._command_url,
+            json=self._payload(command, key),
+            headers={IDEMPOTENCY_HEADER: key},
+            timeout=self._http_timeout,
+            allow_redirects=False,
+        ) as response:
+            status = response.status
+            if not 200 <= status < 300:
+                raise _status_error(command, status, self._command_url, response.headers)
+            body = None
+            if response.content_type == "application/json":
+                body = await _small_body(response, MAX_RESPONSE_DETAIL_BYTES)
+        detail: dict[str, Any] = {"status": status}
+        if body:
+            with contextlib.suppress(ValueError):  # a malformed body is just not kept
+                detail["response"] = json.loads(body)
+        await asyncio.to_thread(self._idempotency.record, key, detail)
+        return _result(command, key, duplicate=False, detail=detail)
+
+    def _payload(self, command: SendCommand, key: str) -> dict[str, str]:
+        token = self._signer.sign(
+            command.process_id, command.command.value, Purpose.COMMAND, command.deadline
+        )
+        deadline = command.deadline
+        if deadline.tzinfo is None:
+            deadline = deadline.replace(tzinfo=UTC)
+        return {
+            "process_id": command.process_id,
+            "command": command.command.value,
+            "callback_url": f"{self._base_url}/callbacks/{token}",
+            "idempotency_key": key,
+            "deadline": deadline.astimezone(UTC).isoformat(),
+        }
+
+    def _session(self) -> aiohttp.ClientSession:
+        if not isinstance(self._http, aiohttp.ClientSession):
+            self._http = self._http()
+        return self._http
+
+
+def idempotency_key(command: SendCommand) -> str:
+    return f"{command.process_id}:{command.command.value}"
+
+
+async def _small_body(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body when it has at most ``limit`` bytes; None (the rest unread) when larger."""
+    body = b""
+    while len(body) <= limit:
+        chunk = await response.content.read(limit + 1 - len(body))
+        if not chunk:
+            return body
+        body += chunk
+    return None
+
+
+def _expect(command: SendCommand, name: CommandName) -> None:
+    if command.command != name:
+        raise ApplicationError(
+            f"{command.command.value} sent to the activity for {name.value}",
+            type="InvalidCommand",
+            non_retryable=True,
+        )
+
+
+def _result(
+    command: SendCommand, key: str, *, duplicate: bool, detail: dict[str, Any]
+) -> SendResult:
+    return SendResult(
+        command=command.command,
+        idempotency_key=key,
+        attempt=activity.info().attempt,
+        duplicate=duplicate,
+        detail=detail,
+    )
+
+
+def _status_error(
+    command: SendCommand, status: int, url: str, headers: Mapping[str, str]
+) -> ApplicationError:
+    """Retryable for the listed statuses (honouring ``Retry-After``); final for any other."""
+    message = f"HTTP {status} from POST {url}"
+    if status in command.http_retry_statuses:
+        delay = retry_after(headers.get("Retry-After"))
+        return ApplicationError(message, status, type="HttpStatusError", next_retry_delay=delay)
+    return ApplicationError(message, status, type="HttpStatusError", non_retryable=True)

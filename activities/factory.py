@@ -1,0 +1,50 @@
+"""Every activity the worker registers, wired from settings and the worker's shared clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from activities.aws import AwsClients
+from activities.commands import CommandActivities
+from activities.idempotency import IdempotencyStore
+from activities.mutex import describe_workflow, request_lock
+from activities.notifications import ApprovalNotifier
+from activities.process_table import ProcessTableActivities
+from common.settings import Settings
+
+
+def build_activities(
+    settings: Settings, clients: AwsClients, http: aiohttp.ClientSession
+) -> list[Callable[..., Any]]:
+    """``http`` must be made inside the worker's event loop, before this is called."""
+    signer = settings.signer
+    idempotency = IdempotencyStore(clients.dynamodb, settings.idempotency_table)
+    processes = ProcessTableActivities(clients.dynamodb, settings.process_table)
+    notifier = ApprovalNotifier(
+        clients.sns,
+        settings.approval_topic_arn,
+        signer,
+        settings.callback_base_url,
+        idempotency,
+    )
+    commands = CommandActivities(
+        clients.sqs,
+        settings.command_queue_url,
+        http,
+        settings.command_url,
+        signer,
+        settings.callback_base_url,
+        idempotency,
+    )
+    return [
+        processes.create_process,
+        processes.update_process_status,
+        notifier.publish_approval_request,
+        commands.send_command_one,
+        commands.send_command_two,
+        request_lock,
+        describe_workflow,
+    ]

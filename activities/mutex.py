@@ -1,0 +1,42 @@
+"""Activities the mutex protocol needs from the Temporal client itself."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.messages import HolderLiveness, MutexInput, RequestLock, mutex_workflow_id
+
+# The mutex is started by type name so this module never imports workflow code.
+MUTEX_WORKFLOW_TYPE = "MutexWorkflow"
+
+
+@activity.defn(name="request_lock")
+async def request_lock(request: RequestLock) -> None:
+    """Join the resource's FIFO queue, starting the mutex workflow if it is not running."""
+    await activity.client().start_workflow(
+        MUTEX_WORKFLOW_TYPE,
+        MutexInput(resource=request.resource, options=request.mutex_options),
+        id=mutex_workflow_id(request.resource),
+        task_queue=activity.info().task_queue,
+        start_signal="request",
+        start_signal_args=[request.request],
+    )
+
+
+@activity.defn(name="describe_workflow")
+async def describe_workflow(workflow_id: str) -> HolderLiveness:
+    """Whether a lock holder is still running; a closed or missing holder has left the lock."""
+    try:
+        description = await activity.client().get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return HolderLiveness(workflow_id=workflow_id, running=False, status="NOT_FOUND")
+        raise
+    status = description.status
+    return HolderLiveness(
+        workflow_id=workflow_id,
+        running=status == WorkflowExecutionStatus.RUNNING,
+        status=status.name if status else "UNKNOWN",
+    )

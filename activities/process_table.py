@@ -1,0 +1,153 @@
+"""DynamoDB process table: one record per process, keyed by the workflow-made process id.
+
+Every write is conditional, so a retried activity converges instead of duplicating a record or
+moving a final status backwards.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from workflows.messages import (
+    CreateProcessRecord,
+    ProcessStatus,
+    StatusUpdateResult,
+    UpdateProcessStatus,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
+
+# The statuses each target may be reached from; a final status is nobody's predecessor.
+ALLOWED_PREDECESSORS: dict[ProcessStatus, tuple[ProcessStatus, ...]] = {
+    ProcessStatus.IN_PROGRESS: (ProcessStatus.PENDING,),
+    ProcessStatus.COMPLETED: (ProcessStatus.IN_PROGRESS,),
+    ProcessStatus.FAILED: (ProcessStatus.PENDING, ProcessStatus.IN_PROGRESS),
+}
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 in UTC; a naive time is taken as UTC (workflow time always is)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+class ProcessTableActivities:
+    def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
+        self._dynamodb = dynamodb
+        self._table = table_name
+
+    @activity.defn(name="create_process")
+    def create_process(self, record: CreateProcessRecord) -> None:
+        """Put the pending record once; a retry after a successful put leaves it untouched."""
+        created_at = iso_utc(record.created_at)
+        try:
+            self._dynamodb.put_item(
+                TableName=self._table,
+                Item={
+                    "process_id": {"S": record.process_id},
+                    "status": {"S": ProcessStatus.PENDING.value},
+                    "requested_by": {"S": record.requested_by},
+                    "description": {"S": record.description},
+                    "created_at": {"S": created_at},
+                    "updated_at": {"S": created_at},
+                },
+                ConditionExpression="attribute_not_exists(process_id)",
+            )
+        except self._dynamodb.exceptions.ConditionalCheckFailedException:
+            activity.logger.info("Process record %s already exists", record.process_id)
+
+    @activity.defn(name="update_process_status")
+    def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
+        """Move the record forward; a final status stays as it is."""
+        predecessors = ALLOWED_PREDECESSORS.get(update.status)
+        if predecessors is None:
+            raise ApplicationError(
+                f"no process may move to {update.status.value!r}",
+                type="InvalidTransition",
+                non_retryable=True,
+            )
+        at = iso_utc(update.at)
+        names = {"#status": "status", "#updated_at": "updated_at"}
+        values: dict[str, AttributeValueTypeDef] = {
+            ":status": {"S": update.status.value},
+            ":at": {"S": at},
+        }
+        assignments = ["#status = :status", "#updated_at = :at"]
+        extra = {
+            "reason": update.reason.value if update.reason else None,
+            "message": update.message,
+            "approved_by": update.approved_by,
+            "finished_at": at if update.status.is_final else None,
+        }
+        for name, value in extra.items():
+            if value is not None:
+                names[f"#{name}"] = name
+                values[f":{name}"] = {"S": value}
+                assignments.append(f"#{name} = :{name}")
+        allowed = []
+        for index, status in enumerate(predecessors):
+            values[f":from{index}"] = {"S": status.value}
+            allowed.append(f":from{index}")
+        try:
+            self._dynamodb.update_item(
+                TableName=self._table,
+                Key={"process_id": {"S": update.process_id}},
+                UpdateExpression="SET " + ", ".join(assignments),
+                ConditionExpression=(
+                    f"attribute_exists(process_id) AND #status IN ({', '.join(allowed)})"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._dynamodb.exceptions.ConditionalCheckFailedException as err:
+            old = err.response.get("Item")  # ALL_OLD: the record as the condition saw it
+            current = old if isinstance(old, dict) else self._read(update.process_id)
+            return self._refused(update, current)
+        return StatusUpdateResult(applied=True, status=update.status)
+
+    def _read(self, process_id: str) -> dict[str, Any] | None:
+        response = self._dynamodb.get_item(
+            TableName=self._table,
+            Key={"process_id": {"S": process_id}},
+            ConsistentRead=True,
+        )
+        return response.get("Item")
+
+    def _refused(
+        self, update: UpdateProcessStatus, item: dict[str, Any] | None
+    ) -> StatusUpdateResult:
+        """Explain a failed condition: an earlier attempt of this update, a final state, a bug."""
+        if item is None:
+            raise ApplicationError(
+                f"process record {update.process_id} does not exist",
+                type="ProcessNotFound",
+                non_retryable=True,
+            )
+        current = ProcessStatus(item["status"]["S"])
+        stored_reason = item.get("reason", {}).get("S")
+        wanted_reason = update.reason.value if update.reason else None
+        # Same status (and, for a final one, same reason): an earlier attempt of this very update.
+        if current == update.status and (not current.is_final or stored_reason == wanted_reason):
+            return StatusUpdateResult(applied=True, status=current)
+        if current.is_final:
+            activity.logger.info(
+                "Process %s is already %s; not moving it to %s",
+                update.process_id,
+                current.value,
+                update.status.value,
+            )
+            return StatusUpdateResult(applied=False, status=current)
+        raise ApplicationError(
+            f"process {update.process_id} cannot move from {current.value!r} "
+            f"to {update.status.value!r}",
+            type="InvalidTransition",
+            non_retryable=True,
+        )

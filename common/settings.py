@@ -1,0 +1,74 @@
+"""Settings read from the environment, shared by the worker, the callbacks API and the CLI.
+
+Temporal and AWS settings use the names their own tools already read (``TEMPORAL_ADDRESS``,
+``AWS_ENDPOINT_URL``, ...), so one environment serves the ``temporal`` CLI, boto3 and us.
+Everything of our own is prefixed ``APPROVAL_``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.tokens import SigningKey, TokenSigner
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """One flat settings object; each service reads the fields it needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPROVAL_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    # Temporal connection.
+    temporal_address: str = Field("localhost:7233", validation_alias=_env("TEMPORAL_ADDRESS"))
+    temporal_namespace: str = Field("default", validation_alias=_env("TEMPORAL_NAMESPACE"))
+    temporal_api_key: SecretStr | None = Field(None, validation_alias=_env("TEMPORAL_API_KEY"))
+    temporal_tls: bool = Field(False, validation_alias=_env("TEMPORAL_TLS"))
+    task_queue: str = "approval-flow"
+
+    # AWS. boto3 reads AWS_ENDPOINT_URL and credentials itself; we read them for logging and
+    # to hand the same endpoint to every client explicitly.
+    aws_region: str = Field("us-east-1", validation_alias=_env("AWS_DEFAULT_REGION"))
+    aws_endpoint_url: str | None = Field(None, validation_alias=_env("AWS_ENDPOINT_URL"))
+    process_table: str = "approval-processes"
+    idempotency_table: str = "approval-idempotency"
+    approval_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:approval-requests"
+    command_queue_url: str = "http://localhost:5000/123456789012/approval-command-one"
+    command_url: str = "http://localhost:8082/commands/two"
+
+    # Where approvers and downstream systems reach the callbacks API (used to build links).
+    callback_base_url: str = "http://localhost:8080"
+    # Newest first, "kid:secret" pairs separated by commas. The first key signs; all verify.
+    signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=(), min_length=1)
+    # Grace after a wait's deadline during which its link still verifies (clock skew, slow mail).
+    token_grace: timedelta = timedelta(minutes=5)
+
+    # Callbacks API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    max_callback_bytes: int = 64 * 1024
+
+    # Observability.
+    metrics_port: int | None = None
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(SigningKey.parse(part) for part in value.split(",") if part.strip())
+        return value
+
+    @cached_property
+    def signer(self) -> TokenSigner:
+        return TokenSigner(self.signing_keys, grace=self.token_grace)

@@ -1,0 +1,54 @@
+"""One way to connect to Temporal, shared by the worker, the callbacks API and the CLI."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from common.settings import Settings
+
+
+class TemporalUnavailable(Exception):
+    """Temporal could not be reached; the message says where and why, in one line."""
+
+
+def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
+    """A runtime exporting the SDK's own metrics for Prometheus on ``host:port``."""
+    return Runtime(
+        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{port}"))
+    )
+
+
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """Connect with the pydantic data converter (every message here is a pydantic model)."""
+    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=pydantic_data_converter,
+            api_key=api_key,
+            tls=settings.temporal_tls or bool(api_key),
+            runtime=runtime,
+        )
+    except RuntimeError as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TemporalUnavailable(
+            f"cannot reach Temporal at {settings.temporal_address} "
+            f"(namespace {settings.temporal_namespace}): {first_line}"
+        ) from err
+
+
+def exit_process(code: int) -> None:
+    """Exit with ``code`` now, skipping interpreter finalisation.
+
+    The SDK's native threads can abort finalisation (sdk-python issue 300), which would replace
+    our exit status with a crash; flushing and leaving with ``os._exit`` keeps the status true.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

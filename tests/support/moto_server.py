@@ -1,0 +1,162 @@
+"""The AWS emulator (``moto_server``) as a real subprocess on a loopback port, for tests.
+
+Usage, in a test module or conftest::
+
+    @pytest.fixture(scope="session")
+    def moto() -> Iterator[MotoServer]:
+        with running_moto_server() as server:
+            yield server
+
+    def test_something(moto: MotoServer) -> None:
+        settings = moto_settings(moto)  # unique table, topic and queue names
+        clients = AwsClients.from_settings(settings)
+        ensure_resources(settings, clients)
+
+While ``running_moto_server()`` is open, the test process's environment points boto3 at the
+emulator with dummy credentials (see ``moto_env``), so nothing a test does can reach real AWS.
+Pass ``moto_env(server)`` to any subprocess (worker, callbacks API) that should use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from common.settings import Settings
+from common.tokens import SigningKey
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+REGION = "us-east-1"
+
+
+@dataclass
+class MotoServer:
+    """A running ``moto_server``; ``stop()`` ends it (also done by ``running_moto_server``)."""
+
+    endpoint_url: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+    def log_tail(self, limit: int = 2000) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_bytes()[-limit:].decode(errors="replace")
+
+
+def free_loopback_port() -> int:
+    """A port free right now on 127.0.0.1 (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def moto_env(server: MotoServer | str) -> dict[str, str]:
+    """Environment for boto3 (in this process or a subprocess) to use the emulator."""
+    endpoint = server if isinstance(server, str) else server.endpoint_url
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+
+
+def start_moto_server(timeout: float = 30.0) -> MotoServer:
+    """Start ``moto_server`` on a free loopback port and return once it answers HTTP."""
+    executable = Path(sysconfig.get_path("scripts")) / "moto_server"
+    last_error = ""
+    for _ in range(3):  # another process may take the free port before moto binds it
+        port = free_loopback_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log")  # noqa: SIM115
+        process = subprocess.Popen(
+            [str(executable), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **moto_env(endpoint)},
+        )
+        server = MotoServer(endpoint_url=endpoint, process=process, log=log)
+        if _wait_until_answering(server, timeout):
+            return server
+        last_error = server.log_tail()
+        server.stop()
+    raise RuntimeError(f"moto_server did not start:\n{last_error}")
+
+
+def _wait_until_answering(server: MotoServer, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{server.endpoint_url}/moto-api/", timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer means it is serving
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@contextmanager
+def running_moto_server(timeout: float = 30.0, export_env: bool = True) -> Iterator[MotoServer]:
+    """A moto server for the block; with ``export_env`` this process's env points at it."""
+    server = start_moto_server(timeout)
+    saved = {name: os.environ.get(name) for name in moto_env(server)}
+    try:
+        if export_env:
+            os.environ.update(moto_env(server))
+        yield server
+    finally:
+        if export_env:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        server.stop()
+
+
+def moto_settings(server: MotoServer | str, **overrides: Any) -> Settings:
+    """Settings for the emulator with fresh resource names, so tests never share state.
+
+    Resources are not created here: call ``common.aws_resources.ensure_resources``.
+    """
+    endpoint = server if isinstance(server, str) else server.endpoint_url
+    suffix = uuid.uuid4().hex[:12]
+    values: dict[str, Any] = {
+        "aws_region": REGION,
+        "aws_endpoint_url": endpoint,
+        "process_table": f"processes-{suffix}",
+        "idempotency_table": f"idempotency-{suffix}",
+        "approval_topic_arn": f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:approvals-{suffix}",
+        "command_queue_url": f"{endpoint}/{ACCOUNT_ID}/command-one-{suffix}",
+        "signing_keys": (SigningKey(kid=f"test-{suffix}", secret=secrets.token_urlsafe(32)),),
+    }
+    values.update(overrides)
+    return Settings(**values)

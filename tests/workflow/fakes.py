@@ -1,0 +1,168 @@
+"""In-memory stand-ins for the AWS and HTTP activities, registered under the real names.
+
+They keep the real rules that matter to the workflow (a final status never moves, a repeated
+create changes nothing) and record every call, so tests assert on what the workflow did.
+The mutex activities stay real: they talk to the test server through ``activity.client()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import mutex
+from workflows.messages import (
+    CommandName,
+    CreateProcessRecord,
+    ProcessStatus,
+    PublishApprovalRequest,
+    RequestLock,
+    SendCommand,
+    SendResult,
+    StatusUpdateResult,
+    UpdateProcessStatus,
+)
+
+_ALLOWED_FROM = {
+    ProcessStatus.IN_PROGRESS: {ProcessStatus.PENDING},
+    ProcessStatus.COMPLETED: {ProcessStatus.IN_PROGRESS},
+    ProcessStatus.FAILED: {ProcessStatus.PENDING, ProcessStatus.IN_PROGRESS},
+}
+
+
+@dataclass
+class Attempt:
+    at: datetime
+    attempt: int
+
+
+@dataclass
+class HttpReply:
+    status: int
+    retry_after: timedelta | None = None
+
+
+@dataclass
+class Fakes:
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    history: dict[str, list[ProcessStatus]] = field(default_factory=lambda: defaultdict(list))
+    create_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    approvals: dict[str, PublishApprovalRequest] = field(default_factory=dict)
+    sends: dict[tuple[str, CommandName], list[Attempt]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    lock_requests: list[str] = field(default_factory=list)
+    # Scripted failures: how many create attempts fail first; HTTP replies per process.
+    create_failures: int = 0
+    http_replies: dict[str, list[HttpReply]] = field(default_factory=dict)
+    sqs_down: bool = False
+
+    # -- activities ---------------------------------------------------------------------------
+
+    @activity.defn(name="create_process")
+    async def create_process(self, record: CreateProcessRecord) -> None:
+        self.create_calls[record.process_id] += 1
+        if self.create_failures > 0:
+            self.create_failures -= 1
+            raise RuntimeError("DynamoDB unavailable (scripted)")
+        if record.process_id not in self.records:
+            self.records[record.process_id] = {"status": ProcessStatus.PENDING}
+            self.history[record.process_id].append(ProcessStatus.PENDING)
+
+    @activity.defn(name="update_process_status")
+    async def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
+        record = self.records.get(update.process_id)
+        if record is None:
+            raise ApplicationError("no such process", type="ProcessNotFound", non_retryable=True)
+        current: ProcessStatus = record["status"]
+        if current == update.status:
+            return StatusUpdateResult(applied=True, status=current)
+        if current not in _ALLOWED_FROM[update.status]:
+            return StatusUpdateResult(applied=False, status=current)
+        record.update(status=update.status, reason=update.reason, message=update.message)
+        self.history[update.process_id].append(update.status)
+        return StatusUpdateResult(applied=True, status=update.status)
+
+    @activity.defn(name="publish_approval_request")
+    async def publish_approval_request(self, request: PublishApprovalRequest) -> str:
+        self.approvals[request.process_id] = request
+        return f"msg-{request.process_id}"
+
+    @activity.defn(name="send_command_one")
+    async def send_command_one(self, command: SendCommand) -> SendResult:
+        self._record_send(command)
+        if self.sqs_down:
+            raise RuntimeError("SQS unavailable (scripted)")
+        return self._sent(command)
+
+    @activity.defn(name="send_command_two")
+    async def send_command_two(self, command: SendCommand) -> SendResult:
+        self._record_send(command)
+        replies = self.http_replies.get(command.process_id)
+        reply = replies.pop(0) if replies else HttpReply(200)
+        if reply.status < 300:
+            return self._sent(command)
+        if reply.status not in command.http_retry_statuses:
+            raise ApplicationError(
+                f"HTTP {reply.status} from command two", type="HttpStatusError", non_retryable=True
+            )
+        raise ApplicationError(
+            f"HTTP {reply.status} from command two",
+            type="HttpStatusError",
+            next_retry_delay=reply.retry_after,
+        )
+
+    @activity.defn(name="request_lock")
+    async def request_lock(self, request: RequestLock) -> None:
+        self.lock_requests.append(request.request.requester_workflow_id)
+        await mutex.request_lock(request)
+
+    def activities(self) -> list[Any]:
+        return [
+            self.create_process,
+            self.update_process_status,
+            self.publish_approval_request,
+            self.send_command_one,
+            self.send_command_two,
+            self.request_lock,
+            mutex.describe_workflow,
+        ]
+
+    # -- helpers for tests ----------------------------------------------------------------------
+
+    def sent(self, process_id: str, command: CommandName) -> bool:
+        return bool(self.sends[(process_id, command)])
+
+    def _record_send(self, command: SendCommand) -> None:
+        info = activity.info()
+        self.sends[(command.process_id, command.command)].append(
+            Attempt(at=info.started_time, attempt=info.attempt)
+        )
+
+    def _sent(self, command: SendCommand) -> SendResult:
+        return SendResult(
+            command=command.command,
+            idempotency_key=f"{command.process_id}:{command.command.value}",
+            attempt=activity.info().attempt,
+        )
+
+
+async def eventually(predicate: Any, within: float = 10.0, what: str = "condition") -> None:
+    """Wait for ``predicate()`` to hold, checking often, failing after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,107 @@
+"""Run a worker with the fakes on a unique task queue and drive processes the way users do."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.retry import LinearRetryInterceptor
+from tests.workflow.fakes import Fakes, eventually
+from workflows.messages import (
+    PROCESS_ID_PREFIX,
+    ApprovalDecision,
+    CommandCallback,
+    CommandName,
+    MutexOptions,
+    MutexState,
+    ProcessInput,
+    ProcessOptions,
+    ProcessResult,
+    ProcessState,
+    mutex_workflow_id,
+)
+from workflows.mutex import MutexWorkflow
+from workflows.process import ProcessWorkflow
+
+
+@dataclass
+class Harness:
+    client: Client
+    task_queue: str
+    fakes: Fakes
+    resource: str
+
+    def options(self, **overrides: object) -> ProcessOptions:
+        """Default options, on a resource of this test's own so tests never share a lock."""
+        return ProcessOptions(lock_resource=self.resource, **overrides)  # type: ignore[arg-type]
+
+    async def start(
+        self, requested_by: str = "alice", **option_overrides: object
+    ) -> WorkflowHandle[ProcessWorkflow, ProcessResult]:
+        return await self.client.start_workflow(
+            ProcessWorkflow.run,
+            ProcessInput(
+                requested_by=requested_by,
+                description="rotate the payment keys",
+                options=self.options(**option_overrides),
+            ),
+            id=f"{PROCESS_ID_PREFIX}{uuid.uuid4()}",
+            task_queue=self.task_queue,
+        )
+
+    async def approve(self, handle: WorkflowHandle, approved: bool = True, by: str = "bob") -> None:
+        await eventually(lambda: handle.id in self.fakes.approvals, what="approval request")
+        await handle.signal(
+            ProcessWorkflow.approval_decision, ApprovalDecision(approved=approved, decided_by=by)
+        )
+
+    async def call_back(
+        self, handle: WorkflowHandle, command: CommandName | str, status: str = "succeeded"
+    ) -> None:
+        name = command.value if isinstance(command, CommandName) else command
+        await handle.signal(
+            ProcessWorkflow.command_callback,
+            CommandCallback(
+                command=name,
+                status=status,  # type: ignore[arg-type]
+                result={"ok": status == "succeeded"},
+                error=None if status == "succeeded" else f"{name} broke",
+            ),
+        )
+
+    async def wait_sent(self, handle: WorkflowHandle, *commands: CommandName) -> None:
+        for command in commands or tuple(CommandName):
+            await eventually(
+                lambda c=command: self.fakes.sent(handle.id, c), what=f"{command} sent"
+            )
+
+    async def state(self, handle: WorkflowHandle) -> ProcessState:
+        return await handle.query(ProcessWorkflow.state)
+
+    async def mutex_state(self) -> MutexState:
+        handle = self.client.get_workflow_handle(mutex_workflow_id(self.resource))
+        return await handle.query(MutexWorkflow.state)
+
+
+@asynccontextmanager
+async def harness(
+    client: Client, fakes: Fakes | None = None, mutex_options: MutexOptions | None = None
+) -> AsyncIterator[Harness]:
+    task_queue = f"tq-{uuid.uuid4()}"
+    fakes = fakes or Fakes()
+    with ThreadPoolExecutor(8) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[ProcessWorkflow, MutexWorkflow],
+            activities=fakes.activities(),
+            activity_executor=executor,
+            interceptors=[LinearRetryInterceptor()],
+        ):
+            yield Harness(client, task_queue, fakes, resource=f"res-{uuid.uuid4().hex[:8]}")

@@ -1,0 +1,282 @@
+"""ProcessWorkflow on the time-skipping server: every timeout of the original in milliseconds."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.workflow.fakes import Fakes, HttpReply, eventually
+from tests.workflow.harness import harness
+from workflows.messages import CommandName, CompletionPolicy, ProcessStatus
+
+
+async def test_happy_path(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        result = await handle.result()
+        assert result.status == "success"
+        assert [o.status for o in result.commands] == ["succeeded", "succeeded"]
+        assert h.fakes.history[handle.id] == [
+            ProcessStatus.PENDING,
+            ProcessStatus.IN_PROGRESS,
+            ProcessStatus.COMPLETED,
+        ]
+        assert h.fakes.create_calls[handle.id] == 1
+        state = await h.state(handle)
+        assert state.status is ProcessStatus.COMPLETED
+        assert state.lock.status == "released"
+        assert (await h.mutex_state()).holder is None
+
+
+async def test_rejected(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle, approved=False)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        assert isinstance(failure.value.cause, ApplicationError)
+        assert failure.value.cause.type == "rejected"
+        assert h.fakes.records[handle.id]["status"] is ProcessStatus.FAILED
+
+
+async def _failure(handle) -> ApplicationError:
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+@pytest.mark.parametrize("failing", [CommandName.ONE, CommandName.TWO])
+async def test_command_failure_callback_fails_the_process(
+    time_env: WorkflowEnvironment, failing: CommandName
+) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, failing, status="failed")
+        error = await _failure(handle)
+        assert error.type == "command-failed"
+        assert f"{failing.value} failed" in error.message
+        record = h.fakes.records[handle.id]
+        assert record["status"] is ProcessStatus.FAILED
+        assert record["reason"] == "command-failed"
+        assert (await h.mutex_state()).holder is None
+
+
+async def test_approval_times_out_after_one_hour(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        error = await _failure(handle)
+        state = await h.state(handle)
+        assert state.finished_at is not None
+        elapsed = state.finished_at - state.created_at
+        assert error.type == "approval-timeout"
+        assert timedelta(hours=1) <= elapsed < timedelta(hours=1, minutes=1)
+        assert h.fakes.records[handle.id]["reason"] == "approval-timeout"
+        assert h.fakes.lock_requests == []  # never queued for the lock
+
+
+async def test_command_callback_times_out_after_one_hour(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.ONE)
+        error = await _failure(handle)
+        assert error.type == "command-timeout"
+        state = await h.state(handle)
+        sent_at = state.commands[CommandName.TWO].sent_at
+        assert state.finished_at is not None and sent_at is not None
+        assert timedelta(hours=1) <= state.finished_at - sent_at < timedelta(hours=1, minutes=1)
+        assert state.commands[CommandName.TWO].status == "timed-out"
+        assert state.commands[CommandName.ONE].status == "succeeded"
+
+
+async def test_create_fails_once_then_succeeds(time_env: WorkflowEnvironment) -> None:
+    fakes = Fakes(create_failures=1)
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        await eventually(lambda: fakes.create_calls[handle.id] == 1, what="first create")
+        await time_env.sleep(timedelta(minutes=2, seconds=1))  # the original's 2 min x attempt 1
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        await handle.result()
+        assert fakes.create_calls[handle.id] == 2
+        assert list(fakes.records) == [handle.id]  # one record, made with the workflow's id
+        assert fakes.history[handle.id][-1] is ProcessStatus.COMPLETED
+
+
+def _gaps(attempts: list) -> list[timedelta]:
+    return [later.at - earlier.at for earlier, later in itertools.pairwise(attempts)]
+
+
+async def test_http_503_is_retried_after_the_linear_delay(time_env: WorkflowEnvironment) -> None:
+    fakes = Fakes()
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        fakes.http_replies[handle.id] = [HttpReply(503), HttpReply(503), HttpReply(200)]
+        await h.approve(handle)
+        await h.wait_sent(handle, CommandName.ONE)
+        # The retries wait in server timers; let workflow time pass so they fire.
+        await time_env.sleep(timedelta(minutes=16))
+        await eventually(lambda: len(fakes.sends[(handle.id, CommandName.TWO)]) == 3)
+        attempts = fakes.sends[(handle.id, CommandName.TWO)]
+        gaps = _gaps(attempts)
+        assert [a.attempt for a in attempts] == [1, 2, 3]
+        assert timedelta(minutes=5) <= gaps[0] < timedelta(minutes=6)
+        assert timedelta(minutes=10) <= gaps[1] < timedelta(minutes=11)
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        await handle.result()
+        assert (await h.state(handle)).commands[CommandName.TWO].attempts == 3
+
+
+async def test_http_retry_after_wins_over_the_linear_delay(time_env: WorkflowEnvironment) -> None:
+    fakes = Fakes()
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        fakes.http_replies[handle.id] = [HttpReply(429, retry_after=timedelta(seconds=42))]
+        await h.approve(handle)
+        await h.wait_sent(handle, CommandName.ONE)
+        await time_env.sleep(timedelta(minutes=1))
+        await eventually(lambda: len(fakes.sends[(handle.id, CommandName.TWO)]) == 2)
+        gap = _gaps(fakes.sends[(handle.id, CommandName.TWO)])[0]
+        assert timedelta(seconds=42) <= gap < timedelta(seconds=50)
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        await handle.result()
+
+
+async def test_http_400_is_not_retried(time_env: WorkflowEnvironment) -> None:
+    fakes = Fakes()
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        fakes.http_replies[handle.id] = [HttpReply(400)]
+        await h.approve(handle)
+        await h.wait_sent(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.ONE)
+        error = await _failure(handle)
+        assert error.type == "command-failed"
+        assert "command-two send-failed" in error.message
+        assert "HTTP 400" in error.message
+        assert len(fakes.sends[(handle.id, CommandName.TWO)]) == 1
+
+
+async def test_aws_outage_exhausts_three_attempts(time_env: WorkflowEnvironment) -> None:
+    fakes = Fakes(sqs_down=True)
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle, CommandName.TWO)
+        await h.call_back(handle, CommandName.TWO)
+        error = await _failure(handle)
+        attempts = fakes.sends[(handle.id, CommandName.ONE)]
+        assert [a.attempt for a in attempts] == [1, 2, 3]
+        gaps = _gaps(attempts)
+        assert timedelta(minutes=2) <= gaps[0] < timedelta(minutes=3)
+        assert timedelta(minutes=4) <= gaps[1] < timedelta(minutes=5)
+        assert error.type == "command-failed"
+        assert "SQS unavailable" in error.message
+
+
+async def test_completion_policy_tolerating_one_failure_succeeds(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start(completion=CompletionPolicy(tolerated_failure_count=1))
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.ONE, status="failed")
+        await h.call_back(handle, CommandName.TWO)
+        result = await handle.result()
+        assert {o.command: o.status for o in result.commands} == {
+            CommandName.ONE: "failed",
+            CommandName.TWO: "succeeded",
+        }
+        assert h.fakes.records[handle.id]["status"] is ProcessStatus.COMPLETED
+
+
+async def test_min_successful_settles_without_waiting_for_the_other(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start(completion=CompletionPolicy(min_successful=1))
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.TWO)
+        result = await handle.result()
+        assert {o.command: o.status for o in result.commands} == {
+            CommandName.ONE: "not-awaited",
+            CommandName.TWO: "succeeded",
+        }
+
+
+async def test_cancel_mid_run_fails_cancelled_and_releases_the_lock(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        assert (await h.mutex_state()).holder is not None
+        await handle.cancel()
+        error = await _failure(handle)
+        assert error.type == "cancelled"
+        record = h.fakes.records[handle.id]
+        assert record["status"] is ProcessStatus.FAILED
+        assert record["reason"] == "cancelled"
+        await eventually(lambda: _no_holder(h), what="lock released")
+        assert (await h.state(handle)).lock.status == "released"
+
+
+async def _no_holder(h) -> bool:
+    return (await h.mutex_state()).holder is None
+
+
+async def test_first_approval_decision_wins(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle, approved=True, by="bob")
+        await h.approve(handle, approved=False, by="eve")
+        await h.wait_sent(handle)
+        state = await h.state(handle)
+        assert state.approval.decision == "approved"
+        assert state.approval.decided_by == "bob"
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        await handle.result()
+
+
+async def test_callback_for_unknown_command_is_ignored_and_logged(
+    time_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        with caplog.at_level(logging.WARNING, logger="temporalio.workflow"):
+            await h.call_back(handle, "command-three", status="failed")
+            await eventually(
+                lambda: any("unknown command" in r.getMessage() for r in caplog.records),
+                what="warning logged",
+            )
+        state = await h.state(handle)
+        assert state.status is ProcessStatus.IN_PROGRESS
+        assert {c.status for c in state.commands.values()} == {"sent"}
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        await handle.result()

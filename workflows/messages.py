@@ -1,0 +1,383 @@
+"""Typed messages: workflow inputs and results, signals, queries and activity arguments.
+
+Pure pydantic, no I/O: imported by workflows (through the sandbox), activities, the callbacks API
+and the CLI alike. Every default here is the original Lambda workflow's value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# ---------------------------------------------------------------------------------------------
+# Names shared by every party
+# ---------------------------------------------------------------------------------------------
+
+PROCESS_ID_PREFIX = "process-"
+MUTEX_ID_PREFIX = "mutex-"
+DEFAULT_LOCK_RESOURCE = "approval-commands"
+PROCESS_STATUS_ATTRIBUTE = "ProcessStatus"
+APPROVAL_CALLBACK = "approval"
+
+
+class CommandName(StrEnum):
+    ONE = "command-one"  # SQS
+    TWO = "command-two"  # HTTP
+
+
+class ProcessStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (ProcessStatus.COMPLETED, ProcessStatus.FAILED)
+
+
+class FailureReason(StrEnum):
+    """Why a process failed; also the ``ApplicationError`` type the Temporal UI shows."""
+
+    REJECTED = "rejected"
+    APPROVAL_TIMEOUT = "approval-timeout"
+    LOCK_TIMEOUT = "lock-timeout"
+    COMMAND_FAILED = "command-failed"
+    COMMAND_TIMEOUT = "command-timeout"
+    CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
+    ERROR = "error"
+
+
+class Stage(StrEnum):
+    CREATING = "creating"
+    AWAITING_APPROVAL = "awaiting-approval"
+    WAITING_FOR_LOCK = "waiting-for-lock"
+    RUNNING_COMMANDS = "running-commands"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+def mutex_workflow_id(resource: str) -> str:
+    return f"{MUTEX_ID_PREFIX}{resource}"
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------
+# ProcessWorkflow: input, options, result
+# ---------------------------------------------------------------------------------------------
+
+
+class CompletionPolicy(Message):
+    """When the parallel command phase counts as a success (the original's completion config).
+
+    With nothing set, every command must succeed.
+    """
+
+    min_successful: int | None = Field(None, ge=0)
+    tolerated_failure_count: int | None = Field(None, ge=0)
+    tolerated_failure_percentage: float | None = Field(None, ge=0, le=100)
+
+    def is_satisfied(self, succeeded: int, failed: int, total: int) -> bool:
+        """True when the finished commands meet the policy (unfinished ones count as failed)."""
+        if self.min_successful is not None and succeeded < self.min_successful:
+            return False
+        if self.tolerated_failure_count is not None and failed > self.tolerated_failure_count:
+            return False
+        percentage = self.tolerated_failure_percentage
+        if percentage is not None and total and failed * 100 > percentage * total:
+            return False
+        nothing_set = (
+            self.min_successful is None
+            and self.tolerated_failure_count is None
+            and self.tolerated_failure_percentage is None
+        )
+        return not (nothing_set and failed)
+
+
+class RetrySettings(Message):
+    """Attempts and a linear delay (``delay x attempt``), as the original's retry strategies."""
+
+    max_attempts: int = Field(ge=1)
+    delay: timedelta
+
+    def delay_after(self, attempt: int) -> timedelta:
+        return self.delay * attempt
+
+
+class ProcessOptions(Message):
+    """Every timeout and retry of the original, as data the starter may override."""
+
+    approval_timeout: timedelta = timedelta(hours=1)
+    # The original polled 10 times, 10 minutes apart; we wait for the lock for the same 100 min.
+    lock_timeout: timedelta = timedelta(minutes=100)
+    command_timeout: timedelta = timedelta(hours=1)
+    aws_retry: RetrySettings = RetrySettings(max_attempts=3, delay=timedelta(minutes=2))
+    http_retry: RetrySettings = RetrySettings(max_attempts=5, delay=timedelta(minutes=5))
+    http_retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    # One attempt of an AWS call or an HTTP send may take this long before it is retried.
+    activity_attempt_timeout: timedelta = timedelta(seconds=30)
+    completion: CompletionPolicy = CompletionPolicy()
+    lock_resource: str = DEFAULT_LOCK_RESOURCE
+    # Longest the lock may be held before the mutex revokes it; covers the command phase with
+    # all its HTTP retries (5+10+15+20 min of delays) and the 1 h callback wait.
+    lease_timeout: timedelta = timedelta(hours=3)
+
+
+class ProcessInput(Message):
+    requested_by: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=2000)
+    options: ProcessOptions = ProcessOptions()
+
+
+class CommandOutcome(Message):
+    command: CommandName
+    # "not-awaited": sent, but the policy was settled before its callback came.
+    status: Literal["succeeded", "failed", "timed-out", "send-failed", "not-started", "not-awaited"]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class ProcessResult(Message):
+    process_id: str
+    status: Literal["success"] = "success"
+    commands: list[CommandOutcome]
+
+
+# ---------------------------------------------------------------------------------------------
+# ProcessWorkflow: signals and query
+# ---------------------------------------------------------------------------------------------
+
+
+class ApprovalDecision(Message):
+    """Signal ``approval_decision``: the first one wins, later ones are logged and ignored."""
+
+    approved: bool
+    decided_by: str = Field(min_length=1, max_length=200)
+    comment: str | None = Field(None, max_length=2000)
+
+
+class CommandCallback(Message):
+    """Signal ``command_callback``: a downstream system's result for one command."""
+
+    command: str  # validated by the workflow: an unknown name is logged and ignored
+    status: Literal["succeeded", "failed"]
+    result: dict[str, Any] | None = None
+    error: str | None = Field(None, max_length=4000)
+
+
+class LockGranted(Message):
+    """Signal ``lock_granted`` from the mutex: the holder's fencing token is ``lease_id``."""
+
+    resource: str
+    request_id: str
+    lease_id: int
+
+
+class LockRevoked(Message):
+    """Signal ``lock_revoked`` from the mutex: the lease expired before it was released."""
+
+    resource: str
+    request_id: str
+    lease_id: int
+    reason: str
+
+
+class ApprovalState(Message):
+    deadline: datetime | None = None
+    decision: Literal["approved", "rejected"] | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    comment: str | None = None
+
+
+class LockState(Message):
+    resource: str
+    status: Literal["not-requested", "requested", "held", "released", "cancelled", "revoked"] = (
+        "not-requested"
+    )
+    request_id: str | None = None
+    lease_id: int | None = None
+    requested_at: datetime | None = None
+    granted_at: datetime | None = None
+    released_at: datetime | None = None
+    deadline: datetime | None = None
+
+
+class CommandState(Message):
+    command: CommandName
+    status: Literal[
+        "not-started", "sending", "sent", "succeeded", "failed", "timed-out", "send-failed"
+    ] = "not-started"
+    attempts: int = 0
+    sent_at: datetime | None = None
+    deadline: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class ProcessState(Message):
+    """Query ``state``: everything an operator or the approval page needs to know."""
+
+    process_id: str
+    requested_by: str
+    description: str
+    stage: Stage
+    status: ProcessStatus
+    created_at: datetime
+    updated_at: datetime
+    approval: ApprovalState
+    lock: LockState
+    commands: dict[CommandName, CommandState]
+    failure_reason: FailureReason | None = None
+    failure_message: str | None = None
+    finished_at: datetime | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# MutexWorkflow
+# ---------------------------------------------------------------------------------------------
+
+
+class LockRequest(Message):
+    """Signal ``request``: join the FIFO queue (sent with signal-with-start)."""
+
+    requester_workflow_id: str
+    request_id: str
+    lease_timeout: timedelta
+    requested_at: datetime
+
+
+class LockCancel(Message):
+    """Signal ``cancel``: the requester stopped waiting; a grant that raced it is released."""
+
+    request_id: str
+
+
+class LockRelease(Message):
+    """Signal ``release``: frees the lock only when ``lease_id`` is the current lease."""
+
+    request_id: str
+    lease_id: int
+
+
+class Lease(Message):
+    request_id: str
+    holder_workflow_id: str
+    lease_id: int
+    granted_at: datetime
+    expires_at: datetime
+
+
+class MutexCounters(Message):
+    grants: int = 0
+    releases: int = 0
+    stale_releases: int = 0
+    cancelled_requests: int = 0
+    expired_leases: int = 0
+    abandoned_holders: int = 0
+    failed_grants: int = 0
+
+
+class MutexOptions(Message):
+    # How often the holder's liveness is checked and a lease's expiry noticed.
+    liveness_interval: timedelta = timedelta(minutes=1)
+    # Continue-as-new after this many events even if the server does not suggest it sooner.
+    max_history_events: int = Field(5000, ge=100)
+    # Attempt limit for the liveness and record-keeping activities the mutex runs.
+    activity_attempt_timeout: timedelta = timedelta(seconds=30)
+
+
+class MutexState(Message):
+    """Carried across continue-as-new and returned by the ``state`` query."""
+
+    resource: str
+    holder: Lease | None = None
+    queue: list[LockRequest] = []
+    next_lease_id: int = 1
+    counters: MutexCounters = MutexCounters()
+
+
+class MutexInput(Message):
+    resource: str
+    options: MutexOptions = MutexOptions()
+    state: MutexState | None = None
+
+    @model_validator(mode="after")
+    def _same_resource(self) -> MutexInput:
+        if self.state is not None and self.state.resource != self.resource:
+            raise ValueError("state belongs to another resource")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Activity arguments and results
+# ---------------------------------------------------------------------------------------------
+
+
+class CreateProcessRecord(Message):
+    process_id: str
+    requested_by: str
+    description: str
+    created_at: datetime
+
+
+class UpdateProcessStatus(Message):
+    process_id: str
+    status: ProcessStatus
+    reason: FailureReason | None = None
+    message: str | None = None
+    approved_by: str | None = None
+    at: datetime
+
+
+class StatusUpdateResult(Message):
+    """``applied`` is False when the record was already final (a final state never moves)."""
+
+    applied: bool
+    status: ProcessStatus
+
+
+class PublishApprovalRequest(Message):
+    process_id: str
+    requested_by: str
+    description: str
+    requested_at: datetime
+    deadline: datetime
+
+
+class SendCommand(Message):
+    process_id: str
+    command: CommandName
+    deadline: datetime  # the callback wait's deadline; the callback token expires with it
+    http_retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+
+
+class SendResult(Message):
+    """``duplicate`` is True when an earlier attempt had already sent (nothing sent again)."""
+
+    command: CommandName
+    idempotency_key: str
+    attempt: int
+    duplicate: bool = False
+    detail: dict[str, Any] = {}
+
+
+class RequestLock(Message):
+    resource: str
+    request: LockRequest
+    mutex_options: MutexOptions = MutexOptions()
+
+
+class HolderLiveness(Message):
+    workflow_id: str
+    running: bool
+    status: str

@@ -1,0 +1,243 @@
+"""MutexWorkflow: one per resource; a FIFO lock with fencing leases, replacing the polling scan.
+
+Requesters join by signal-with-start and are granted the lock by a ``lock_granted`` signal that
+carries a fresh, monotonic lease id. A release frees the lock only when it carries the current
+lease id. A lease that outlives its timeout is revoked and its holder told; a holder that closed
+without releasing is noticed by a periodic liveness check, its record marked ``abandoned``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.mutex import describe_workflow
+    from activities.process_table import ProcessTableActivities
+    from workflows.messages import (
+        FailureReason,
+        HolderLiveness,
+        Lease,
+        LockCancel,
+        LockGranted,
+        LockRelease,
+        LockRequest,
+        LockRevoked,
+        MutexCounters,
+        MutexInput,
+        MutexState,
+        ProcessStatus,
+        UpdateProcessStatus,
+    )
+
+_BOOKKEEPING_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=5,
+)
+
+
+@workflow.defn
+class MutexWorkflow:
+    @workflow.init
+    def __init__(self, input: MutexInput) -> None:
+        self._options = input.options
+        state = input.state or MutexState(resource=input.resource)
+        self._resource = state.resource
+        self._holder: Lease | None = state.holder
+        self._queue: list[LockRequest] = list(state.queue)
+        self._next_lease_id = state.next_lease_id
+        self._counters = state.counters.model_dump()
+        self._changed = False
+
+    @workflow.run
+    async def run(self, input: MutexInput) -> None:
+        while True:
+            if self._holder is None and self._queue:
+                await self._grant_next()
+                continue
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    MutexInput(resource=self._resource, options=self._options, state=self.state())
+                )
+            self._changed = False
+            if self._holder is None:
+                await workflow.wait_condition(lambda: self._changed)
+                continue
+            try:
+                await workflow.wait_condition(
+                    lambda: self._changed, timeout=self._options.liveness_interval
+                )
+            except TimeoutError:
+                await self._check_holder()
+
+    # -- signals --------------------------------------------------------------------------------
+
+    @workflow.signal
+    def request(self, request: LockRequest) -> None:
+        """Join the queue; a repeated request (an activity retry) keeps its first place."""
+        known = {r.request_id for r in self._queue}
+        if self._holder is not None:
+            known.add(self._holder.request_id)
+        if request.request_id in known:
+            workflow.logger.info("duplicate lock request %s ignored", request.request_id)
+            return
+        self._queue.append(request)
+        self._changed = True
+
+    @workflow.signal
+    async def cancel(self, cancel: LockCancel) -> None:
+        """The requester stopped waiting: drop its request, or take back a grant that raced."""
+        before = len(self._queue)
+        self._queue = [r for r in self._queue if r.request_id != cancel.request_id]
+        if len(self._queue) != before:
+            self._count("cancelled_requests")
+        elif self._holder is not None and self._holder.request_id == cancel.request_id:
+            workflow.logger.info("grant %s raced a cancel; releasing", self._holder.lease_id)
+            self._count("cancelled_requests")
+            self._free()
+        self._changed = True
+
+    @workflow.signal
+    def release(self, release: LockRelease) -> None:
+        """Free the lock, but only for the current lease: a stale lease id frees nothing."""
+        holder = self._holder
+        if holder is None or holder.lease_id != release.lease_id:
+            workflow.logger.warning(
+                "stale release of lease %s ignored (current %s)",
+                release.lease_id,
+                holder.lease_id if holder else None,
+            )
+            self._count("stale_releases")
+            return
+        self._count("releases")
+        self._free()
+        self._changed = True
+
+    @workflow.query
+    def state(self) -> MutexState:
+        return MutexState(
+            resource=self._resource,
+            holder=self._holder,
+            queue=list(self._queue),
+            next_lease_id=self._next_lease_id,
+            counters=MutexCounters(**self._counters),
+        )
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    async def _grant_next(self) -> None:
+        request = self._queue.pop(0)
+        now = workflow.now()
+        lease = Lease(
+            request_id=request.request_id,
+            holder_workflow_id=request.requester_workflow_id,
+            lease_id=self._next_lease_id,
+            granted_at=now,
+            expires_at=now + request.lease_timeout,
+        )
+        self._next_lease_id += 1
+        self._holder = lease
+        try:
+            await workflow.get_external_workflow_handle(request.requester_workflow_id).signal(
+                "lock_granted",
+                LockGranted(
+                    resource=self._resource, request_id=request.request_id, lease_id=lease.lease_id
+                ),
+            )
+        except FailureError as err:
+            # The requester is gone (closed or never existed): nobody holds the lock.
+            workflow.logger.warning(
+                "grant to %s failed (%s); passing the lock on", request.requester_workflow_id, err
+            )
+            self._count("failed_grants")
+            if self._holder is lease:
+                self._free()
+            return
+        self._count("grants")
+
+    async def _check_holder(self) -> None:
+        holder = self._holder
+        if holder is None:
+            return
+        if workflow.now() >= holder.expires_at:
+            await self._revoke(holder)
+            return
+        liveness: HolderLiveness = await workflow.execute_activity(
+            describe_workflow,
+            holder.holder_workflow_id,
+            start_to_close_timeout=self._options.activity_attempt_timeout,
+            retry_policy=_BOOKKEEPING_RETRY,
+        )
+        if liveness.running or self._holder is not holder:
+            return
+        workflow.logger.warning(
+            "holder %s is %s without releasing lease %s; freeing the lock",
+            holder.holder_workflow_id,
+            liveness.status,
+            holder.lease_id,
+        )
+        self._count("abandoned_holders")
+        self._free()
+        await self._mark_abandoned(holder, liveness.status)
+
+    async def _revoke(self, holder: Lease) -> None:
+        workflow.logger.warning(
+            "lease %s of %s expired at %s; revoking",
+            holder.lease_id,
+            holder.holder_workflow_id,
+            holder.expires_at,
+        )
+        self._count("expired_leases")
+        self._free()
+        try:
+            await workflow.get_external_workflow_handle(holder.holder_workflow_id).signal(
+                "lock_revoked",
+                LockRevoked(
+                    resource=self._resource,
+                    request_id=holder.request_id,
+                    lease_id=holder.lease_id,
+                    reason=f"lease expired at {holder.expires_at.isoformat()}",
+                ),
+            )
+        except FailureError as err:
+            workflow.logger.warning("could not tell %s: %s", holder.holder_workflow_id, err)
+
+    async def _mark_abandoned(self, holder: Lease, status: str) -> None:
+        try:
+            await workflow.execute_activity_method(
+                ProcessTableActivities.update_process_status,
+                UpdateProcessStatus(
+                    process_id=holder.holder_workflow_id,
+                    status=ProcessStatus.FAILED,
+                    reason=FailureReason.ABANDONED,
+                    message=f"closed ({status}) while holding lease {holder.lease_id}",
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=self._options.activity_attempt_timeout,
+                retry_policy=_BOOKKEEPING_RETRY,
+            )
+        except FailureError as err:
+            # The lock is already free; a record we cannot mark must not stop the queue.
+            workflow.logger.error("could not mark %s abandoned: %s", holder.holder_workflow_id, err)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _free(self) -> None:
+        self._holder = None
+        self._changed = True
+
+    def _count(self, name: str) -> None:
+        self._counters[name] += 1
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._options.max_history_events
+        )

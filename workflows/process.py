@@ -1,0 +1,518 @@
+"""ProcessWorkflow: ask a person to approve, take the lock, run two commands, record the outcome.
+
+Reads like the original: create the record, ask for approval, wait for the lock, start, run both
+commands in parallel, complete. Callbacks arrive as signals and every wait has a deadline. Any
+failure marks the record ``failed`` with a reason, gives the lock back and fails the workflow with
+an ``ApplicationError`` whose type is that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.commands import CommandActivities
+    from activities.mutex import request_lock
+    from activities.notifications import ApprovalNotifier
+    from activities.process_table import ProcessTableActivities
+    from workflows.messages import (
+        PROCESS_STATUS_ATTRIBUTE,
+        ApprovalDecision,
+        ApprovalState,
+        CommandCallback,
+        CommandName,
+        CommandOutcome,
+        CommandState,
+        CreateProcessRecord,
+        FailureReason,
+        LockCancel,
+        LockGranted,
+        LockRelease,
+        LockRequest,
+        LockRevoked,
+        LockState,
+        ProcessInput,
+        ProcessOptions,
+        ProcessResult,
+        ProcessState,
+        ProcessStatus,
+        PublishApprovalRequest,
+        RequestLock,
+        RetrySettings,
+        SendCommand,
+        SendResult,
+        Stage,
+        UpdateProcessStatus,
+        mutex_workflow_id,
+    )
+
+STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+LOCK_TIMEOUT_MESSAGE = "Processes not finished in a timely manner"
+
+# Signals to the mutex and the final record write must outlive short outages of their own.
+_CLEANUP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=10,
+)
+
+
+class ProcessFailure(Exception):
+    """A business failure inside the run; turned into cleanup and a typed ApplicationError."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def linear_retry(settings: RetrySettings, **extra: Any) -> RetryPolicy:
+    """A retry policy whose delays the worker's interceptor makes ``delay x attempt``."""
+    return RetryPolicy(
+        initial_interval=settings.delay,
+        backoff_coefficient=1.0,
+        maximum_attempts=settings.max_attempts,
+        **extra,
+    )
+
+
+def send_budget(options: ProcessOptions) -> timedelta:
+    """Longest a command send may take with every HTTP retry: the callback token must outlive it."""
+    retry = options.http_retry
+    delays = sum((retry.delay_after(a) for a in range(1, retry.max_attempts)), timedelta())
+    return delays + options.activity_attempt_timeout * retry.max_attempts
+
+
+@workflow.defn
+class ProcessWorkflow:
+    @workflow.init
+    def __init__(self, input: ProcessInput) -> None:
+        now = workflow.now()
+        self._input = input
+        self._options = input.options
+        self._process_id = workflow.info().workflow_id
+        self._stage = Stage.CREATING
+        self._status = ProcessStatus.PENDING
+        self._created_at = now
+        self._updated_at = now
+        self._finished_at: datetime | None = None
+        self._approval = ApprovalState()
+        self._decision: ApprovalDecision | None = None
+        self._lock = LockState(resource=input.options.lock_resource)
+        self._lock_revoked: LockRevoked | None = None
+        self._commands = {name: CommandState(command=name) for name in CommandName}
+        self._callbacks: dict[CommandName, CommandCallback] = {}
+        self._failure: ProcessFailure | None = None
+
+    @workflow.run
+    async def run(self, input: ProcessInput) -> ProcessResult:
+        try:
+            await self._create_record()
+            await self._ask_for_approval()
+            await self._wait_for_lock()
+            await self._set_status(ProcessStatus.IN_PROGRESS, stage=Stage.RUNNING_COMMANDS)
+            outcomes = await self._run_commands()
+            self._stage = Stage.COMPLETING
+            await self._release_lock()
+            await self._set_status(ProcessStatus.COMPLETED, stage=Stage.COMPLETED)
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return ProcessResult(process_id=self._process_id, commands=outcomes)
+        except ProcessFailure as failure:
+            await self._fail(failure)
+        except asyncio.CancelledError:
+            await self._fail(ProcessFailure(FailureReason.CANCELLED, "process was cancelled"))
+        except FailureError as err:
+            await self._fail(ProcessFailure(FailureReason.ERROR, _describe(err)))
+
+    # -- signals and query ----------------------------------------------------------------------
+
+    @workflow.signal
+    def approval_decision(self, decision: ApprovalDecision) -> None:
+        """The first decision wins; later ones are logged and ignored."""
+        if self._decision is not None or self._stage in (Stage.COMPLETED, Stage.FAILED):
+            workflow.logger.info(
+                "approval decision by %s ignored: already %s",
+                decision.decided_by,
+                self._approval.decision or self._stage.value,
+            )
+            return
+        self._decision = decision
+        self._approval = self._approval.model_copy(
+            update={
+                "decision": "approved" if decision.approved else "rejected",
+                "decided_by": decision.decided_by,
+                "decided_at": workflow.now(),
+                "comment": decision.comment,
+            }
+        )
+        self._touch()
+
+    @workflow.signal
+    def command_callback(self, callback: CommandCallback) -> None:
+        """A downstream result; unknown commands and repeats are logged and ignored."""
+        try:
+            name = CommandName(callback.command)
+        except ValueError:
+            workflow.logger.warning("callback for unknown command %r ignored", callback.command)
+            return
+        if name in self._callbacks:
+            workflow.logger.info("repeated callback for %s ignored", name.value)
+            return
+        self._callbacks[name] = callback
+        self._touch()
+
+    @workflow.signal
+    async def lock_granted(self, grant: LockGranted) -> None:
+        """Take the lock, or hand back at once a grant that arrives after we stopped waiting."""
+        if self._lock.status == "requested" and grant.request_id == self._lock.request_id:
+            self._lock = self._lock.model_copy(
+                update={"status": "held", "lease_id": grant.lease_id, "granted_at": workflow.now()}
+            )
+            self._touch()
+            return
+        workflow.logger.warning(
+            "lease %s arrived while lock is %s; releasing it", grant.lease_id, self._lock.status
+        )
+        await self._signal_mutex(
+            "release", LockRelease(request_id=grant.request_id, lease_id=grant.lease_id)
+        )
+
+    @workflow.signal
+    def lock_revoked(self, revoked: LockRevoked) -> None:
+        if self._lock.status == "held" and revoked.lease_id == self._lock.lease_id:
+            self._lock_revoked = revoked
+            self._lock = self._lock.model_copy(update={"status": "revoked"})
+            self._touch()
+
+    @workflow.query
+    def state(self) -> ProcessState:
+        return ProcessState(
+            process_id=self._process_id,
+            requested_by=self._input.requested_by,
+            description=self._input.description,
+            stage=self._stage,
+            status=self._status,
+            created_at=self._created_at,
+            updated_at=self._updated_at,
+            approval=self._approval,
+            lock=self._lock,
+            commands=dict(self._commands),
+            failure_reason=self._failure.reason if self._failure else None,
+            failure_message=self._failure.message if self._failure else None,
+            finished_at=self._finished_at,
+        )
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    async def _create_record(self) -> None:
+        await workflow.execute_activity_method(
+            ProcessTableActivities.create_process,
+            CreateProcessRecord(
+                process_id=self._process_id,
+                requested_by=self._input.requested_by,
+                description=self._input.description,
+                created_at=self._created_at,
+            ),
+            **self._aws_call(),
+        )
+        workflow.upsert_search_attributes([STATUS_KEY.value_set(ProcessStatus.PENDING.value)])
+
+    async def _ask_for_approval(self) -> None:
+        self._stage = Stage.AWAITING_APPROVAL
+        deadline = workflow.now() + self._options.approval_timeout
+        self._approval = self._approval.model_copy(update={"deadline": deadline})
+        self._touch()
+        await workflow.execute_activity_method(
+            ApprovalNotifier.publish_approval_request,
+            PublishApprovalRequest(
+                process_id=self._process_id,
+                requested_by=self._input.requested_by,
+                description=self._input.description,
+                requested_at=self._created_at,
+                deadline=deadline,
+            ),
+            **self._aws_call(),
+        )
+        if not await self._wait_until(lambda: self._decision is not None, deadline):
+            raise ProcessFailure(
+                FailureReason.APPROVAL_TIMEOUT,
+                f"no approval decision within {self._options.approval_timeout}",
+            )
+        assert self._decision is not None
+        if not self._decision.approved:
+            comment = f": {self._decision.comment}" if self._decision.comment else ""
+            raise ProcessFailure(
+                FailureReason.REJECTED, f"rejected by {self._decision.decided_by}{comment}"
+            )
+
+    async def _wait_for_lock(self) -> None:
+        """Queue for the resource; FIFO, no polling: the mutex signals when it is our turn."""
+        self._stage = Stage.WAITING_FOR_LOCK
+        now = workflow.now()
+        request = LockRequest(
+            requester_workflow_id=self._process_id,
+            request_id=str(workflow.uuid4()),
+            lease_timeout=self._options.lease_timeout,
+            requested_at=now,
+        )
+        deadline = now + self._options.lock_timeout
+        self._lock = self._lock.model_copy(
+            update={
+                "status": "requested",
+                "request_id": request.request_id,
+                "requested_at": now,
+                "deadline": deadline,
+            }
+        )
+        self._touch()
+        await workflow.execute_activity(
+            request_lock,
+            RequestLock(resource=self._options.lock_resource, request=request),
+            **self._aws_call(),
+        )
+        if not await self._wait_until(lambda: self._lock.status == "held", deadline):
+            raise ProcessFailure(FailureReason.LOCK_TIMEOUT, LOCK_TIMEOUT_MESSAGE)
+
+    async def _run_commands(self) -> list[CommandOutcome]:
+        """Both commands at once; stop waiting as soon as the completion policy is decided."""
+        tasks = [asyncio.ensure_future(self._run_command(name)) for name in CommandName]
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    self._policy_decided()
+                    or self._lock_revoked is not None
+                    or any(_crashed(t) for t in tasks)
+                )
+            )
+            for task in tasks:
+                if _crashed(task):
+                    await task  # re-raises what went wrong inside the command
+            if self._lock_revoked is not None:
+                raise ProcessFailure(
+                    FailureReason.ERROR,
+                    f"lock lease {self._lock_revoked.lease_id} was revoked "
+                    f"({self._lock_revoked.reason}); mutual exclusion no longer holds",
+                )
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        policy = self._options.completion
+        total = len(tasks)
+        outcomes = [self._outcome(name) for name in CommandName]
+        succeeded = sum(o.status == "succeeded" for o in outcomes)
+        if policy.is_satisfied(succeeded, total - succeeded, total):
+            return outcomes
+        unfinished = [o for o in outcomes if o.status != "succeeded"]
+        reason = (
+            FailureReason.COMMAND_FAILED
+            if any(o.status in ("failed", "send-failed") for o in unfinished)
+            else FailureReason.COMMAND_TIMEOUT
+        )
+        details = "; ".join(
+            f"{o.command.value} {o.status}" + (f" ({o.error})" if o.error else "")
+            for o in unfinished
+        )
+        raise ProcessFailure(reason, f"commands did not meet the completion policy: {details}")
+
+    async def _run_command(self, name: CommandName) -> None:
+        method = (
+            CommandActivities.send_command_one
+            if name is CommandName.ONE
+            else CommandActivities.send_command_two
+        )
+        options = self._options
+        callback_deadline = workflow.now() + send_budget(options) + options.command_timeout
+        self._update_command(name, status="sending")
+        retry = options.http_retry if name is CommandName.TWO else options.aws_retry
+        try:
+            sent: SendResult = await workflow.execute_activity_method(
+                method,
+                SendCommand(
+                    process_id=self._process_id,
+                    command=name,
+                    deadline=callback_deadline,
+                    http_retry_statuses=options.http_retry_statuses,
+                ),
+                start_to_close_timeout=options.activity_attempt_timeout,
+                retry_policy=linear_retry(retry),
+            )
+        except ActivityError as err:
+            self._update_command(
+                name, status="send-failed", error=_describe(err), finished_at=workflow.now()
+            )
+            return
+        deadline = workflow.now() + options.command_timeout
+        self._update_command(
+            name, status="sent", attempts=sent.attempt, sent_at=workflow.now(), deadline=deadline
+        )
+        if not await self._wait_until(lambda: name in self._callbacks, deadline):
+            self._update_command(
+                name,
+                status="timed-out",
+                error=f"no callback within {options.command_timeout}",
+                finished_at=workflow.now(),
+            )
+            return
+        callback = self._callbacks[name]
+        self._update_command(
+            name,
+            status=callback.status,
+            result=callback.result,
+            error=callback.error,
+            finished_at=workflow.now(),
+        )
+
+    # -- failure and cleanup --------------------------------------------------------------------
+
+    async def _fail(self, failure: ProcessFailure) -> NoReturn:
+        """Cleanup shared by every failure and by cancellation, then a typed failure."""
+        workflow.logger.warning("process failed (%s): %s", failure.reason.value, failure.message)
+        self._failure = failure
+        self._stage = Stage.FAILED
+        self._status = ProcessStatus.FAILED
+        self._finished_at = workflow.now()
+        self._touch()
+        await self._release_lock()
+        try:
+            await self._write_status(
+                UpdateProcessStatus(
+                    process_id=self._process_id,
+                    status=ProcessStatus.FAILED,
+                    reason=failure.reason,
+                    message=failure.message,
+                    at=workflow.now(),
+                ),
+                retry=_CLEANUP_RETRY,
+            )
+        except FailureError as err:
+            workflow.logger.error("could not mark the record failed: %s", err)
+        workflow.upsert_search_attributes([STATUS_KEY.value_set(ProcessStatus.FAILED.value)])
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        raise ApplicationError(
+            failure.message,
+            self.state().model_dump(mode="json"),
+            type=failure.reason.value,
+            non_retryable=True,
+        )
+
+    async def _release_lock(self) -> None:
+        """Give back a held lease, or withdraw a pending request; never leaves the lock taken."""
+        lock = self._lock
+        if lock.status == "held" and lock.lease_id is not None and lock.request_id:
+            self._lock = lock.model_copy(
+                update={"status": "released", "released_at": workflow.now()}
+            )
+            await self._signal_mutex(
+                "release", LockRelease(request_id=lock.request_id, lease_id=lock.lease_id)
+            )
+        elif lock.status == "requested" and lock.request_id:
+            self._lock = lock.model_copy(update={"status": "cancelled"})
+            await self._signal_mutex("cancel", LockCancel(request_id=lock.request_id))
+
+    async def _signal_mutex(self, signal: str, arg: LockRelease | LockCancel) -> None:
+        handle = workflow.get_external_workflow_handle(mutex_workflow_id(self._lock.resource))
+        try:
+            await handle.signal(signal, arg)
+        except FailureError as err:
+            # No mutex running means nothing is held; the lease expiry covers any other case.
+            workflow.logger.error("could not %s lock: %s", signal, err)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _set_status(self, status: ProcessStatus, stage: Stage) -> None:
+        await self._write_status(
+            UpdateProcessStatus(
+                process_id=self._process_id,
+                status=status,
+                approved_by=self._approval.decided_by
+                if status is ProcessStatus.IN_PROGRESS
+                else None,
+                at=workflow.now(),
+            ),
+            retry=linear_retry(self._options.aws_retry),
+        )
+        self._status = status
+        self._stage = stage
+        if status.is_final:
+            self._finished_at = workflow.now()
+        self._touch()
+        workflow.upsert_search_attributes([STATUS_KEY.value_set(status.value)])
+
+    async def _write_status(self, update: UpdateProcessStatus, retry: RetryPolicy) -> None:
+        await workflow.execute_activity_method(
+            ProcessTableActivities.update_process_status,
+            update,
+            start_to_close_timeout=self._options.activity_attempt_timeout,
+            retry_policy=retry,
+        )
+
+    def _aws_call(self) -> dict[str, Any]:
+        return {
+            "start_to_close_timeout": self._options.activity_attempt_timeout,
+            "retry_policy": linear_retry(self._options.aws_retry),
+        }
+
+    async def _wait_until(self, condition: Callable[[], bool], deadline: datetime) -> bool:
+        """Wait for ``condition`` until ``deadline``; False on timeout (never an untyped error)."""
+        remaining = deadline - workflow.now()
+        if condition():
+            return True
+        if remaining <= timedelta(0):
+            return False
+        try:
+            await workflow.wait_condition(condition, timeout=remaining)
+        except TimeoutError:
+            return bool(condition())
+        return True
+
+    def _policy_decided(self) -> bool:
+        """True once the finished commands settle the policy whatever the others do."""
+        finished = [self._outcome(n) for n in CommandName if self._command_finished(n)]
+        total = len(CommandName)
+        succeeded = sum(o.status == "succeeded" for o in finished)
+        failed = len(finished) - succeeded
+        pending = total - len(finished)
+        policy = self._options.completion
+        if not policy.is_satisfied(succeeded + pending, failed, total):
+            return True  # cannot succeed any more
+        return policy.is_satisfied(succeeded, failed + pending, total)  # cannot fail any more
+
+    def _command_finished(self, name: CommandName) -> bool:
+        return self._commands[name].status in ("succeeded", "failed", "timed-out", "send-failed")
+
+    def _outcome(self, name: CommandName) -> CommandOutcome:
+        state = self._commands[name]
+        status = state.status
+        return CommandOutcome(
+            command=name,
+            status=status if status not in ("sending", "sent") else "not-awaited",
+            result=state.result,
+            error=state.error,
+        )
+
+    def _update_command(self, name: CommandName, **changes: Any) -> None:
+        self._commands[name] = self._commands[name].model_copy(update=changes)
+        self._touch()
+
+    def _touch(self) -> None:
+        self._updated_at = workflow.now()
+
+
+def _describe(err: BaseException) -> str:
+    """The innermost message of a failure chain: what actually went wrong."""
+    while isinstance(err, FailureError) and err.cause is not None:
+        err = err.cause
+    return str(err) or type(err).__name__
+
+
+def _crashed(task: asyncio.Future[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
