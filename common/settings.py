@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(None, validation_alias=_env("AWS_ENDPOINT_URL"))
     process_table: str = "approval-processes"
     idempotency_table: str = "approval-idempotency"
-    approval_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:approval-requests"
+    approval_topic_arn: str = Field(
+        "arn:aws:sns:us-east-1:123456789012:approval-requests",
+        validation_alias=_env("APPROVAL_TOPIC_ARN"),
+    )
     command_queue_url: str = "http://localhost:5000/123456789012/approval-command-one"
     command_url: str = "http://localhost:8082/commands/two"
 

@@ -67,12 +67,10 @@ class MutexWorkflow:
                 )
             self._changed = False
             if self._holder is None:
-                await workflow.wait_condition(lambda: self._changed)
+                await workflow.wait_condition(self._woken)
                 continue
             try:
-                await workflow.wait_condition(
-                    lambda: self._changed, timeout=self._options.liveness_interval
-                )
+                await workflow.wait_condition(self._woken, timeout=self._options.liveness_interval)
             except TimeoutError:
                 await self._check_holder()
 
@@ -234,6 +232,10 @@ class MutexWorkflow:
 
     def _count(self, name: str) -> None:
         self._counters[name] += 1
+
+    def _woken(self) -> bool:
+        """Something to act on: a change of holder or queue, or a history grown too long."""
+        return self._changed or self._should_continue_as_new()
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()

@@ -39,7 +39,7 @@ class Harness:
 
     def options(self, **overrides: object) -> ProcessOptions:
         """Default options, on a resource of this test's own so tests never share a lock."""
-        return ProcessOptions(lock_resource=self.resource, **overrides)  # type: ignore[arg-type]
+        return ProcessOptions(lock_resource=self.resource, **overrides)
 
     async def start(
         self, requested_by: str = "alice", **option_overrides: object
@@ -69,7 +69,7 @@ class Harness:
             ProcessWorkflow.command_callback,
             CommandCallback(
                 command=name,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 result={"ok": status == "succeeded"},
                 error=None if status == "succeeded" else f"{name} broke",
             ),

