@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.commands import CommandActivities
@@ -344,6 +345,9 @@ class ProcessWorkflow:
                 ),
                 start_to_close_timeout=options.activity_attempt_timeout,
                 retry_policy=linear_retry(retry),
+                # A send cannot be unsent and does not heartbeat, so a cancel request could
+                # never reach it: once the outcome is settled, just stop waiting for it.
+                cancellation_type=ActivityCancellationType.ABANDON,
             )
         except ActivityError as err:
             self._update_command(
@@ -487,16 +491,20 @@ class ProcessWorkflow:
         return policy.is_satisfied(succeeded, failed + pending, total)  # cannot fail any more
 
     def _command_finished(self, name: CommandName) -> bool:
-        return self._commands[name].status in ("succeeded", "failed", "timed-out", "send-failed")
+        return self._outcome(name).status != "not-awaited"
 
     def _outcome(self, name: CommandName) -> CommandOutcome:
+        """A command's outcome; a callback that arrived counts even before its task saw it."""
         state = self._commands[name]
-        status = state.status
+        callback = self._callbacks.get(name)
+        if state.status in ("not-started", "sending", "sent") and callback is not None:
+            return CommandOutcome(
+                command=name, status=callback.status, result=callback.result, error=callback.error
+            )
+        if state.status in ("not-started", "sending", "sent"):
+            return CommandOutcome(command=name, status="not-awaited")
         return CommandOutcome(
-            command=name,
-            status=status if status not in ("sending", "sent") else "not-awaited",
-            result=state.result,
-            error=state.error,
+            command=name, status=state.status, result=state.result, error=state.error
         )
 
     def _update_command(self, name: CommandName, **changes: Any) -> None:

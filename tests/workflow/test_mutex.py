@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.workflow.fakes import eventually
@@ -35,7 +36,15 @@ async def test_twenty_processes_run_one_after_another_in_request_order(
         handles = [await h.start(requested_by=f"user-{i}") for i in range(20)]
         await eventually(lambda: len(h.fakes.approvals) == 20, what="20 approval requests")
         await asyncio.gather(*(h.approve(handle) for handle in handles))
-        await eventually(lambda: len(h.fakes.lock_requests) == 20, what="20 lock requests")
+        # The order the mutex received the requests in (concurrent activities may deliver
+        # their signal-with-start in any order): nobody finishes before we call back, so
+        # holder + queue is every request, in arrival order.
+        await eventually(lambda: _known_to_mutex(h, 20), what="20 requests at the mutex")
+        snapshot = await h.mutex_state()
+        assert snapshot.holder is not None
+        arrival = [snapshot.holder.holder_workflow_id] + [
+            r.requester_workflow_id for r in snapshot.queue
+        ]
         by_id = {handle.id: handle for handle in handles}
         ran: list[str] = []
         for _ in handles:
@@ -51,7 +60,7 @@ async def test_twenty_processes_run_one_after_another_in_request_order(
             await h.call_back(handle, CommandName.ONE)
             await h.call_back(handle, CommandName.TWO)
             await handle.result()
-        assert ran == h.fakes.lock_requests  # granted in the order the lock was asked for
+        assert ran == arrival  # granted in the order the lock was asked for
         states = [await h.state(by_id[process_id]) for process_id in ran]
         for earlier, later in itertools.pairwise(states):
             assert earlier.lock.released_at is not None and later.lock.granted_at is not None
@@ -60,6 +69,14 @@ async def test_twenty_processes_run_one_after_another_in_request_order(
         mutex = await h.mutex_state()
         assert mutex.holder is None and mutex.queue == []
         assert mutex.counters.grants == 20 and mutex.counters.releases == 20
+
+
+async def _known_to_mutex(h: Harness, count: int) -> bool:
+    try:
+        state = await h.mutex_state()
+    except RPCError:
+        return False  # not started yet
+    return (state.holder is not None) + len(state.queue) == count
 
 
 def _running(h: Harness, finished: list[str]) -> list[str]:

@@ -98,14 +98,19 @@ async def test_continue_as_new_keeps_holder_queue_and_counters(dev_env: Workflow
         assert after.counters.stale_releases >= 1
         assert after.counters.grants == before.counters.grants
 
-        # The queue still drains in order across the new run.
-        order = [holder, *waiters]
+        # The queue still drains in the order the mutex received the requests, across runs.
+        by_id = {handle.id: handle for handle in (holder, *waiters)}
+        arrival = [before.holder.holder_workflow_id] + [
+            r.requester_workflow_id for r in before.queue
+        ]
+        order = [by_id[process_id] for process_id in arrival]
         for handle in order:
             await h.wait_sent(handle)
             await h.call_back(handle, CommandName.ONE)
             await h.call_back(handle, CommandName.TWO)
             await handle.result()
-        assert h.fakes.lock_requests == [handle.id for handle in order]
+        states = [await h.state(handle) for handle in order]
+        assert [s.lock.lease_id for s in states] == [1, 2, 3]
         final = await _mutex(h)
         assert final.holder is None and final.queue == []
         assert final.counters.grants == 3 and final.counters.releases == 3
