@@ -11,7 +11,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.tokens import SigningKey, TokenSigner
@@ -75,3 +75,24 @@ class Settings(BaseSettings):
     @cached_property
     def signer(self) -> TokenSigner:
         return TokenSigner(self.signing_keys, grace=self.token_grace)
+
+
+def env_name(model: type[BaseSettings], field: str) -> str:
+    """The environment variable a settings field is read from."""
+    info = model.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return str(alias.choices[0])
+    prefix = model.model_config.get("env_prefix", "")
+    return f"{prefix}{field}".upper()
+
+
+def describe_error(err: ValidationError, model: type[BaseSettings] = Settings) -> str:
+    """One line naming each bad or missing environment variable and what is wrong with it."""
+    problems = []
+    for error in err.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = env_name(model, field) if field in model.model_fields else field or "settings"
+        message = "is not set" if error["type"] in ("missing", "too_short") else error["msg"]
+        problems.append(f"{name} {message}")
+    return "invalid settings: " + "; ".join(problems)

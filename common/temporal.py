@@ -23,8 +23,12 @@ def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
     )
 
 
-async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
-    """Connect with the pydantic data converter (every message here is a pydantic model)."""
+async def connect(settings: Settings, runtime: Runtime | None = None, lazy: bool = False) -> Client:
+    """Connect with the pydantic data converter (every message here is a pydantic model).
+
+    ``lazy`` defers the connection to the first call, for services that must start (and
+    answer health checks) while Temporal is still down.
+    """
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     try:
         return await Client.connect(
@@ -34,6 +38,7 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
             api_key=api_key,
             tls=settings.temporal_tls or bool(api_key),
             runtime=runtime,
+            lazy=lazy,
         )
     except RuntimeError as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
