@@ -1,0 +1,1 @@
+"""Figures for the design notes; scripts, not tests (``make bench``)."""

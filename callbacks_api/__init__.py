@@ -1,0 +1,1 @@
+"""The callbacks API: approval pages for people and command callbacks for downstream systems."""

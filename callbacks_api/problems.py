@@ -1,0 +1,143 @@
+"""Every refusal the API gives, as one exception type rendered twice.
+
+Handlers raise ``Problem``; a middleware renders it as an HTML page on the approval routes (people
+read those) and as ``application/problem+json`` (RFC 9457) everywhere else (programs read those).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from workflows.messages import ProcessState
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+# RFC 9457 wants an absolute URI; a tag URI names the kind without promising a page behind it.
+PROBLEM_TYPE_PREFIX = "tag:approval-flow,2025:problem:"
+
+
+class Problem(Exception):
+    """A truthful refusal: an HTTP status, a stable ``kind`` and words for a person."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        *,
+        state: ProcessState | None = None,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {kind}: {detail}")
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        # The process as last seen, so an "already decided" page can say who decided what.
+        self.state = state
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": PROBLEM_TYPE_PREFIX + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+
+def problem_response(problem: Problem) -> web.Response:
+    return web.Response(
+        status=problem.status,
+        body=json.dumps(problem.to_json()).encode(),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+# The refusals shared by both routes; each route adds its own (already decided, not waiting).
+
+
+def invalid_token() -> Problem:
+    return Problem(
+        403,
+        "invalid-token",
+        "This link is not valid",
+        "The link is damaged, was signed with a key we no longer accept, or belongs elsewhere.",
+    )
+
+
+def expired_token() -> Problem:
+    return Problem(
+        410,
+        "expired",
+        "This link has expired",
+        "The wait it belonged to is over, so nothing can be recorded through it any more.",
+    )
+
+
+def unknown_process() -> Problem:
+    return Problem(
+        404,
+        "unknown-process",
+        "No such process",
+        "The process this link names does not exist (it may have been purged).",
+    )
+
+
+def temporal_unavailable() -> Problem:
+    return Problem(
+        503,
+        "temporal-unavailable",
+        "Service temporarily unavailable",
+        "The workflow service did not answer in time. Nothing was recorded; try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def delivery_unknown() -> Problem:
+    """A signal the server did not acknowledge in time: it may or may not have arrived."""
+    return Problem(
+        503,
+        "temporal-unavailable",
+        "Service temporarily unavailable",
+        "The workflow service did not confirm it received this, so it may or may not have been "
+        "recorded. Sending it again is safe: only the first one counts.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def internal_error() -> Problem:
+    return Problem(
+        500,
+        "internal-error",
+        "Something went wrong",
+        "The request could not be handled. Nothing is known to have been recorded.",
+    )
+
+
+def from_http_exception(err: web.HTTPException) -> Problem:
+    """aiohttp's own refusals (405, 413, unknown path...) in our shape."""
+    kinds = {
+        404: ("not-found", "Not found", "There is nothing at this address."),
+        405: (
+            "method-not-allowed",
+            "Method not allowed",
+            "This address does not take that method.",
+        ),
+        413: (
+            "too-large",
+            "Request body too large",
+            "The request body is larger than this service accepts.",
+        ),
+    }
+    kind, title, detail = kinds.get(err.status, ("http-error", err.reason, err.reason))
+    headers = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else None
+    return Problem(err.status, kind, title, detail, headers=headers)

@@ -1,0 +1,721 @@
+"""The callbacks API over real HTTP, in front of a real ProcessWorkflow on the Temporal dev server.
+
+AWS and HTTP activities are stubs under the real names that capture what the workflow asked for,
+so the tests sign links exactly as the real activities do; the mutex activities are real. Each
+test uses its own process and lock resource, so tests never wait on each other.
+
+The dev server (not the time-skipping one) keeps workflow time equal to wall time, which the
+tokens' expiry is checked against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import mutex
+from callbacks_api.app import RedactingAccessLogger, create_app, form_check
+from callbacks_api.pages import CONTENT_SECURITY_POLICY
+from common.settings import Settings
+from common.tokens import Purpose, SigningKey, TokenSigner
+from tests.support.binaries import temporal_cli
+from tests.support.moto_server import free_loopback_port
+from workflows.messages import (
+    APPROVAL_CALLBACK,
+    PROCESS_STATUS_ATTRIBUTE,
+    CommandName,
+    CreateProcessRecord,
+    FailureReason,
+    ProcessInput,
+    ProcessOptions,
+    ProcessState,
+    ProcessStatus,
+    PublishApprovalRequest,
+    SendCommand,
+    SendResult,
+    Stage,
+    StatusUpdateResult,
+    UpdateProcessStatus,
+)
+from workflows.mutex import MutexWorkflow
+from workflows.process import ProcessWorkflow
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+FORM = "application/x-www-form-urlencoded"
+PROBLEM = "application/problem+json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stub activities and fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stubs:
+    """Activities under the real names; they keep what the workflow sent, keyed by process."""
+
+    approvals: dict[str, PublishApprovalRequest] = field(default_factory=dict)
+    sends: dict[tuple[str, CommandName], SendCommand] = field(default_factory=dict)
+
+    @activity.defn(name="create_process")
+    async def create_process(self, record: CreateProcessRecord) -> None:
+        pass
+
+    @activity.defn(name="update_process_status")
+    async def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
+        return StatusUpdateResult(applied=True, status=update.status)
+
+    @activity.defn(name="publish_approval_request")
+    async def publish_approval_request(self, request: PublishApprovalRequest) -> str:
+        self.approvals[request.process_id] = request
+        return f"message-{request.process_id}"
+
+    @activity.defn(name="send_command_one")
+    async def send_command_one(self, command: SendCommand) -> SendResult:
+        return self._sent(command)
+
+    @activity.defn(name="send_command_two")
+    async def send_command_two(self, command: SendCommand) -> SendResult:
+        return self._sent(command)
+
+    def _sent(self, command: SendCommand) -> SendResult:
+        self.sends[(command.process_id, command.command)] = command
+        key = f"{command.process_id}:{command.command.value}"
+        return SendResult(command=command.command, idempotency_key=key, attempt=1)
+
+    def activities(self) -> list[Any]:
+        return [
+            self.create_process,
+            self.update_process_status,
+            self.publish_approval_request,
+            self.send_command_one,
+            self.send_command_two,
+            mutex.request_lock,
+            mutex.describe_workflow,
+        ]
+
+
+@dataclass
+class Stack:
+    client: Client
+    http: TestClient[Any, Any]
+    settings: Settings
+    stubs: Stubs
+    task_queue: str
+
+    @property
+    def signer(self) -> TokenSigner:
+        return self.settings.signer
+
+    # -- processes ------------------------------------------------------------------------------
+
+    async def start_process(self, **options: Any) -> str:
+        """A process parked at approval, its approval request captured."""
+        process_id = f"process-{uuid.uuid4()}"
+        await self.client.start_workflow(
+            ProcessWorkflow.run,
+            ProcessInput(
+                requested_by="Grace <grace@example.test>",
+                description="Rotate the <b>prod</b> keys & restart",
+                # A lock of its own: no test waits behind another test's process.
+                options=ProcessOptions(lock_resource=f"test-{uuid.uuid4().hex[:8]}", **options),
+            ),
+            id=process_id,
+            task_queue=self.task_queue,
+        )
+        await eventually(
+            lambda: self.state(process_id), lambda s: process_id in self.stubs.approvals
+        )
+        return process_id
+
+    async def state(self, process_id: str) -> ProcessState:
+        state: ProcessState = await self.client.get_workflow_handle(process_id).query(
+            ProcessWorkflow.state
+        )
+        return state
+
+    async def approved_and_sent(self) -> str:
+        """A process past approval and the lock, both commands sent and awaiting callbacks."""
+        process_id = await self.start_process()
+        response = await self.decide(process_id, "approve", name="Ada")
+        assert response.status == 200
+        await eventually(
+            lambda: self.state(process_id),
+            lambda s: all(c.status == "sent" for c in s.commands.values()),
+        )
+        return process_id
+
+    # -- links ------------------------------------------------------------------------------------
+
+    def approval_token(self, process_id: str) -> str:
+        request = self.stubs.approvals[process_id]
+        return self.signer.sign(process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, request.deadline)
+
+    def command_token(self, process_id: str, command: CommandName) -> str:
+        sent = self.stubs.sends[(process_id, command)]
+        return self.signer.sign(process_id, command.value, Purpose.COMMAND, sent.deadline)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def page(self, token: str) -> tuple[ClientResponse, str]:
+        response = await self.http.get(f"/approvals/{token}")
+        return response, await response.text()
+
+    async def decide(
+        self, process_id: str, decision: str, *, name: str = "", comment: str = ""
+    ) -> ClientResponse:
+        """Open the page as a person does, then submit its form."""
+        token = self.approval_token(process_id)
+        response, html = await self.page(token)
+        assert response.status == 200, html
+        return await self.http.post(
+            f"/approvals/{token}",
+            data={
+                "check": hidden_check(html),
+                "decision": decision,
+                "name": name,
+                "comment": comment,
+            },
+        )
+
+    async def callback(self, token: str, body: dict[str, Any]) -> ClientResponse:
+        return await self.http.post(f"/callbacks/{token}", json=body)
+
+
+@pytest.fixture(scope="module")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=[SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)],
+    )
+    async with env:
+        yield env
+
+
+def make_settings(**overrides: Any) -> Settings:
+    key = SigningKey(kid=f"k-{uuid.uuid4().hex[:6]}", secret=secrets.token_urlsafe(32))
+    values: dict[str, Any] = {"signing_keys": (key,), **overrides}
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+async def stack(env: WorkflowEnvironment) -> AsyncIterator[Stack]:
+    settings = make_settings()
+    stubs = Stubs()
+    task_queue = f"callbacks-api-{uuid.uuid4()}"
+    async with Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=[ProcessWorkflow, MutexWorkflow],
+        activities=stubs.activities(),
+    ):
+        # A generous confirmation wait: on a busy machine a 202 ("not confirmed yet") would
+        # make the exact-status assertions flaky; the wait ends as soon as the state shows it.
+        app = create_app(settings, env.client, decision_wait=timedelta(seconds=10))
+        server = TestServer(app, host="127.0.0.1")
+        # As ``python -m callbacks_api`` serves: the access log must not print tokens either.
+        await server.start_server(access_log_class=RedactingAccessLogger)
+        async with TestClient(server) as http:
+            yield Stack(env.client, http, settings, stubs, task_queue)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 15.0
+) -> T:
+    """Probe until ``check`` holds; fails with the last value seen. No fixed sleeps."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if check(value):
+            return value
+        assert time.monotonic() < deadline, f"condition not met within {within}s: {value!r}"
+        await asyncio.sleep(0.05)
+
+
+def hidden_check(html: str) -> str:
+    match = re.search(r'name="check" value="([0-9a-f]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def assert_page_headers(response: ClientResponse) -> None:
+    assert response.content_type == "text/html"
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def problem(response: ClientResponse, status: int, kind: str) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM
+    body: dict[str, Any] = await response.json(content_type=PROBLEM)
+    assert body["status"] == status
+    assert body["type"].endswith(f":{kind}")
+    assert body["title"] and body["detail"]
+    return body
+
+
+def unchanged_approval(state: ProcessState) -> bool:
+    return state.stage is Stage.AWAITING_APPROVAL and state.approval.decision is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Approval pages
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_opening_the_link_ten_times_changes_nothing_then_approve_moves_on(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+
+    for _ in range(10):
+        response, html = await stack.page(token)
+        assert response.status == 200
+        assert_page_headers(response)
+        assert '<html lang="en">' in html
+        assert "Rotate the &lt;b&gt;prod&lt;/b&gt; keys &amp; restart" in html
+        assert "Grace &lt;grace@example.test&gt;" in html
+        assert '<label for="comment">' in html
+    assert unchanged_approval(await stack.state(process_id))
+
+    response = await stack.http.post(
+        f"/approvals/{token}",
+        data={"check": hidden_check(html), "decision": "approve", "name": "Ada", "comment": "ok"},
+    )
+    html = await response.text()
+    assert response.status == 200, html
+    assert_page_headers(response)
+    assert "Decision recorded" in html and "approved" in html
+
+    state = await eventually(
+        lambda: stack.state(process_id), lambda s: s.stage is Stage.RUNNING_COMMANDS
+    )
+    assert state.approval.decision == "approved"
+    assert state.approval.decided_by == "Ada"
+    assert state.approval.comment == "ok"
+    assert state.lock.status == "held"
+    # Log records name the process (as ``extra``) and a fingerprint, never the token itself;
+    # the access log shows the route pattern.
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(getattr(record, "process_id", None) == process_id for record in caplog.records)
+    assert any("POST /approvals/{token} 200" in message for message in messages)
+    assert all(token not in message for message in messages)
+
+
+async def test_reject_is_recorded_and_fails_the_process(stack: Stack) -> None:
+    process_id = await stack.start_process()
+
+    response = await stack.decide(process_id, "reject", comment="not this week")
+
+    assert response.status == 200
+    assert "rejected" in await response.text()
+    state = await eventually(lambda: stack.state(process_id), lambda s: s.status.is_final)
+    assert state.failure_reason is FailureReason.REJECTED
+    assert state.approval.decided_by == "approver via link"  # no name given
+
+
+async def test_reject_link_preselects_reject_but_decides_nothing(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+
+    response = await stack.http.get(f"/approvals/{token}?decision=reject")
+
+    html = await response.text()
+    assert response.status == 200
+    assert re.search(r'value="reject"\s*checked', html)
+    assert unchanged_approval(await stack.state(process_id))
+
+
+async def test_second_decision_is_refused_with_the_first_one(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+    _, html = await stack.page(token)
+    check = hidden_check(html)
+    first = await stack.http.post(
+        f"/approvals/{token}", data={"check": check, "decision": "approve", "name": "Ada"}
+    )
+    assert first.status == 200
+
+    # The same decision again (a double click) is the recorded one: no conflict.
+    repeat = await stack.http.post(
+        f"/approvals/{token}", data={"check": check, "decision": "approve", "name": "Ada"}
+    )
+    assert repeat.status == 200
+
+    second = await stack.http.post(
+        f"/approvals/{token}", data={"check": check, "decision": "reject", "name": "Bob"}
+    )
+
+    html = await second.text()
+    assert second.status == 409
+    assert_page_headers(second)
+    assert "already approved by Ada" in html
+    state = await stack.state(process_id)
+    assert (state.approval.decision, state.approval.decided_by) == ("approved", "Ada")
+    # Opening the link again tells the same story.
+    response, html = await stack.page(token)
+    assert response.status == 409 and "approved by Ada" in html
+
+
+async def test_two_simultaneous_first_decisions_one_wins_and_the_other_is_told(
+    stack: Stack,
+) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+    _, html = await stack.page(token)
+    check = hidden_check(html)
+
+    async def post(decision: str, name: str) -> tuple[int, str]:
+        response = await stack.http.post(
+            f"/approvals/{token}", data={"check": check, "decision": decision, "name": name}
+        )
+        return response.status, await response.text()
+
+    answers = await asyncio.gather(post("approve", "Ada"), post("reject", "Bob"))
+
+    assert sorted(status for status, _ in answers) == [200, 409]
+    state = await stack.state(process_id)
+    winner = "Ada" if state.approval.decision == "approved" else "Bob"
+    assert state.approval.decided_by == winner
+    loser_page = next(html for status, html in answers if status == 409)
+    assert f"by {winner}" in loser_page
+
+
+async def test_expired_link_is_gone(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    past = datetime.now(UTC) - timedelta(hours=1)
+    token = stack.signer.sign(process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, past)
+
+    response, html = await stack.page(token)
+    assert response.status == 410
+    assert_page_headers(response)
+    assert "expired" in html
+    response = await stack.http.post(
+        f"/approvals/{token}", data={"check": "0" * 64, "decision": "approve"}
+    )
+    assert response.status == 410
+    assert unchanged_approval(await stack.state(process_id))
+
+
+async def test_closed_process_is_gone(stack: Stack) -> None:
+    process_id = await stack.start_process(approval_timeout=timedelta(seconds=1))
+    token = stack.approval_token(process_id)  # still valid: deadline plus grace
+    check = hidden_check_for(stack, token)
+    await eventually(lambda: stack.state(process_id), lambda s: s.status.is_final)
+
+    response, html = await stack.page(token)
+    assert response.status == 410
+    assert "time to decide ran out" in html
+    response = await stack.http.post(
+        f"/approvals/{token}", data={"check": check, "decision": "approve"}
+    )
+    assert response.status == 410
+    state = await stack.state(process_id)
+    assert state.approval.decision is None
+    assert state.failure_reason is FailureReason.APPROVAL_TIMEOUT
+
+
+async def test_unknown_process_is_not_found(stack: Stack) -> None:
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    token = stack.signer.sign(
+        f"process-{uuid.uuid4()}", APPROVAL_CALLBACK, Purpose.APPROVAL, deadline
+    )
+
+    response, html = await stack.page(token)
+    assert response.status == 404
+    assert "No such process" in html
+    check = hidden_check_for(stack, token)
+    response = await stack.http.post(
+        f"/approvals/{token}", data={"check": check, "decision": "approve"}
+    )
+    assert response.status == 404
+
+
+def hidden_check_for(stack: Stack, token: str) -> str:
+    """The form check our page would carry, for links whose page cannot be shown."""
+    return form_check(stack.settings.signing_keys[0].secret, token)
+
+
+async def test_tampered_or_foreign_tokens_are_forbidden(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+    header, payload, signature = token.split(".")
+    tampered = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    foreign = make_settings().signer.sign(
+        process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, datetime.now(UTC) + timedelta(hours=1)
+    )
+
+    for bad in (tampered, foreign, "not-a-token"):
+        response, html = await stack.page(bad)
+        assert response.status == 403, bad
+        assert "not valid" in html
+        response = await stack.http.post(
+            f"/approvals/{bad}", data={"check": "0" * 64, "decision": "approve"}
+        )
+        assert response.status == 403
+    assert unchanged_approval(await stack.state(process_id))
+
+
+async def test_malformed_forms_are_refused(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+    _, html = await stack.page(token)
+    check = hidden_check(html)
+    url = f"/approvals/{token}"
+    headers = {"Content-Type": FORM}
+
+    bad_forms = [
+        {"check": check},  # no decision
+        {"check": check, "decision": "maybe"},
+        {"decision": "approve"},  # no check
+        {"check": check, "decision": "approve", "name": "x" * 201},
+        {"check": check, "decision": "approve", "comment": "x" * 2001},
+    ]
+    for form in bad_forms:
+        response = await stack.http.post(url, data=form)
+        assert response.status == 400, form
+        assert_page_headers(response)
+    for body in (f"check={check}&decision=approve&decision=reject", "%zz=\xff", "&&&"):
+        response = await stack.http.post(url, data=body.encode("latin-1"), headers=headers)
+        assert response.status == 400, body
+
+    # A form that did not come from this link's page, or from another site, is refused.
+    response = await stack.http.post(url, data={"check": "0" * 64, "decision": "approve"})
+    assert response.status == 403
+    response = await stack.http.post(
+        url,
+        data={"check": check, "decision": "approve"},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert response.status == 403
+    assert unchanged_approval(await stack.state(process_id))
+
+
+async def test_approval_wants_a_form_and_only_get_or_post(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+
+    response = await stack.http.post(f"/approvals/{token}", json={"decision": "approve"})
+    assert response.status == 415
+    assert_page_headers(response)
+    response = await stack.http.put(f"/approvals/{token}", data={"decision": "approve"})
+    assert response.status == 405
+    assert "GET" in response.headers["Allow"] and "POST" in response.headers["Allow"]
+    assert unchanged_approval(await stack.state(process_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command callbacks
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_command_callbacks_reach_their_command_and_complete_the_process(
+    stack: Stack,
+) -> None:
+    process_id = await stack.approved_and_sent()
+
+    one = await stack.callback(
+        stack.command_token(process_id, CommandName.ONE),
+        {"status": "succeeded", "result": {"rows": 3}},
+    )
+    assert one.status == 202
+    assert await one.json() == {
+        "status": "accepted",
+        "process_id": process_id,
+        "command": "command-one",
+    }
+    state = await eventually(
+        lambda: stack.state(process_id),
+        lambda s: s.commands[CommandName.ONE].status == "succeeded",
+    )
+    assert state.commands[CommandName.ONE].result == {"rows": 3}
+    assert state.commands[CommandName.TWO].status == "sent"
+
+    two = await stack.callback(
+        stack.command_token(process_id, CommandName.TWO), {"status": "succeeded"}
+    )
+    assert two.status == 202
+    state = await eventually(lambda: stack.state(process_id), lambda s: s.status.is_final)
+    assert state.status is ProcessStatus.COMPLETED
+
+
+async def test_failure_callback_fails_the_process_and_later_ones_are_gone(stack: Stack) -> None:
+    process_id = await stack.approved_and_sent()
+
+    response = await stack.callback(
+        stack.command_token(process_id, CommandName.TWO),
+        {"status": "failed", "error": "disk full"},
+    )
+    assert response.status == 202
+    state = await eventually(lambda: stack.state(process_id), lambda s: s.status.is_final)
+    assert state.failure_reason is FailureReason.COMMAND_FAILED
+    assert state.commands[CommandName.TWO].status == "failed"
+    assert state.commands[CommandName.TWO].error == "disk full"
+
+    # The process stopped waiting for command one: its late result is gone.
+    late = await stack.callback(
+        stack.command_token(process_id, CommandName.ONE), {"status": "succeeded"}
+    )
+    body = await problem(late, 410, "closed")
+    assert body["command"] == "command-one"
+    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
+
+
+async def test_a_different_repeated_callback_is_a_conflict(stack: Stack) -> None:
+    process_id = await stack.approved_and_sent()
+    token = stack.command_token(process_id, CommandName.ONE)
+    assert (await stack.callback(token, {"status": "succeeded"})).status == 202
+    await eventually(
+        lambda: stack.state(process_id),
+        lambda s: s.commands[CommandName.ONE].status == "succeeded",
+    )
+
+    again = await stack.callback(token, {"status": "failed", "error": "oops"})
+
+    body = await problem(again, 409, "already-reported")
+    assert body["recorded_status"] == "succeeded"
+    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "succeeded"
+    # A retry of the very result already recorded is answered as the first time.
+    replay = await stack.callback(token, {"status": "succeeded"})
+    assert replay.status == 202
+    assert (await replay.json())["duplicate"] is True
+
+
+async def test_tokens_only_work_on_their_own_route(stack: Stack) -> None:
+    process_id = await stack.approved_and_sent()
+    command_token = stack.command_token(process_id, CommandName.ONE)
+    other = await stack.start_process()
+    approval_token = stack.approval_token(other)
+
+    response, html = await stack.page(command_token)
+    assert response.status == 403
+    assert "not valid" in html
+    await problem(
+        await stack.callback(approval_token, {"status": "succeeded"}), 403, "invalid-token"
+    )
+
+    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
+    assert unchanged_approval(await stack.state(other))
+
+
+async def test_callback_before_the_command_was_sent_is_a_conflict(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    token = stack.signer.sign(process_id, CommandName.ONE.value, Purpose.COMMAND, deadline)
+
+    body = await problem(await stack.callback(token, {"status": "succeeded"}), 409, "not-sent")
+
+    assert body["command_status"] == "not-started"
+    assert unchanged_approval(await stack.state(process_id))
+
+
+async def test_bad_callback_bodies_are_refused(stack: Stack) -> None:
+    process_id = await stack.approved_and_sent()
+    token = stack.command_token(process_id, CommandName.ONE)
+    url = f"/callbacks/{token}"
+    json_headers = {"Content-Type": "application/json"}
+
+    response = await stack.http.post(url, data=b"{not json", headers=json_headers)
+    body = await problem(response, 400, "invalid-body")
+    assert "not valid JSON" in body["detail"]
+    bad_bodies: list[dict[str, Any]] = [
+        {"status": "done"},
+        {"status": "succeeded", "extra": 1},
+        {"result": {}},
+    ]
+    for bad in bad_bodies:
+        body = await problem(await stack.callback(token, bad), 400, "invalid-body")
+        assert body["errors"]
+    response = await stack.http.post(url, data=b'{"status": "succeeded"}')
+    await problem(response, 415, "unsupported-media-type")
+    too_big = b'{"status": "succeeded", "result": {"x": "' + b"a" * (64 * 1024) + b'"}}'
+    response = await stack.http.post(url, data=too_big, headers=json_headers)
+    await problem(response, 413, "too-large")
+    response = await stack.http.get(url)
+    await problem(response, 405, "method-not-allowed")
+    assert response.headers["Allow"] == "POST"
+
+    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
+
+
+async def test_unknown_process_and_bad_token_on_callbacks(stack: Stack) -> None:
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    unknown = stack.signer.sign(
+        f"process-{uuid.uuid4()}", CommandName.ONE.value, Purpose.COMMAND, deadline
+    )
+    await problem(await stack.callback(unknown, {"status": "succeeded"}), 404, "unknown-process")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    expired = stack.signer.sign(
+        f"process-{uuid.uuid4()}", CommandName.ONE.value, Purpose.COMMAND, past
+    )
+    await problem(await stack.callback(expired, {"status": "succeeded"}), 410, "expired")
+    await problem(await stack.callback("x.y.z", {"status": "succeeded"}), 403, "invalid-token")
+
+
+# ---------------------------------------------------------------------------------------------
+# Health, readiness, metrics, Temporal down
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_health_readiness_and_metrics(stack: Stack) -> None:
+    assert (await stack.http.get("/healthz")).status == 200
+    response = await stack.http.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready"}
+    await stack.page("not-a-token")
+
+    response = await stack.http.get("/metrics")
+    text = await response.text()
+    assert response.status == 200
+    assert 'callbacks_api_requests_total{method="GET",route="/approvals/{token}",status="403"}' in (
+        text
+    )
+    assert "not-a-token" not in text
+
+
+async def test_temporal_unreachable_is_a_clear_503() -> None:
+    client = await Client.connect(
+        f"127.0.0.1:{free_loopback_port()}", data_converter=pydantic_data_converter, lazy=True
+    )
+    settings = make_settings()
+    token = settings.signer.sign(
+        f"process-{uuid.uuid4()}",
+        APPROVAL_CALLBACK,
+        Purpose.APPROVAL,
+        datetime.now(UTC) + timedelta(hours=1),
+    )
+    server = TestServer(create_app(settings, client), host="127.0.0.1")
+    async with TestClient(server) as http:
+        assert (await http.get("/healthz")).status == 200
+        await problem(await http.get("/readyz"), 503, "temporal-unavailable")
+        response = await http.get(f"/approvals/{token}")
+        html = await response.text()
+        assert response.status == 503
+        assert "did not answer" in html
+        assert "Traceback" not in html
+        assert response.headers["Retry-After"]

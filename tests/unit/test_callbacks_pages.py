@@ -1,0 +1,155 @@
+"""The callbacks API's pages and answer rules, without a server: escaping, CSP, status choices."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from callbacks_api import pages
+from callbacks_api.app import approval_refusal, command_refusal, form_check
+from callbacks_api.problems import Problem
+from workflows.messages import (
+    ApprovalState,
+    CommandName,
+    CommandState,
+    FailureReason,
+    LockState,
+    ProcessState,
+    ProcessStatus,
+    Stage,
+)
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+HOSTILE = '<script>alert("x")</script>&'
+
+
+def make_state(**changes: Any) -> ProcessState:
+    state = ProcessState(
+        process_id="process-1",
+        requested_by=HOSTILE,
+        description=HOSTILE,
+        stage=Stage.AWAITING_APPROVAL,
+        status=ProcessStatus.PENDING,
+        created_at=NOW,
+        updated_at=NOW,
+        approval=ApprovalState(deadline=NOW + timedelta(hours=1)),
+        lock=LockState(resource="r"),
+        commands={name: CommandState(command=name) for name in CommandName},
+    )
+    return state.model_copy(update=changes)
+
+
+def decided(decision: str = "approved", by: str = HOSTILE) -> ApprovalState:
+    return ApprovalState(decision=decision, decided_by=by, decided_at=NOW, comment=HOSTILE)
+
+
+def with_command(command_status: str, **changes: Any) -> ProcessState:
+    commands = {name: CommandState(command=name) for name in CommandName}
+    commands[CommandName.ONE] = CommandState(command=CommandName.ONE, status=command_status)
+    return make_state(**{"commands": commands, "stage": Stage.RUNNING_COMMANDS, **changes})
+
+
+def test_pages_escape_everything_from_outside() -> None:
+    problem = Problem(
+        409, "already-decided", HOSTILE, HOSTILE, state=make_state(approval=decided())
+    )
+    for html in (
+        pages.confirmation_page(make_state(), check='"><script>'),
+        pages.recorded_page(make_state(approval=decided())),
+        pages.pending_page(make_state()),
+        pages.problem_page(problem),
+    ):
+        assert "<script>" not in html
+        assert "&lt;script&gt;" in html
+
+
+def test_the_inline_style_is_the_one_the_policy_allows() -> None:
+    html = pages.confirmation_page(make_state(), check="abc")
+    match = re.search(r"<style>(.*?)</style>", html, re.S)
+    assert match
+    digest = base64.b64encode(hashlib.sha256(match.group(1).encode()).digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in pages.CONTENT_SECURITY_POLICY
+    assert "default-src 'none'" in pages.CONTENT_SECURITY_POLICY
+    assert "<script" not in html and "http" not in html.split("</head>")[0]
+
+
+def test_confirmation_form_needs_an_explicit_choice() -> None:
+    html = pages.confirmation_page(make_state(), check="abc")
+    assert 'type="radio"' in html and "required" in html
+    assert "checked" not in html
+    assert re.search(
+        r'value="reject"\s*checked', pages.confirmation_page(make_state(), "c", "reject")
+    )
+    for field in ("decision-approve", "decision-reject", "name", "comment"):
+        assert f'<label for="{field}">' in html
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        (make_state(), None),
+        (make_state(stage=Stage.CREATING), None),  # the mail can beat the stage change
+        (make_state(approval=decided()), 409),
+        (make_state(approval=decided(), stage=Stage.RUNNING_COMMANDS), 409),
+        (
+            make_state(
+                stage=Stage.FAILED,
+                status=ProcessStatus.FAILED,
+                failure_reason=FailureReason.APPROVAL_TIMEOUT,
+            ),
+            410,
+        ),
+        (make_state(stage=Stage.FAILED, status=ProcessStatus.FAILED), 410),
+    ],
+)
+def test_approval_answers(state: ProcessState, status: int | None) -> None:
+    refusal = approval_refusal(state)
+    assert (refusal.status if refusal else None) == status
+
+
+def test_a_lost_race_says_another_decision_came_first() -> None:
+    refusal = approval_refusal(make_state(approval=decided(by="Bob")), raced=True)
+    assert refusal is not None and refusal.status == 409
+    assert "arrived first" in refusal.detail and "by Bob" in refusal.detail
+    assert refusal.extra["decided_by"] == "Bob"
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "kind"),
+    [
+        (with_command("sent"), None, None),
+        (with_command("sending"), None, None),  # the result can beat the send's bookkeeping
+        (with_command("succeeded"), 409, "already-reported"),
+        (with_command("failed"), 409, "already-reported"),
+        (with_command("not-started"), 409, "not-sent"),
+        (with_command("timed-out"), 410, "closed"),
+        (with_command("send-failed"), 410, "closed"),
+        (with_command("sent", status=ProcessStatus.FAILED, stage=Stage.FAILED), 410, "closed"),
+    ],
+)
+def test_command_answers(state: ProcessState, status: int | None, kind: str | None) -> None:
+    refusal = command_refusal(state, CommandName.ONE)
+    assert (refusal.status if refusal else None) == status
+    assert (refusal.kind if refusal else None) == kind
+
+
+def test_form_check_is_bound_to_token_and_key() -> None:
+    assert form_check("k" * 32, "a.b.c") == form_check("k" * 32, "a.b.c")
+    assert form_check("k" * 32, "a.b.c") != form_check("k" * 32, "a.b.d")
+    assert form_check("k" * 32, "a.b.c") != form_check("j" * 32, "a.b.c")
+
+
+def test_problem_documents_follow_rfc_9457() -> None:
+    body = Problem(410, "expired", "Gone", "The link expired.", extra={"command": "x"}).to_json()
+    assert body["type"].startswith("tag:") and body["type"].endswith(":expired")
+    assert (body["status"], body["title"], body["detail"], body["command"]) == (
+        410,
+        "Gone",
+        "The link expired.",
+        "x",
+    )
