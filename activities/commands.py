@@ -190,5 +190,8 @@ def _status_error(
     message = f"HTTP {status} from POST {url}"
     if status in command.http_retry_statuses:
         delay = retry_after(headers.get("Retry-After"))
+        if delay is not None:
+            # Honoured, but bounded: the callback token and the lock lease are sized for it.
+            delay = min(delay, command.max_retry_after)
         return ApplicationError(message, status, type="HttpStatusError", next_retry_delay=delay)
     return ApplicationError(message, status, type="HttpStatusError", non_retryable=True)

@@ -68,8 +68,10 @@ class _LinearRetryInbound(ActivityInboundInterceptor):
 
 class _RetryIntervalOutbound(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> Any:
-        if input.retry_policy is not None:
-            seconds = input.retry_policy.initial_interval.total_seconds()
+        # Only a policy without backoff asks for linear delays; exponential ones stay as they are.
+        policy = input.retry_policy
+        if policy is not None and policy.backoff_coefficient == 1.0:
+            seconds = policy.initial_interval.total_seconds()
             input.headers = {
                 **input.headers,
                 RETRY_INTERVAL_HEADER: PayloadConverter.default.to_payload(seconds),

@@ -109,7 +109,7 @@ def main() -> int:
     print(f"queue {resources.queue_url}")
     if resources.topic_arn != settings.approval_topic_arn:
         print(
-            f"warning: APPROVAL_APPROVAL_TOPIC_ARN is {settings.approval_topic_arn}, "
+            f"warning: APPROVAL_TOPIC_ARN is {settings.approval_topic_arn}, "
             f"the topic is {resources.topic_arn}",
             file=sys.stderr,
         )

@@ -76,30 +76,44 @@ class Message(BaseModel):
 
 
 class CompletionPolicy(Message):
-    """When the parallel command phase counts as a success (the original's completion config).
+    """When the parallel command phase ends, and whether it succeeded (the original's config).
 
-    With nothing set, every command must succeed.
+    The phase ends as soon as ``min_successful`` commands succeeded, or as soon as the failures
+    exceed what is tolerated; otherwise when every command has finished. With nothing set,
+    every command must succeed. A timed-out or unsendable command counts as failed.
     """
 
-    min_successful: int | None = Field(None, ge=0)
+    min_successful: int | None = Field(None, ge=1, le=len(CommandName))
     tolerated_failure_count: int | None = Field(None, ge=0)
     tolerated_failure_percentage: float | None = Field(None, ge=0, le=100)
 
-    def is_satisfied(self, succeeded: int, failed: int, total: int) -> bool:
-        """True when the finished commands meet the policy (unfinished ones count as failed)."""
-        if self.min_successful is not None and succeeded < self.min_successful:
-            return False
-        if self.tolerated_failure_count is not None and failed > self.tolerated_failure_count:
-            return False
-        percentage = self.tolerated_failure_percentage
-        if percentage is not None and total and failed * 100 > percentage * total:
-            return False
-        nothing_set = (
-            self.min_successful is None
-            and self.tolerated_failure_count is None
-            and self.tolerated_failure_percentage is None
+    def tolerance_exceeded(self, failed: int, total: int) -> bool:
+        count, percentage, minimum = (
+            self.tolerated_failure_count,
+            self.tolerated_failure_percentage,
+            self.min_successful,
         )
-        return not (nothing_set and failed)
+        if count is not None and failed > count:
+            return True
+        if percentage is not None and total and failed * 100 > percentage * total:
+            return True
+        if minimum is not None and failed > total - minimum:
+            return True  # min_successful can no longer be reached
+        nothing_set = count is None and percentage is None and minimum is None
+        return nothing_set and failed > 0
+
+    def is_decided(self, succeeded: int, failed: int, total: int) -> bool:
+        """True once waiting for the remaining commands can no longer change the outcome."""
+        if self.tolerance_exceeded(failed, total):
+            return True
+        if self.min_successful is not None and succeeded >= self.min_successful:
+            return True
+        return succeeded + failed >= total
+
+    def is_satisfied(self, succeeded: int, failed: int, total: int) -> bool:
+        if self.tolerance_exceeded(failed, total):
+            return False
+        return self.min_successful is None or succeeded >= self.min_successful
 
 
 class RetrySettings(Message):
@@ -122,12 +136,14 @@ class ProcessOptions(Message):
     aws_retry: RetrySettings = RetrySettings(max_attempts=3, delay=timedelta(minutes=2))
     http_retry: RetrySettings = RetrySettings(max_attempts=5, delay=timedelta(minutes=5))
     http_retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    # A downstream ``Retry-After`` wins over the linear delay, up to this bound.
+    max_retry_after: timedelta = timedelta(minutes=20)
     # One attempt of an AWS call or an HTTP send may take this long before it is retried.
     activity_attempt_timeout: timedelta = timedelta(seconds=30)
     completion: CompletionPolicy = CompletionPolicy()
     lock_resource: str = DEFAULT_LOCK_RESOURCE
     # Longest the lock may be held before the mutex revokes it; covers the command phase with
-    # all its HTTP retries (5+10+15+20 min of delays) and the 1 h callback wait.
+    # all its HTTP retries (4 waits of at most 20 min) and the 1 h callback wait.
     lease_timeout: timedelta = timedelta(hours=3)
 
 
@@ -213,8 +229,16 @@ class LockState(Message):
 
 class CommandState(Message):
     command: CommandName
+    # "not-awaited": the completion policy was settled before this command finished.
     status: Literal[
-        "not-started", "sending", "sent", "succeeded", "failed", "timed-out", "send-failed"
+        "not-started",
+        "sending",
+        "sent",
+        "succeeded",
+        "failed",
+        "timed-out",
+        "send-failed",
+        "not-awaited",
     ] = "not-started"
     attempts: int = 0
     sent_at: datetime | None = None
@@ -359,6 +383,7 @@ class SendCommand(Message):
     command: CommandName
     deadline: datetime  # the callback wait's deadline; the callback token expires with it
     http_retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    max_retry_after: timedelta = timedelta(minutes=20)
 
 
 class SendResult(Message):

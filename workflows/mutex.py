@@ -8,6 +8,7 @@ without releasing is noticed by a periodic liveness check, its record marked ``a
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
@@ -53,6 +54,7 @@ class MutexWorkflow:
         self._next_lease_id = state.next_lease_id
         self._counters = state.counters.model_dump()
         self._changed = False
+        self._next_check_at = workflow.now() + self._options.liveness_interval
 
     @workflow.run
     async def run(self, input: MutexInput) -> None:
@@ -69,10 +71,14 @@ class MutexWorkflow:
             if self._holder is None:
                 await workflow.wait_condition(self._woken)
                 continue
-            try:
-                await workflow.wait_condition(self._woken, timeout=self._options.liveness_interval)
-            except TimeoutError:
+            # The check runs on a fixed schedule: signals that wake the loop do not postpone it.
+            until_check = self._next_check_at - workflow.now()
+            if until_check <= timedelta(0):
+                self._next_check_at = workflow.now() + self._options.liveness_interval
                 await self._check_holder()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(self._woken, timeout=until_check)
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -105,7 +111,11 @@ class MutexWorkflow:
     def release(self, release: LockRelease) -> None:
         """Free the lock, but only for the current lease: a stale lease id frees nothing."""
         holder = self._holder
-        if holder is None or holder.lease_id != release.lease_id:
+        if (
+            holder is None
+            or holder.lease_id != release.lease_id
+            or holder.request_id != release.request_id
+        ):
             workflow.logger.warning(
                 "stale release of lease %s ignored (current %s)",
                 release.lease_id,
@@ -141,6 +151,7 @@ class MutexWorkflow:
         )
         self._next_lease_id += 1
         self._holder = lease
+        self._next_check_at = now + self._options.liveness_interval
         try:
             await workflow.get_external_workflow_handle(request.requester_workflow_id).signal(
                 "lock_granted",
@@ -166,12 +177,18 @@ class MutexWorkflow:
         if workflow.now() >= holder.expires_at:
             await self._revoke(holder)
             return
-        liveness: HolderLiveness = await workflow.execute_activity(
-            describe_workflow,
-            holder.holder_workflow_id,
-            start_to_close_timeout=self._options.activity_attempt_timeout,
-            retry_policy=_BOOKKEEPING_RETRY,
-        )
+        try:
+            liveness: HolderLiveness = await workflow.execute_activity(
+                describe_workflow,
+                holder.holder_workflow_id,
+                start_to_close_timeout=self._options.activity_attempt_timeout,
+                retry_policy=_BOOKKEEPING_RETRY,
+            )
+        except FailureError as err:
+            # Not knowing is no reason to free the lock, nor to fail the mutex and lose the
+            # queue: try again at the next check.
+            workflow.logger.warning("liveness of %s unknown: %s", holder.holder_workflow_id, err)
+            return
         if liveness.running or self._holder is not holder:
             return
         workflow.logger.warning(

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -88,7 +88,10 @@ def linear_retry(settings: RetrySettings, **extra: Any) -> RetryPolicy:
 def send_budget(options: ProcessOptions) -> timedelta:
     """Longest a command send may take with every HTTP retry: the callback token must outlive it."""
     retry = options.http_retry
-    delays = sum((retry.delay_after(a) for a in range(1, retry.max_attempts)), timedelta())
+    delays = sum(
+        (max(retry.delay_after(a), options.max_retry_after) for a in range(1, retry.max_attempts)),
+        timedelta(),
+    )
     return delays + options.activity_attempt_timeout * retry.max_attempts
 
 
@@ -131,6 +134,8 @@ class ProcessWorkflow:
         except asyncio.CancelledError:
             await self._fail(ProcessFailure(FailureReason.CANCELLED, "process was cancelled"))
         except FailureError as err:
+            if _is_cancellation(err):  # a cancel that reached us through an activity or timer
+                await self._fail(ProcessFailure(FailureReason.CANCELLED, "process was cancelled"))
             await self._fail(ProcessFailure(FailureReason.ERROR, _describe(err)))
 
     # -- signals and query ----------------------------------------------------------------------
@@ -306,21 +311,29 @@ class ProcessWorkflow:
             for task in tasks:
                 if not task.done():
                     task.cancel()
-        policy = self._options.completion
-        total = len(tasks)
+        now = workflow.now()
         outcomes = [self._outcome(name) for name in CommandName]
+        for outcome in outcomes:  # the state shows what each command ended as, truthfully
+            if self._commands[outcome.command].status in ("not-started", "sending", "sent"):
+                self._update_command(
+                    outcome.command,
+                    status=outcome.status,
+                    result=outcome.result,
+                    error=outcome.error,
+                    finished_at=now,
+                )
         succeeded = sum(o.status == "succeeded" for o in outcomes)
-        if policy.is_satisfied(succeeded, total - succeeded, total):
+        failed = sum(o.status not in ("succeeded", "not-awaited") for o in outcomes)
+        if self._options.completion.is_satisfied(succeeded, failed, len(outcomes)):
             return outcomes
-        unfinished = [o for o in outcomes if o.status != "succeeded"]
+        failures = [o for o in outcomes if o.status not in ("succeeded", "not-awaited")]
         reason = (
             FailureReason.COMMAND_FAILED
-            if any(o.status in ("failed", "send-failed") for o in unfinished)
+            if any(o.status in ("failed", "send-failed") for o in failures)
             else FailureReason.COMMAND_TIMEOUT
         )
         details = "; ".join(
-            f"{o.command.value} {o.status}" + (f" ({o.error})" if o.error else "")
-            for o in unfinished
+            f"{o.command.value} {o.status}" + (f" ({o.error})" if o.error else "") for o in failures
         )
         raise ProcessFailure(reason, f"commands did not meet the completion policy: {details}")
 
@@ -342,6 +355,7 @@ class ProcessWorkflow:
                     command=name,
                     deadline=callback_deadline,
                     http_retry_statuses=options.http_retry_statuses,
+                    max_retry_after=options.max_retry_after,
                 ),
                 start_to_close_timeout=options.activity_attempt_timeout,
                 retry_policy=linear_retry(retry),
@@ -378,13 +392,33 @@ class ProcessWorkflow:
     # -- failure and cleanup --------------------------------------------------------------------
 
     async def _fail(self, failure: ProcessFailure) -> NoReturn:
-        """Cleanup shared by every failure and by cancellation, then a typed failure."""
+        """Cleanup shared by every failure and by cancellation, then a typed failure.
+
+        The cleanup is shielded: a cancel that arrives while it runs (an operator cancelling a
+        process that is already failing) must not leave the lock held or the record unmarked.
+        """
         workflow.logger.warning("process failed (%s): %s", failure.reason.value, failure.message)
         self._failure = failure
         self._stage = Stage.FAILED
         self._status = ProcessStatus.FAILED
         self._finished_at = workflow.now()
         self._touch()
+        cleanup = asyncio.ensure_future(self._clean_up(failure))
+        while not cleanup.done():
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                workflow.logger.warning("cancel during cleanup: finishing the cleanup first")
+        await cleanup
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        raise ApplicationError(
+            failure.message,
+            self.state().model_dump(mode="json"),
+            type=failure.reason.value,
+            non_retryable=True,
+        )
+
+    async def _clean_up(self, failure: ProcessFailure) -> None:
         await self._release_lock()
         try:
             await self._write_status(
@@ -400,13 +434,6 @@ class ProcessWorkflow:
         except FailureError as err:
             workflow.logger.error("could not mark the record failed: %s", err)
         workflow.upsert_search_attributes([STATUS_KEY.value_set(ProcessStatus.FAILED.value)])
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        raise ApplicationError(
-            failure.message,
-            self.state().model_dump(mode="json"),
-            type=failure.reason.value,
-            non_retryable=True,
-        )
 
     async def _release_lock(self) -> None:
         """Give back a held lease, or withdraw a pending request; never leaves the lock taken."""
@@ -479,19 +506,10 @@ class ProcessWorkflow:
         return True
 
     def _policy_decided(self) -> bool:
-        """True once the finished commands settle the policy whatever the others do."""
-        finished = [self._outcome(n) for n in CommandName if self._command_finished(n)]
-        total = len(CommandName)
-        succeeded = sum(o.status == "succeeded" for o in finished)
-        failed = len(finished) - succeeded
-        pending = total - len(finished)
-        policy = self._options.completion
-        if not policy.is_satisfied(succeeded + pending, failed, total):
-            return True  # cannot succeed any more
-        return policy.is_satisfied(succeeded, failed + pending, total)  # cannot fail any more
-
-    def _command_finished(self, name: CommandName) -> bool:
-        return self._outcome(name).status != "not-awaited"
+        outcomes = [self._outcome(name) for name in CommandName]
+        succeeded = sum(o.status == "succeeded" for o in outcomes)
+        failed = sum(o.status not in ("succeeded", "not-awaited") for o in outcomes)
+        return self._options.completion.is_decided(succeeded, failed, len(outcomes))
 
     def _outcome(self, name: CommandName) -> CommandOutcome:
         """A command's outcome; a callback that arrived counts even before its task saw it."""
@@ -513,6 +531,16 @@ class ProcessWorkflow:
 
     def _touch(self) -> None:
         self._updated_at = workflow.now()
+
+
+def _is_cancellation(err: BaseException) -> bool:
+    """True when a failure chain ends in a cancellation (of the workflow, reaching an activity)."""
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, CancelledError):
+            return True
+        current = current.cause if isinstance(current, FailureError) else None
+    return False
 
 
 def _describe(err: BaseException) -> str:

@@ -569,7 +569,7 @@ def test_provisioning_command_runs_twice(moto: MotoServer) -> None:
         **moto_env(moto),
         "APPROVAL_PROCESS_TABLE": settings.process_table,
         "APPROVAL_IDEMPOTENCY_TABLE": settings.idempotency_table,
-        "APPROVAL_APPROVAL_TOPIC_ARN": settings.approval_topic_arn,
+        "APPROVAL_TOPIC_ARN": settings.approval_topic_arn,
         "APPROVAL_COMMAND_QUEUE_URL": settings.command_queue_url,
     }
     env.pop("APPROVAL_SIGNING_KEYS", None)  # provisioning needs no signing key

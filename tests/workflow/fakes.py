@@ -20,6 +20,7 @@ from activities import mutex
 from workflows.messages import (
     CommandName,
     CreateProcessRecord,
+    HolderLiveness,
     ProcessStatus,
     PublishApprovalRequest,
     RequestLock,
@@ -58,10 +59,15 @@ class Fakes:
         default_factory=lambda: defaultdict(list)
     )
     lock_requests: list[str] = field(default_factory=list)
+    publishing: set[str] = field(default_factory=set)
     # Scripted failures: how many create attempts fail first; HTTP replies per process.
     create_failures: int = 0
     http_replies: dict[str, list[HttpReply]] = field(default_factory=dict)
     sqs_down: bool = False
+    describe_down: bool = False
+    # Gates that hold an activity until the test opens them (to act while it is in flight).
+    publish_gate: asyncio.Event | None = None
+    fail_gate: asyncio.Event | None = None
 
     # -- activities ---------------------------------------------------------------------------
 
@@ -77,6 +83,8 @@ class Fakes:
 
     @activity.defn(name="update_process_status")
     async def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
+        if self.fail_gate is not None and update.status is ProcessStatus.FAILED:
+            await self.fail_gate.wait()
         record = self.records.get(update.process_id)
         if record is None:
             raise ApplicationError("no such process", type="ProcessNotFound", non_retryable=True)
@@ -91,6 +99,9 @@ class Fakes:
 
     @activity.defn(name="publish_approval_request")
     async def publish_approval_request(self, request: PublishApprovalRequest) -> str:
+        if self.publish_gate is not None:
+            self.publishing.add(request.process_id)
+            await self.publish_gate.wait()
         self.approvals[request.process_id] = request
         return f"msg-{request.process_id}"
 
@@ -123,6 +134,12 @@ class Fakes:
         self.lock_requests.append(request.request.requester_workflow_id)
         await mutex.request_lock(request)
 
+    @activity.defn(name="describe_workflow")
+    async def describe_workflow(self, workflow_id: str) -> HolderLiveness:
+        if self.describe_down:
+            raise RuntimeError("Temporal visibility unavailable (scripted)")
+        return await mutex.describe_workflow(workflow_id)
+
     def activities(self) -> list[Any]:
         return [
             self.create_process,
@@ -131,7 +148,7 @@ class Fakes:
             self.send_command_one,
             self.send_command_two,
             self.request_lock,
-            mutex.describe_workflow,
+            self.describe_workflow,
         ]
 
     # -- helpers for tests ----------------------------------------------------------------------

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
+from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -28,6 +30,15 @@ from workflows.messages import (
 )
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
+
+
+@workflow.defn(sandboxed=False)
+class Clock:
+    """Waits for a while; awaiting its result is how a test lets workflow time pass."""
+
+    @workflow.run
+    async def run(self, seconds: float) -> None:
+        await workflow.sleep(seconds)
 
 
 @dataclass
@@ -81,6 +92,19 @@ class Harness:
                 lambda c=command: self.fakes.sent(handle.id, c), what=f"{command} sent"
             )
 
+    async def advance(self, duration: timedelta) -> None:
+        """Let ``duration`` of workflow time pass on the time-skipping server.
+
+        Awaiting a workflow's result skips time; ``env.sleep`` was seen to time out now and
+        then when an activity called the server while it ran.
+        """
+        await self.client.execute_workflow(
+            Clock.run,
+            duration.total_seconds(),
+            id=f"clock-{uuid.uuid4()}",
+            task_queue=self.task_queue,
+        )
+
     async def state(self, handle: WorkflowHandle) -> ProcessState:
         return await handle.query(ProcessWorkflow.state)
 
@@ -99,7 +123,7 @@ async def harness(
         async with Worker(
             client,
             task_queue=task_queue,
-            workflows=[ProcessWorkflow, MutexWorkflow],
+            workflows=[ProcessWorkflow, MutexWorkflow, Clock],
             activities=fakes.activities(),
             activity_executor=executor,
             interceptors=[LinearRetryInterceptor()],

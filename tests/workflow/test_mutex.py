@@ -14,7 +14,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
-from workflows.messages import CommandCallback, CommandName, LockRelease, ProcessStatus, Stage
+from workflows.messages import (
+    CommandCallback,
+    CommandName,
+    LockRelease,
+    ProcessStatus,
+    Stage,
+)
 from workflows.mutex import MutexWorkflow
 from workflows.process import LOCK_TIMEOUT_MESSAGE, ProcessWorkflow
 
@@ -215,3 +221,23 @@ async def _queue_length(h: Harness, length: int) -> bool:
 
 def _ok(command: CommandName) -> CommandCallback:
     return CommandCallback(command=command.value, status="succeeded")
+
+
+async def test_failing_liveness_check_keeps_the_mutex_and_its_queue(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        holder = await _hold_lock(h)
+        h.fakes.describe_down = True
+        await h.advance(timedelta(minutes=5))  # several checks fail, each after retries
+        state = await h.mutex_state()
+        assert state.holder is not None and state.holder.holder_workflow_id == holder.id
+        h.fakes.describe_down = False
+        await h.call_back(holder, CommandName.ONE)
+        await h.call_back(holder, CommandName.TWO)
+        await holder.result()
+        assert (await h.mutex_state()).holder is None
+
+
+async def _no_holder(h: Harness) -> bool:
+    return (await h.mutex_state()).holder is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from datetime import timedelta
@@ -280,3 +281,80 @@ async def test_callback_for_unknown_command_is_ignored_and_logged(
         await h.call_back(handle, CommandName.ONE)
         await h.call_back(handle, CommandName.TWO)
         await handle.result()
+
+
+async def test_tolerated_failure_waits_for_every_command(time_env: WorkflowEnvironment) -> None:
+    """As the original: a tolerance alone does not end the phase early; the lock stays held."""
+    async with harness(time_env.client) as h:
+        handle = await h.start(completion=CompletionPolicy(tolerated_failure_count=1))
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.TWO)
+        await eventually(
+            lambda: _command_status(h, handle, CommandName.TWO, "succeeded"), what="two done"
+        )
+        state = await h.state(handle)
+        assert state.status is ProcessStatus.IN_PROGRESS and state.lock.status == "held"
+        await h.call_back(handle, CommandName.ONE, status="failed")
+        result = await handle.result()
+        assert {o.command: o.status for o in result.commands} == {
+            CommandName.ONE: "failed",
+            CommandName.TWO: "succeeded",
+        }
+
+
+async def _command_status(h, handle, command: CommandName, status: str) -> bool:
+    return bool((await h.state(handle)).commands[command].status == status)
+
+
+async def test_min_successful_with_no_tolerance_completes_on_first_success(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start(
+            completion=CompletionPolicy(min_successful=1, tolerated_failure_count=0)
+        )
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, CommandName.ONE)
+        result = await handle.result()
+        assert {o.command: o.status for o in result.commands} == {
+            CommandName.ONE: "succeeded",
+            CommandName.TWO: "not-awaited",
+        }
+        state = await h.state(handle)
+        assert state.commands[CommandName.TWO].status == "not-awaited"  # not left "sent"
+
+
+async def test_cancel_during_an_activity_is_reported_as_cancelled(
+    time_env: WorkflowEnvironment,
+) -> None:
+    fakes = Fakes(publish_gate=asyncio.Event())
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        await eventually(lambda: handle.id in fakes.publishing, what="publish in flight")
+        await handle.cancel()
+        error = await _failure(handle)
+        assert fakes.publish_gate is not None
+        fakes.publish_gate.set()
+        assert error.type == "cancelled"
+        assert fakes.records[handle.id]["reason"] == "cancelled"
+
+
+async def test_cancel_during_cleanup_still_marks_the_record(time_env: WorkflowEnvironment) -> None:
+    fakes = Fakes(fail_gate=asyncio.Event())
+    async with harness(time_env.client, fakes) as h:
+        handle = await h.start()
+        await h.approve(handle, approved=False)
+        await eventually(lambda: _stage_failed(h, handle), what="cleanup under way")
+        await handle.cancel()  # an operator cancels a process that is already failing
+        assert fakes.fail_gate is not None
+        fakes.fail_gate.set()
+        error = await _failure(handle)
+        assert error.type == "rejected"  # the first reason stands
+        assert fakes.records[handle.id]["status"] is ProcessStatus.FAILED
+        assert fakes.records[handle.id]["reason"] == "rejected"
+
+
+async def _stage_failed(h, handle) -> bool:
+    return bool((await h.state(handle)).stage.value == "failed")

