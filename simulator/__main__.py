@@ -1,0 +1,56 @@
+"""``python -m simulator``: the downstream systems (command one over SQS, command two over HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import aiohttp
+from pydantic import ValidationError
+
+from common.logging import configure
+from simulator.aws import clients
+from simulator.downstream import Downstream, create_app
+from simulator.serve import CannotListen, serve
+from simulator.settings import SimulatorSettings, describe_errors
+
+log = logging.getLogger("simulator")
+
+
+async def run(settings: SimulatorSettings) -> None:
+    sqs, _ = clients(settings.aws_region, settings.aws_endpoint_url)
+    async with aiohttp.ClientSession() as http:
+        downstream = Downstream(settings, http)
+        app = create_app(downstream, settings.command_path)
+        log.info(
+            "downstream simulator on http://%s:%d%s (delay %.1f-%.1f s, failure rate %.0f%%)",
+            settings.host,
+            settings.port,
+            settings.command_path,
+            settings.min_delay,
+            settings.max_delay,
+            settings.failure_rate * 100,
+        )
+        try:
+            await serve(app, settings.host, settings.port, downstream.consume_queue(sqs))
+        finally:
+            await downstream.close()
+
+
+def main() -> None:
+    try:
+        settings = SimulatorSettings()
+    except ValidationError as err:
+        print(f"simulator: invalid settings: {describe_errors(err)}", file=sys.stderr)
+        sys.exit(2)
+    configure(settings)
+    try:
+        asyncio.run(run(settings))
+    except CannotListen as err:
+        print(f"simulator: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Settings of the stand-ins for the world outside: the downstream systems and the approvers' inbox.
+
+They read the same ``AWS_*`` and ``APPROVAL_*`` variables as the worker where they talk about
+the same thing (the command queue, the approval topic), so one environment wires them together;
+everything of their own is prefixed ``SIMULATOR_`` or ``INBOX_``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class _AwsSettings(BaseSettings):
+    aws_region: str = Field("us-east-1", validation_alias=_env("AWS_DEFAULT_REGION"))
+    aws_endpoint_url: str | None = Field(None, validation_alias=_env("AWS_ENDPOINT_URL"))
+    log_json: bool = Field(False, validation_alias=_env("APPROVAL_LOG_JSON"))
+    log_level: str = Field("INFO", validation_alias=_env("APPROVAL_LOG_LEVEL"))
+
+
+class SimulatorSettings(_AwsSettings):
+    """The downstream systems: command one from SQS, command two over HTTP, both call back."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMULATOR_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8082
+    # The path command two is POSTed to (the path of APPROVAL_COMMAND_URL).
+    command_path: str = "/commands/two"
+    queue_url: str = Field(
+        "http://localhost:5000/123456789012/approval-command-one",
+        validation_alias=_env("SIMULATOR_QUEUE_URL", "APPROVAL_COMMAND_QUEUE_URL"),
+    )
+    # Seconds between receiving a command and calling back: uniform in [min_delay, max_delay].
+    min_delay: float = Field(2.0, ge=0)
+    max_delay: float = Field(5.0, ge=0)
+    # Probability that a command fails (its callback says "failed"); 0 never, 1 always.
+    failure_rate: float = Field(0.0, ge=0, le=1)
+    # Callback POSTs are retried on connection errors and 5xx, at most this many tries in all.
+    callback_attempts: int = Field(5, ge=1)
+    callback_backoff: float = Field(0.5, ge=0)
+    callback_timeout: float = Field(10.0, gt=0)
+    # Idempotency keys already executed, one JSON line each; kept across restarts when set.
+    state_path: Path | None = None
+    # Seed for the delays and failures, for a repeatable run.
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> SimulatorSettings:
+        if self.max_delay < self.min_delay:
+            raise ValueError("SIMULATOR_MAX_DELAY is below SIMULATOR_MIN_DELAY")
+        return self
+
+
+class InboxSettings(_AwsSettings):
+    """The approvers' mailbox: an SQS queue subscribed to the approval topic, shown on a page."""
+
+    model_config = SettingsConfigDict(env_prefix="INBOX_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8025
+    topic_arn: str = Field(
+        "arn:aws:sns:us-east-1:123456789012:approval-requests",
+        validation_alias=_env("INBOX_TOPIC_ARN", "APPROVAL_TOPIC_ARN"),
+    )
+    queue_name: str = "approval-inbox"
+    # Messages received, one JSON line each; the page survives a restart when set.
+    store_path: Path | None = None
+    # Print each message (links included) on standard output as it arrives.
+    echo: bool = True
+    max_messages: int = Field(500, ge=1)
+
+
+def describe_errors(err: ValidationError) -> str:
+    """A pydantic error as one line: ``field: problem; field: problem``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
+    )

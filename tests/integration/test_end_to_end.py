@@ -1,0 +1,294 @@
+"""End to end over the wire: ``python -m local_stack`` with every part as a real process.
+
+The dev server, the AWS emulator, the worker, the callbacks API, the downstream simulator and the
+inbox run exactly as ``make run`` starts them (on free ports, in a temporary data folder). A
+process is started through the CLI, its approval link read from the inbox, the confirmation page
+opened and the approval posted over HTTP; the simulator's callbacks finish the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+
+from local_stack.children import Child
+from tests.support.moto_server import free_loopback_port
+from workflows.messages import ProcessState
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 120.0
+FLOW_TIMEOUT = 60.0
+PORTS = ("TEMPORAL", "UI", "MOTO", "API", "SIMULATOR", "INBOX", "METRICS")
+# Our own settings must not leak in from the environment the tests run in.
+OWN_PREFIXES = ("APPROVAL_", "SIMULATOR_", "INBOX_", "LOCAL_STACK_", "TEMPORAL_", "AWS_")
+
+
+@dataclass
+class RunningStack:
+    child: Child
+    data_dir: Path
+    ports: dict[str, int]
+    env: dict[str, str]
+    stopped_with: int | None = None
+
+    def url(self, name: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    @property
+    def output(self) -> str:
+        return self.child.log_path.read_text(errors="replace")
+
+    def cli_env(self) -> dict[str, str]:
+        return {
+            **self.env,
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{self.ports['TEMPORAL']}",
+            "APPROVAL_INBOX_URL": self.url("INBOX"),
+        }
+
+    async def client(self) -> Client:
+        return await Client.connect(
+            f"127.0.0.1:{self.ports['TEMPORAL']}", data_converter=pydantic_data_converter
+        )
+
+    def table_item(self, process_id: str) -> dict[str, Any]:
+        dynamodb = boto3.client(
+            "dynamodb",
+            endpoint_url=self.url("MOTO"),
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        item = dynamodb.get_item(
+            TableName="approval-processes",
+            Key={"process_id": {"S": process_id}},
+            ConsistentRead=True,
+        ).get("Item")
+        assert item is not None, f"no record for {process_id}"
+        return {name: value.get("S") for name, value in item.items()}
+
+    async def stop(self) -> int:
+        """SIGINT, as Ctrl+C would; the supervisor's exit code."""
+        if self.stopped_with is None:
+            self.child.stopping = True
+            if self.child.returncode is None and self.child.pid is not None:
+                os.kill(self.child.pid, signal.SIGINT)
+            try:
+                self.stopped_with = await asyncio.wait_for(self.child.exited(), 60)
+            except TimeoutError:
+                self.child.kill()
+                self.stopped_with = await self.child.exited()
+        return self.stopped_with
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
+    """Poll ``check`` until it holds, or fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {within:g} s")
+        await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def local_stack(tmp_path: Path, **settings: str) -> AsyncIterator[RunningStack]:
+    """``python -m local_stack`` on free ports; stopped (and its children with it) at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    ports = {name: free_loopback_port() for name in PORTS}
+    data_dir = tmp_path / "data"
+    env.update({f"LOCAL_STACK_{name}_PORT": str(port) for name, port in ports.items()})
+    env.update(
+        {
+            "LOCAL_STACK_DATA_DIR": str(data_dir),
+            "LOCAL_STACK_READY_TIMEOUT": "90",
+            "PYTHONUNBUFFERED": "1",
+            # Quick downstream systems keep the test short.
+            "SIMULATOR_MIN_DELAY": "0.1",
+            "SIMULATOR_MAX_DELAY": "0.3",
+        }
+    )
+    env.update(settings)
+    child = Child(
+        "local_stack",
+        [sys.executable, "-m", "local_stack"],
+        env,
+        tmp_path / "local_stack.out",
+        sys.stderr,
+        echo=False,
+    )
+    await child.start()
+    stack = RunningStack(child=child, data_dir=data_dir, ports=ports, env=env)
+    try:
+
+        async def ready() -> bool:
+            if child.returncode is not None:
+                pytest.fail(f"local_stack exited with {child.returncode}:\n{stack.output}")
+            return "Ready in" in stack.output
+
+        await eventually(ready, "local_stack ready", READY_TIMEOUT)
+        yield stack
+    except BaseException:
+        print(stack.output, file=sys.stderr)  # shown by pytest for the failing test
+        raise
+    finally:
+        await stack.stop()
+
+
+async def cli(stack: RunningStack, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=stack.cli_env(),
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), FLOW_TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def start_through_cli(stack: RunningStack, description: str) -> dict[str, Any]:
+    code, out, err = await cli(
+        stack, "start", "--requested-by", "e2e", "--description", description, "--json"
+    )
+    assert code == 0, err
+    started: dict[str, Any] = json.loads(out)
+    assert started["process_id"].startswith("process-")
+    return started
+
+
+async def approve(http: aiohttp.ClientSession, stack: RunningStack, process_id: str) -> None:
+    """Read the link from the inbox, open the page (changes nothing), then post the approval."""
+    async with http.get(
+        stack.url("INBOX", "/messages.json"), params={"process_id": process_id}
+    ) as r:
+        messages = (await r.json())["messages"]
+    assert len(messages) == 1
+    link = messages[0]["approve_url"]
+    assert link.startswith(stack.url("API", "/approvals/"))
+
+    async with http.get(link) as page:
+        assert page.status == 200
+        html = await page.text()
+    assert process_id in html
+    client = await stack.client()
+    state = await client.get_workflow_handle(process_id).query("state", result_type=ProcessState)
+    assert state.stage == "awaiting-approval" and state.approval.decision is None
+
+    form: dict[str, str] = {"decision": "approve", "name": "e2e approver"}
+    check = re.search(r'name="check" value="([^"]*)"', html)
+    if check:
+        form["check"] = check.group(1)
+    async with http.post(link, data=form) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+async def test_approved_process_completes(tmp_path: Path) -> None:
+    async with local_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        # What make run promises on its last lines, and the UI behind the first one.
+        output = stack.output
+        ui = re.search(r"^Temporal UI: (\S+)$", output, re.MULTILINE)
+        assert ui and re.search(r"^Inbox: http://\S+$", output, re.MULTILINE)
+        assert re.search(r"^Approval link: http://\S+/approvals/\S+$", output, re.MULTILINE)
+        async with http.get(ui.group(1)) as page:
+            assert page.status == 200
+
+        started = await start_through_cli(stack, "end-to-end happy path")
+        process_id = started["process_id"]
+        assert started["approval_link"], "start printed no approval link"
+        await approve(http, stack, process_id)
+
+        client = await stack.client()
+        handle = client.get_workflow_handle(process_id)
+        result = await asyncio.wait_for(handle.result(), FLOW_TIMEOUT)
+        assert result["status"] == "success"
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+        record = stack.table_item(process_id)
+        assert record["status"] == "completed"
+        assert record["approved_by"] == "e2e approver"
+
+        # The simulator ran each command once and its callbacks were accepted.
+        async with http.get(stack.url("SIMULATOR", "/commands")) as response:
+            commands = [
+                c for c in (await response.json())["commands"] if c["process_id"] == process_id
+            ]
+        assert sorted(c["command"] for c in commands) == ["command-one", "command-two"]
+        assert all(c["outcome"] == "succeeded" and c["callback_status"] == 202 for c in commands)
+
+        code, out, err = await cli(stack, "status", process_id, "--json")
+        assert code == 0, err
+        assert json.loads(out)["state"]["status"] == "completed"
+        code, out, err = await cli(stack, "list", "--status", "completed", "--json")
+        assert code == 0, err
+        assert process_id in [p["process_id"] for p in json.loads(out)["processes"]]
+        code, out, err = await cli(stack, "lock", "--json")
+        assert code == 0, err
+        assert json.loads(out)["state"]["holder"] is None
+
+        # Errors are one line on stderr and an exit code, never a traceback.
+        code, out, err = await cli(stack, "status", "process-does-not-exist")
+        assert (code, out) == (1, "")
+        assert err.strip() == "approval-flow: no process with id process-does-not-exist"
+
+        assert await stack.stop() == 0
+        assert "stack    | stopped" in stack.output
+        code, out, err = await cli(stack, "list")
+        assert code == 3 and out == ""
+        assert len(err.strip().splitlines()) == 1 and "cannot reach Temporal" in err
+
+
+async def test_failed_command_fails_the_process(tmp_path: Path) -> None:
+    async with (
+        local_stack(tmp_path, SIMULATOR_FAILURE_RATE="1", LOCAL_STACK_DEMO="false") as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        assert "Approval link:" not in stack.output
+        started = await start_through_cli(stack, "end-to-end failure path")
+        process_id = started["process_id"]
+        await approve(http, stack, process_id)
+
+        client = await stack.client()
+        handle = client.get_workflow_handle(process_id)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), FLOW_TIMEOUT)
+        cause = failure.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "command-failed"
+        assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+        record = stack.table_item(process_id)
+        assert record["status"] == "failed"
+        assert record["reason"] == "command-failed"
+
+        code, out, err = await cli(stack, "status", process_id, "--json")
+        assert code == 0, err
+        state = json.loads(out)["state"]
+        assert state["status"] == "failed" and state["failure_reason"] == "command-failed"
+
+        # A part that dies is named, the rest are stopped, and the supervisor exits non-zero.
+        pid = re.search(r"simulator ready \(pid (\d+),", stack.output)
+        assert pid is not None
+        os.kill(int(pid.group(1)), signal.SIGKILL)
+        assert await asyncio.wait_for(stack.child.exited(), FLOW_TIMEOUT) == 1
+        output = stack.output
+        assert "make run: simulator exited with code -9; stopping the rest." in output
+        assert "worker stopped (exit 0" in output and "temporal stopped (exit 0" in output

@@ -1,0 +1,204 @@
+"""The CLI: its output, its errors and exit codes (a time-skipping server answers the RPCs)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp import web
+from temporalio.testing import WorkflowEnvironment
+
+from cli.main import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    CliSettings,
+    Output,
+    build_parser,
+    execute,
+    list_query,
+    normalise_process_id,
+    render_lock,
+    render_state,
+    run,
+    wait_for_approval_link,
+)
+from tests.support.moto_server import free_loopback_port
+from workflows.messages import (
+    ApprovalState,
+    CommandName,
+    CommandState,
+    FailureReason,
+    Lease,
+    LockRequest,
+    LockState,
+    MutexState,
+    ProcessState,
+    ProcessStatus,
+    Stage,
+)
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_bare_uuid_means_a_process_id() -> None:
+    uuid = "7f3c2a1e-0000-4000-8000-000000000001"
+    assert normalise_process_id(uuid) == f"process-{uuid}"
+    assert normalise_process_id(f"process-{uuid}") == f"process-{uuid}"
+    assert normalise_process_id("mutex-x") == "mutex-x"
+
+
+def test_list_query_filters_on_the_search_attribute() -> None:
+    assert list_query(None) == "WorkflowType = 'ProcessWorkflow'"
+    assert list_query("in-progress") == (
+        "WorkflowType = 'ProcessWorkflow' AND ProcessStatus = 'in-progress'"
+    )
+
+
+def test_every_command_takes_json() -> None:
+    parser = build_parser()
+    for argv in (["start", "--requested-by", "a"], ["status", "x"], ["list"], ["lock"]):
+        assert parser.parse_args([*argv, "--json"]).json is True
+
+
+def test_state_reads_as_lines() -> None:
+    state = ProcessState(
+        process_id="process-1",
+        requested_by="alice",
+        description="deploy v2",
+        stage=Stage.FAILED,
+        status=ProcessStatus.FAILED,
+        created_at=T0,
+        updated_at=T0,
+        approval=ApprovalState(
+            decision="approved", decided_by="bob", decided_at=T0, comment="go ahead"
+        ),
+        lock=LockState(resource="approval-commands", status="released"),
+        commands={
+            CommandName.ONE: CommandState(
+                command=CommandName.ONE, status="failed", attempts=1, error="disk full"
+            ),
+            CommandName.TWO: CommandState(command=CommandName.TWO, status="succeeded", attempts=2),
+        },
+        failure_reason=FailureReason.COMMAND_FAILED,
+        failure_message="command-one failed",
+        finished_at=T0,
+    )
+    text = render_state(state, "FAILED")
+    lines = text.splitlines()
+    assert lines[0] == "process-1"
+    assert "status                  failed (stage failed)" in text
+    assert 'approved by bob at 2026-01-02 03:04:05 UTC "go ahead"' in text
+    assert "command-one             failed, 1 send attempt(s): disk full" in text
+    assert "failure                 command-failed: command-one failed" in text
+    assert lines[-1].split() == ["temporal", "FAILED"]
+
+
+def test_lock_shows_holder_and_queue_in_order() -> None:
+    state = MutexState(
+        resource="approval-commands",
+        holder=Lease(
+            request_id="r1",
+            holder_workflow_id="process-1",
+            lease_id=7,
+            granted_at=T0,
+            expires_at=T0 + timedelta(hours=3),
+        ),
+        queue=[
+            LockRequest(
+                requester_workflow_id=f"process-{n}",
+                request_id=f"r{n}",
+                lease_timeout=timedelta(hours=3),
+                requested_at=T0,
+            )
+            for n in (2, 3)
+        ],
+    )
+    text = render_lock(state, "mutex-approval-commands")
+    assert "holder  process-1 (lease 7)" in text
+    assert "    1. process-2" in text and "    2. process-3" in text
+
+
+def test_unreachable_server_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{free_loopback_port()}"
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    assert run(["list"]) == EXIT_UNREACHABLE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"approval-flow: cannot reach Temporal at {address}: connection refused "
+        "(is `make run` running?)"
+    ]
+
+
+async def execute_args(env: WorkflowEnvironment, argv: list[str]) -> str:
+    out = io.StringIO()
+    args = build_parser().parse_args(argv)
+    await execute(args, env.client, CliSettings(inbox_url=None), Output(args.json, out))
+    return out.getvalue()
+
+
+async def test_unknown_process_is_a_clear_error(time_env: WorkflowEnvironment) -> None:
+    with pytest.raises(CliError) as error:
+        await execute_args(time_env, ["status", "process-does-not-exist"])
+    assert str(error.value) == "no process with id process-does-not-exist"
+    assert error.value.code == 1
+
+
+async def test_invalid_input_is_a_usage_error(time_env: WorkflowEnvironment) -> None:
+    with pytest.raises(CliError) as error:
+        await execute_args(time_env, ["start", "--requested-by", ""])
+    assert error.value.code == EXIT_USAGE
+    assert str(error.value).startswith("invalid requested_by:")
+
+
+async def test_lock_nobody_asked_for(time_env: WorkflowEnvironment) -> None:
+    out = await execute_args(time_env, ["lock", "--resource", "never-used", "--json"])
+    assert json.loads(out) == {
+        "resource": "never-used",
+        "workflow_id": "mutex-never-used",
+        "state": None,
+    }
+
+
+@asynccontextmanager
+async def fake_inbox(after_polls: int) -> AsyncIterator[str]:
+    """An inbox whose mail for process-1 shows up on the ``after_polls``-th request."""
+    polls = 0
+
+    async def messages(request: web.Request) -> web.Response:
+        nonlocal polls
+        polls += 1
+        found = polls >= after_polls and request.query.get("process_id") == "process-1"
+        mail = {"approve_url": "http://api/approvals/t", "reject_url": "http://api/r"}
+        return web.json_response({"messages": [mail] if found else []})
+
+    app = web.Application()
+    app.router.add_get("/messages.json", messages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_start_waits_for_the_link_in_the_inbox() -> None:
+    async with fake_inbox(after_polls=3) as inbox:
+        links = await wait_for_approval_link(inbox, "process-1", wait=5, poll_interval=0.01)
+        assert links == ("http://api/approvals/t", "http://api/r")
+        assert await wait_for_approval_link(inbox, "process-2", wait=0.05) is None
+
+
+async def test_no_inbox_means_no_link() -> None:
+    inbox = f"http://127.0.0.1:{free_loopback_port()}"
+    assert await wait_for_approval_link(inbox, "process-1", wait=0.1, poll_interval=0.02) is None

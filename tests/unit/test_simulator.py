@@ -1,0 +1,291 @@
+"""The downstream simulator and the inbox, over real HTTP on loopback (no AWS needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from activities.notifications import approval_body, approval_links, approval_subject
+from simulator.downstream import Downstream, DownstreamCommand, ExecutedKeys, create_app
+from simulator.inbox import Inbox, InboxMessage, Mailbox, render_page
+from simulator.inbox import create_app as create_inbox_app
+from simulator.settings import InboxSettings, SimulatorSettings
+from workflows.messages import PublishApprovalRequest
+
+
+async def no_sleep(seconds: float) -> None:
+    """The simulator's waits, skipped: the tests check what it does, not how long it takes."""
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+class CallbackReceiver:
+    """Stands in for the callbacks API: answers with the given statuses, then 202."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.received: list[dict[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.json())
+        status = self.statuses.pop(0) if self.statuses else 202
+        return web.json_response({"status": "seen"}, status=status)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/callbacks/{token}", self.handle)
+        return app
+
+
+def settings(**overrides: Any) -> SimulatorSettings:
+    values: dict[str, Any] = {
+        "min_delay": 0,
+        "max_delay": 0,
+        "callback_backoff": 0,
+        "seed": 7,
+        **overrides,
+    }
+    return SimulatorSettings(**values)
+
+
+def command(callback_base: str, key: str = "process-1:command-two") -> dict[str, Any]:
+    return {
+        "process_id": "process-1",
+        "command": key.rsplit(":", 1)[-1],
+        "callback_url": f"{callback_base}/callbacks/token-{key}",
+        "idempotency_key": key,
+        "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
+
+
+@asynccontextmanager
+async def simulator(
+    receiver: CallbackReceiver, **overrides: Any
+) -> AsyncIterator[tuple[Downstream, str, str, aiohttp.ClientSession]]:
+    """A simulator serving command two, the receiver it calls back, and a client session."""
+    async with aiohttp.ClientSession() as http, serving(receiver.app()) as callbacks:
+        downstream = Downstream(settings(**overrides), http, sleep=no_sleep)
+        async with serving(create_app(downstream, "/commands/two")) as base:
+            try:
+                yield downstream, base, callbacks, http
+            finally:
+                await downstream.close()
+
+
+async def post_command(
+    http: aiohttp.ClientSession, base: str, body: dict[str, Any], key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Idempotency-Key": key or body["idempotency_key"]}
+    async with http.post(f"{base}/commands/two", json=body, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_a_repeated_command_is_not_executed_twice() -> None:
+    receiver = CallbackReceiver()
+    async with simulator(receiver) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        assert await post_command(http, base, body) == (
+            202,
+            {"accepted": True, "duplicate": False, "idempotency_key": body["idempotency_key"]},
+        )
+        status, answer = await post_command(http, base, body)
+        assert (status, answer["duplicate"]) == (200, True)
+        await downstream.drain()
+
+        assert len(receiver.received) == 1
+        assert receiver.received[0]["status"] == "succeeded"
+        assert receiver.received[0]["result"]["command"] == "command-two"
+        async with http.get(f"{base}/commands") as response:
+            [record] = (await response.json())["commands"]
+        assert record["outcome"] == "succeeded"
+        assert record["callback_status"] == 202
+        assert record["duplicates"] == 1
+
+
+async def test_failure_rate_one_calls_back_failed() -> None:
+    receiver = CallbackReceiver()
+    async with simulator(receiver, failure_rate=1.0) as (downstream, base, callbacks, http):
+        await post_command(http, base, command(callbacks))
+        await downstream.drain()
+    [callback] = receiver.received
+    assert callback["status"] == "failed"
+    assert "simulated failure of command-two" in callback["error"]
+
+
+async def test_callback_retried_on_5xx_until_accepted() -> None:
+    receiver = CallbackReceiver(503, 500)
+    async with simulator(receiver) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await downstream.drain()
+        record = downstream.records[body["idempotency_key"]]
+    assert len(receiver.received) == 3
+    assert (record.callback_status, record.callback_attempts) == (202, 3)
+
+
+async def test_callback_retries_are_bounded() -> None:
+    receiver = CallbackReceiver(*[503] * 10)
+    async with simulator(receiver, callback_attempts=3) as (downstream, base, callbacks, http):
+        await post_command(http, base, command(callbacks))
+        await downstream.drain()
+    assert len(receiver.received) == 3
+
+
+async def test_callback_4xx_is_not_retried() -> None:
+    receiver = CallbackReceiver(410)
+    async with simulator(receiver) as (downstream, base, callbacks, http):
+        await post_command(http, base, command(callbacks))
+        await downstream.drain()
+    assert len(receiver.received) == 1
+
+
+async def test_callback_connection_errors_are_retried() -> None:
+    receiver = CallbackReceiver()
+    async with simulator(receiver, callback_attempts=2) as (downstream, base, _, http):
+        body = command("http://127.0.0.1:9")  # the discard port: nothing listens
+        await post_command(http, base, body)
+        await downstream.drain()
+        record = downstream.records[body["idempotency_key"]]
+    assert (record.callback_status, record.callback_attempts) == (None, 2)
+
+
+async def test_bad_command_requests_are_refused() -> None:
+    receiver = CallbackReceiver()
+    async with simulator(receiver) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        assert (await post_command(http, base, body, key="other"))[0] == 400
+        async with http.post(f"{base}/commands/two", data="x") as response:
+            assert response.status == 415
+        async with http.post(
+            f"{base}/commands/two", json={"command": "x"}, headers={"Idempotency-Key": "k"}
+        ) as response:
+            assert response.status == 400
+            assert response.content_type == "application/problem+json"
+        async with http.post(f"{base}/commands/two", json=body) as response:
+            assert response.status == 400  # no Idempotency-Key header
+        await downstream.drain()
+    assert receiver.received == []
+
+
+async def test_sqs_messages_use_the_attribute_key_once() -> None:
+    receiver = CallbackReceiver()
+    async with simulator(receiver) as (downstream, _, callbacks, _http):
+        body = command(callbacks, key="process-1:command-one")
+        message: Any = {
+            "MessageId": "m1",
+            "ReceiptHandle": "r1",
+            "Body": json.dumps(body),
+            "MessageAttributes": {
+                "Idempotency-Key": {"DataType": "String", "StringValue": body["idempotency_key"]}
+            },
+        }
+        downstream._take_message(message)
+        redelivery: Any = {**message, "MessageId": "m2"}  # SQS delivers at least once
+        downstream._take_message(redelivery)
+        downstream._take_message({"MessageId": "m3", "ReceiptHandle": "r3", "Body": "not json"})
+        await downstream.drain()
+    assert [c["status"] for c in receiver.received] == ["succeeded"]
+
+
+def test_executed_keys_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "keys.jsonl"
+    assert ExecutedKeys(path).claim("process-1:command-one")
+    again = ExecutedKeys(path)
+    assert "process-1:command-one" in again
+    assert not again.claim("process-1:command-one")
+    assert again.claim("process-2:command-one")
+
+
+def test_command_body_matches_what_the_activities_send() -> None:
+    parsed = DownstreamCommand.model_validate(command("http://api"))
+    assert parsed.idempotency_key == "process-1:command-two"
+
+
+# -- the inbox ------------------------------------------------------------------------------------
+
+
+def approval_notification(process_id: str, message_id: str = "m-1") -> dict[str, Any]:
+    """An SNS notification as delivered to SQS, carrying the activity's real mail text."""
+    now = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    request = PublishApprovalRequest(
+        process_id=process_id,
+        requested_by="alice <script>",
+        description="deploy v2",
+        requested_at=now,
+        deadline=now + timedelta(hours=1),
+    )
+    approve, reject = approval_links("http://127.0.0.1:8080", "abc.def.ghi")
+    return {
+        "Type": "Notification",
+        "MessageId": message_id,
+        "Subject": approval_subject(process_id),
+        "Message": approval_body(request, approve, reject),
+        "Timestamp": "2026-01-02T03:04:05.000Z",
+    }
+
+
+def test_inbox_reads_links_from_the_approval_mail() -> None:
+    message = InboxMessage.from_sns(approval_notification("process-42"))
+    assert message.process_id == "process-42"
+    assert message.approve_url == "http://127.0.0.1:8080/approvals/abc.def.ghi"
+    assert message.reject_url == "http://127.0.0.1:8080/approvals/abc.def.ghi?decision=reject"
+    assert message.received_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_mailbox_is_newest_first_without_duplicates_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.jsonl"
+    mailbox = Mailbox(limit=10, path=path)
+    first = InboxMessage.from_sns(approval_notification("process-1", "m-1"))
+    second = InboxMessage.from_sns(approval_notification("process-2", "m-2"))
+    assert mailbox.add(first) and mailbox.add(second)
+    assert not mailbox.add(first)
+    assert [m.process_id for m in mailbox.messages()] == ["process-2", "process-1"]
+    reloaded = Mailbox(limit=10, path=path)
+    assert [m.message_id for m in reloaded.messages()] == ["m-2", "m-1"]
+    assert [m.message_id for m in reloaded.messages("process-1")] == ["m-1"]
+
+
+def test_page_escapes_text_and_links_the_urls() -> None:
+    page = render_page([InboxMessage.from_sns(approval_notification("process-1"))])
+    assert "alice &lt;script&gt;" in page and "<script>" not in page
+    assert '<a href="http://127.0.0.1:8080/approvals/abc.def.ghi">' in page
+    assert 'href="http://127.0.0.1:8080/approvals/abc.def.ghi?decision=reject"' in page
+
+
+async def test_inbox_serves_json_and_html(capsys: pytest.CaptureFixture[str]) -> None:
+    inbox = Inbox(InboxSettings(echo=True))
+    inbox.receive(approval_notification("process-1", "m-1"))
+    inbox.receive(approval_notification("process-1", "m-1"))  # a redelivery: shown once
+    inbox.receive(approval_notification("process-2", "m-2"))
+    printed = capsys.readouterr().out
+    assert printed.count("New mail: Approval requested: process-1") == 1
+    assert "Approve: http://127.0.0.1:8080/approvals/abc.def.ghi" in printed
+
+    async with serving(create_inbox_app(inbox)) as base, aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/messages.json", params={"process_id": "process-1"}) as r:
+            messages = (await r.json())["messages"]
+        assert [m["process_id"] for m in messages] == ["process-1"]
+        assert messages[0]["approve_url"].endswith("/approvals/abc.def.ghi")
+        async with http.get(f"{base}/") as r:
+            assert r.status == 200
+            assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+            assert "Approval requested: process-2" in await r.text()
