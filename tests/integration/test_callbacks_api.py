@@ -583,7 +583,7 @@ async def test_failure_callback_fails_the_process_and_later_ones_are_gone(stack:
     )
     body = await problem(late, 410, "closed")
     assert body["command"] == "command-one"
-    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
+    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "not-awaited"
 
 
 async def test_a_different_repeated_callback_is_a_conflict(stack: Stack) -> None:
