@@ -1,23 +1,22 @@
-"""Shared fixtures: one time-skipping server for the whole session."""
+"""Shared fixtures: one time-skipping server and one dev server for the whole session."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.binaries import time_skipping_server
-from tests.support.temporal import register_search_attributes
+from tests.support.temporal import start_dev_server, start_time_skipping
 
 
 @pytest.fixture(scope="session")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=time_skipping_server(),
-    )
-    async with env:
-        await register_search_attributes(env.client)
+    async with await start_time_skipping() as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    async with await start_dev_server() as env:
         yield env

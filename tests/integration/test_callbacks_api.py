@@ -26,7 +26,6 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -36,11 +35,9 @@ from callbacks_api.app import RedactingAccessLogger, create_app, form_check
 from callbacks_api.pages import CONTENT_SECURITY_POLICY
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
-from tests.support.binaries import temporal_cli
 from tests.support.moto_server import free_loopback_port
 from workflows.messages import (
     APPROVAL_CALLBACK,
-    PROCESS_STATUS_ATTRIBUTE,
     CommandName,
     CreateProcessRecord,
     FailureReason,
@@ -203,14 +200,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=temporal_cli(),
-        search_attributes=[SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)],
-    )
-    async with env:
-        yield env
+def env(dev_env: WorkflowEnvironment) -> WorkflowEnvironment:
+    return dev_env
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -8,17 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.binaries import temporal_cli
 from tests.support.moto_server import MotoServer, free_loopback_port, moto_env, running_moto_server
-from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
 pytestmark = pytest.mark.integration
 
@@ -65,17 +61,6 @@ def test_unreachable_temporal_is_one_line_and_exit_1() -> None:
 def moto() -> Iterator[MotoServer]:
     with running_moto_server() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=temporal_cli(),
-        search_attributes=[SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)],
-    )
-    async with env:
-        yield env
 
 
 def test_sigterm_stops_the_worker_cleanly(dev_env: WorkflowEnvironment, moto: MotoServer) -> None:

@@ -10,11 +10,8 @@ import asyncio
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from tests.support.binaries import time_skipping_server
-from tests.support.temporal import register_search_attributes
+from tests.support.temporal import start_time_skipping
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
 from workflows.messages import CommandName, Stage, mutex_workflow_id
@@ -30,37 +27,32 @@ async def _save(client: Client, workflow_id: str, name: str) -> None:
 
 async def record() -> None:
     HISTORIES.mkdir(exist_ok=True)
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
-    )
-    async with env:
-        await register_search_attributes(env.client)
-        async with harness(env.client) as h:
-            # Wait on state, not result(): after a result the time-skipping server may jump
-            # far ahead (it treats "no timeout" as ten years) and time out the idle mutex.
-            happy = await h.start(requested_by="alice")
-            await h.approve(happy)
-            await h.wait_sent(happy)
-            await h.call_back(happy, CommandName.ONE)
-            await h.call_back(happy, CommandName.TWO)
-            await eventually(lambda: _finished(h, happy), what="happy path done")
+    async with await start_time_skipping() as env, harness(env.client) as h:
+        # Wait on state, not result(): after a result the time-skipping server may jump
+        # far ahead (it treats "no timeout" as ten years) and time out the idle mutex.
+        happy = await h.start(requested_by="alice")
+        await h.approve(happy)
+        await h.wait_sent(happy)
+        await h.call_back(happy, CommandName.ONE)
+        await h.call_back(happy, CommandName.TWO)
+        await eventually(lambda: _finished(h, happy), what="happy path done")
 
-            failing = await h.start(requested_by="alice")
-            await h.approve(failing)
-            await h.wait_sent(failing)
-            await h.call_back(failing, CommandName.TWO, status="failed")
-            await eventually(lambda: _finished(h, failing), what="failure path done")
+        failing = await h.start(requested_by="alice")
+        await h.approve(failing)
+        await h.wait_sent(failing)
+        await h.call_back(failing, CommandName.TWO, status="failed")
+        await eventually(lambda: _finished(h, failing), what="failure path done")
 
-            rejected = await h.start(requested_by="alice")
-            await h.approve(rejected, approved=False)
-            await eventually(lambda: _finished(h, rejected), what="rejection done")
+        rejected = await h.start(requested_by="alice")
+        await h.approve(rejected, approved=False)
+        await eventually(lambda: _finished(h, rejected), what="rejection done")
 
-            # Two grants and two releases (one by the failure cleanup); the rejected process
-            # never asked for the lock.
-            await _save(env.client, mutex_workflow_id(h.resource), "mutex_grants_and_releases")
-            await _save(env.client, happy.id, "process_completed")
-            await _save(env.client, failing.id, "process_command_failed")
-            await _save(env.client, rejected.id, "process_rejected")
+        # Two grants and two releases (one by the failure cleanup); the rejected process
+        # never asked for the lock.
+        await _save(env.client, mutex_workflow_id(h.resource), "mutex_grants_and_releases")
+        await _save(env.client, happy.id, "process_completed")
+        await _save(env.client, failing.id, "process_command_failed")
+        await _save(env.client, rejected.id, "process_rejected")
 
 
 async def _finished(h: Harness, handle: WorkflowHandle) -> bool:

@@ -12,15 +12,12 @@ from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.binaries import temporal_cli
+from tests.support.temporal import start_dev_server
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
 from workflows.messages import (
-    PROCESS_STATUS_ATTRIBUTE,
     CommandName,
     LockCancel,
     LockRelease,
@@ -38,16 +35,9 @@ SUGGEST_AFTER_EVENTS = 40
 
 @pytest.fixture(scope="module")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=temporal_cli(),
-        search_attributes=[SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)],
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}",
-        ],
-    )
-    async with env:
+    async with await start_dev_server(
+        "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}"
+    ) as env:
         yield env
 
 
