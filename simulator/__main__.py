@@ -10,10 +10,11 @@ import aiohttp
 from pydantic import ValidationError
 
 from common.logging import configure
+from common.settings import describe_error
 from simulator.aws import clients
 from simulator.downstream import Downstream, create_app
 from simulator.serve import CannotListen, serve
-from simulator.settings import SimulatorSettings, describe_errors
+from simulator.settings import SimulatorSettings
 
 log = logging.getLogger("simulator")
 
@@ -42,7 +43,7 @@ def main() -> None:
     try:
         settings = SimulatorSettings()
     except ValidationError as err:
-        print(f"simulator: invalid settings: {describe_errors(err)}", file=sys.stderr)
+        print(f"simulator: {describe_error(err, SimulatorSettings)}", file=sys.stderr)
         sys.exit(2)
     configure(settings)
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -14,8 +15,10 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 T = TypeVar("T")
+log = logging.getLogger("simulator.aws")
 
 # A receive blocks for up to this long when the queue is empty (SQS allows 20 at most).
 LONG_POLL_SECONDS = 10
@@ -60,3 +63,43 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
     # The loop may have closed while we were blocked: then nobody is waiting any more.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback)
+
+
+async def consume_queue(
+    sqs: SQSClient,
+    queue_url: str,
+    take: Callable[[MessageTypeDef], None],
+    *,
+    with_attributes: bool = False,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Long-poll ``queue_url`` until cancelled, handing each message to ``take``, then deleting it.
+
+    A failing receive (the emulator restarting, a wrong URL) is logged and retried with a
+    growing pause of at most 10 s; it never ends the loop.
+    """
+    failures = 0
+    while True:
+        try:
+            response = await in_daemon_thread(
+                lambda: sqs.receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=LONG_POLL_SECONDS,
+                    MessageAttributeNames=["All"] if with_attributes else [],
+                )
+            )
+        except Exception as err:
+            failures += 1
+            log.warning("cannot receive from %s: %s", queue_url, err)
+            await sleep(min(0.5 * 2**failures, 10.0))
+            continue
+        failures = 0
+        for message in response.get("Messages", []):
+            take(message)
+            receipt = message["ReceiptHandle"]
+            await in_daemon_thread(
+                lambda receipt=receipt: sqs.delete_message(  # type: ignore[misc]
+                    QueueUrl=queue_url, ReceiptHandle=receipt
+                )
+            )

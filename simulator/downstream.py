@@ -25,7 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.logging import bind_process_id
-from simulator.aws import LONG_POLL_SECONDS, in_daemon_thread
+from simulator.aws import consume_queue
 from simulator.settings import SimulatorSettings
 
 if TYPE_CHECKING:
@@ -240,33 +240,14 @@ class Downstream:
 
     async def consume_queue(self, sqs: SQSClient) -> None:
         """Long-poll the command-one queue until cancelled."""
-        queue_url = self._settings.queue_url
-        log.info("consuming command one from %s", queue_url)
-        failures = 0
-        while True:
-            try:
-                response = await in_daemon_thread(
-                    lambda: sqs.receive_message(
-                        QueueUrl=queue_url,
-                        MaxNumberOfMessages=10,
-                        WaitTimeSeconds=LONG_POLL_SECONDS,
-                        MessageAttributeNames=["All"],
-                    )
-                )
-            except Exception as err:  # the emulator restarting, a typo in the URL, ...
-                failures += 1
-                log.warning("cannot receive from %s: %s", queue_url, err)
-                await self._sleep(min(0.5 * 2**failures, 10.0))
-                continue
-            failures = 0
-            for message in response.get("Messages", []):
-                self._take_message(message)
-                receipt = message["ReceiptHandle"]
-                await in_daemon_thread(
-                    lambda receipt=receipt: sqs.delete_message(  # type: ignore[misc]
-                        QueueUrl=queue_url, ReceiptHandle=receipt
-                    )
-                )
+        log.info("consuming command one from %s", self._settings.queue_url)
+        await consume_queue(
+            sqs,
+            self._settings.queue_url,
+            self._take_message,
+            with_attributes=True,
+            sleep=self._sleep,
+        )
 
     def _take_message(self, message: MessageTypeDef) -> None:
         try:

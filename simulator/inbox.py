@@ -24,13 +24,15 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.logging import configure
-from simulator.aws import LONG_POLL_SECONDS, clients, in_daemon_thread
+from common.settings import describe_error
+from simulator.aws import clients, consume_queue
 from simulator.serve import CannotListen, serve
-from simulator.settings import InboxSettings, describe_errors
+from simulator.settings import InboxSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 log = logging.getLogger("inbox")
 
@@ -155,36 +157,16 @@ class Inbox:
         queue_url = self.queue_url
         if queue_url is None:
             raise RuntimeError("subscribe() first")
-        failures = 0
-        while True:
-            try:
-                response = await in_daemon_thread(
-                    lambda: sqs.receive_message(
-                        QueueUrl=queue_url,
-                        MaxNumberOfMessages=10,
-                        WaitTimeSeconds=LONG_POLL_SECONDS,
-                    )
-                )
-            except Exception as err:
-                failures += 1
-                log.warning("cannot receive from %s: %s", queue_url, err)
-                await asyncio.sleep(min(0.5 * 2**failures, 10.0))
-                continue
-            failures = 0
-            for sqs_message in response.get("Messages", []):
-                try:
-                    envelope = json.loads(sqs_message.get("Body", ""))
-                    if not isinstance(envelope, dict):
-                        raise ValueError("not an SNS notification")
-                    self.receive(envelope)
-                except ValueError as err:
-                    log.error("dropping message %s: %s", sqs_message.get("MessageId"), err)
-                receipt = sqs_message["ReceiptHandle"]
-                await in_daemon_thread(
-                    lambda receipt=receipt: sqs.delete_message(  # type: ignore[misc]
-                        QueueUrl=queue_url, ReceiptHandle=receipt
-                    )
-                )
+        await consume_queue(sqs, queue_url, self._take_notification)
+
+    def _take_notification(self, sqs_message: MessageTypeDef) -> None:
+        try:
+            envelope = json.loads(sqs_message.get("Body", ""))
+            if not isinstance(envelope, dict):
+                raise ValueError("not an SNS notification")
+            self.receive(envelope)
+        except ValueError as err:
+            log.error("dropping message %s: %s", sqs_message.get("MessageId"), err)
 
     # -- HTTP -------------------------------------------------------------------------------------
 
@@ -279,7 +261,7 @@ def main() -> None:
     try:
         settings = InboxSettings()
     except ValidationError as err:
-        print(f"inbox: invalid settings: {describe_errors(err)}", file=sys.stderr)
+        print(f"inbox: {describe_error(err, InboxSettings)}", file=sys.stderr)
         sys.exit(2)
     configure(settings)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,10 +75,3 @@ class InboxSettings(_AwsSettings):
     # Print each message (links included) on standard output as it arrives.
     echo: bool = True
     max_messages: int = Field(500, ge=1)
-
-
-def describe_errors(err: ValidationError) -> str:
-    """A pydantic error as one line: ``field: problem; field: problem``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
-    )
