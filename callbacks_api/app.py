@@ -325,13 +325,13 @@ def approval_refusal(state: ProcessState, *, raced: bool = False) -> Problem | N
     approval = state.approval
     if approval.decision is not None:
         who = approval.decided_by or "someone"
-        first = "Another decision arrived first: " if raced else ""
+        decided = f"request was already {approval.decision} by {who}."
+        told = f"Another decision arrived first: this {decided}" if raced else f"This {decided}"
         return Problem(
             409,
             "already-decided",
             "Already decided",
-            f"{first}this request was already {approval.decision} by {who}. "
-            "Only the first decision counts; yours was not recorded.",
+            f"{told} Only the first decision counts; yours was not recorded.",
             state=state,
             extra={
                 "decision": approval.decision,

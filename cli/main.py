@@ -24,7 +24,7 @@ from typing import Annotated, Any, TextIO
 
 import aiohttp
 from pydantic import Field, ValidationError
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -61,10 +61,6 @@ QUERY_TIMEOUT = timedelta(seconds=10)
 
 class CliSettings(Settings):
     """The worker's settings, minus what only services need: the CLI signs nothing."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="APPROVAL_", extra="ignore", populate_by_name=True, frozen=True
-    )
 
     signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=())
     # Where ``start`` looks for the approval mail it caused (the local inbox of ``make run``).
@@ -109,7 +105,9 @@ async def start_process(
     client: Client, settings: Settings, requested_by: str, description: str
 ) -> Started:
     """Start one ProcessWorkflow; the process id is the workflow id (``process-<uuid>``)."""
-    process_input = ProcessInput(requested_by=requested_by, description=description)
+    process_input = ProcessInput(
+        requested_by=requested_by, description=description, options=settings.process
+    )
     process_id = f"{PROCESS_ID_PREFIX}{uuid.uuid4()}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         PROCESS_WORKFLOW,

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.tokens import SigningKey, TokenSigner
+from workflows.messages import ProcessOptions
 
 
 def _env(name: str) -> AliasChoices:
@@ -25,7 +26,12 @@ class Settings(BaseSettings):
     """One flat settings object; each service reads the fields it needs."""
 
     model_config = SettingsConfigDict(
-        env_prefix="APPROVAL_", extra="ignore", populate_by_name=True, frozen=True
+        env_prefix="APPROVAL_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
     )
 
     # Temporal connection.
@@ -54,6 +60,10 @@ class Settings(BaseSettings):
     signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=(), min_length=1)
     # Grace after a wait's deadline during which its link still verifies (clock skew, slow mail).
     token_grace: timedelta = timedelta(minutes=5)
+
+    # Timeouts and retries of the processes this program starts; defaults are the original's.
+    # One variable each, e.g. APPROVAL_PROCESS__APPROVAL_TIMEOUT=PT2H (ISO 8601) or =7200 (s).
+    process: ProcessOptions = ProcessOptions()
 
     # Callbacks API.
     api_host: str = "127.0.0.1"

@@ -1,0 +1,49 @@
+"""Settings from the environment: names, nested process options, one-line errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from cli.main import CliSettings
+from common.settings import Settings, describe_error, env_name
+from workflows.messages import ProcessOptions
+
+KEY = "k1:" + "s" * 40
+
+
+def test_process_options_default_to_the_original(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPROVAL_SIGNING_KEYS", KEY)
+    assert Settings().process == ProcessOptions()
+    assert ProcessOptions().approval_timeout == timedelta(hours=1)
+    assert ProcessOptions().lock_timeout == timedelta(minutes=100)
+
+
+def test_process_options_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPROVAL_SIGNING_KEYS", KEY)
+    monkeypatch.setenv("APPROVAL_PROCESS__APPROVAL_TIMEOUT", "PT2H")
+    monkeypatch.setenv("APPROVAL_PROCESS__HTTP_RETRY__MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("APPROVAL_PROCESS__COMPLETION__TOLERATED_FAILURE_COUNT", "1")
+    settings = Settings()
+    assert settings.process.approval_timeout == timedelta(hours=2)
+    assert settings.process.http_retry.max_attempts == 7
+    assert settings.process.http_retry.delay == timedelta(minutes=5)  # the rest keep defaults
+    assert settings.process.completion.tolerated_failure_count == 1
+    # The CLI, which starts processes, reads the same variables.
+    assert CliSettings().process.approval_timeout == timedelta(hours=2)
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("APPROVAL_SIGNING_KEYS", raising=False)
+    with pytest.raises(ValidationError) as err:
+        Settings()
+    assert describe_error(err.value) == "invalid settings: APPROVAL_SIGNING_KEYS is not set"
+
+
+def test_env_names_follow_the_tools_that_share_them() -> None:
+    assert env_name(Settings, "temporal_address") == "TEMPORAL_ADDRESS"
+    assert env_name(Settings, "aws_endpoint_url") == "AWS_ENDPOINT_URL"
+    assert env_name(Settings, "approval_topic_arn") == "APPROVAL_TOPIC_ARN"
+    assert env_name(Settings, "task_queue") == "APPROVAL_TASK_QUEUE"
