@@ -114,6 +114,7 @@ class ProcessWorkflow:
         self._lock_revoked: LockRevoked | None = None
         self._commands = {name: CommandState(command=name) for name in CommandName}
         self._callbacks: dict[CommandName, CommandCallback] = {}
+        self._commands_settled = False
         self._failure: ProcessFailure | None = None
 
     @workflow.run
@@ -322,6 +323,9 @@ class ProcessWorkflow:
                     error=outcome.error,
                     finished_at=now,
                 )
+        # A cancelled command task may still resume once (a send that completed just before the
+        # cancel returns its result): from here on the states above are final.
+        self._commands_settled = True
         succeeded = sum(o.status == "succeeded" for o in outcomes)
         failed = sum(o.status not in ("succeeded", "not-awaited") for o in outcomes)
         if self._options.completion.is_satisfied(succeeded, failed, len(outcomes)):
@@ -526,6 +530,8 @@ class ProcessWorkflow:
         )
 
     def _update_command(self, name: CommandName, **changes: Any) -> None:
+        if self._commands_settled:
+            return
         self._commands[name] = self._commands[name].model_copy(update=changes)
         self._touch()
 

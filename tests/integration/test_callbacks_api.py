@@ -17,40 +17,33 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities import mutex
 from callbacks_api.app import RedactingAccessLogger, create_app, form_check
 from callbacks_api.pages import CONTENT_SECURITY_POLICY
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
 from tests.support.moto_server import free_loopback_port
+from tests.workflow.fakes import Fakes
 from workflows.messages import (
     APPROVAL_CALLBACK,
     CommandName,
-    CreateProcessRecord,
     FailureReason,
     ProcessInput,
     ProcessOptions,
     ProcessState,
     ProcessStatus,
-    PublishApprovalRequest,
-    SendCommand,
-    SendResult,
     Stage,
-    StatusUpdateResult,
-    UpdateProcessStatus,
 )
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
@@ -68,56 +61,11 @@ PROBLEM = "application/problem+json"
 
 
 @dataclass
-class Stubs:
-    """Activities under the real names; they keep what the workflow sent, keyed by process."""
-
-    approvals: dict[str, PublishApprovalRequest] = field(default_factory=dict)
-    sends: dict[tuple[str, CommandName], SendCommand] = field(default_factory=dict)
-
-    @activity.defn(name="create_process")
-    async def create_process(self, record: CreateProcessRecord) -> None:
-        pass
-
-    @activity.defn(name="update_process_status")
-    async def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
-        return StatusUpdateResult(applied=True, status=update.status)
-
-    @activity.defn(name="publish_approval_request")
-    async def publish_approval_request(self, request: PublishApprovalRequest) -> str:
-        self.approvals[request.process_id] = request
-        return f"message-{request.process_id}"
-
-    @activity.defn(name="send_command_one")
-    async def send_command_one(self, command: SendCommand) -> SendResult:
-        return self._sent(command)
-
-    @activity.defn(name="send_command_two")
-    async def send_command_two(self, command: SendCommand) -> SendResult:
-        return self._sent(command)
-
-    def _sent(self, command: SendCommand) -> SendResult:
-        self.sends[(command.process_id, command.command)] = command
-        key = f"{command.process_id}:{command.command.value}"
-        return SendResult(command=command.command, idempotency_key=key, attempt=1)
-
-    def activities(self) -> list[Any]:
-        return [
-            self.create_process,
-            self.update_process_status,
-            self.publish_approval_request,
-            self.send_command_one,
-            self.send_command_two,
-            mutex.request_lock,
-            mutex.describe_workflow,
-        ]
-
-
-@dataclass
 class Stack:
     client: Client
     http: TestClient[Any, Any]
     settings: Settings
-    stubs: Stubs
+    stubs: Fakes
     task_queue: str
 
     @property
@@ -169,7 +117,7 @@ class Stack:
         return self.signer.sign(process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, request.deadline)
 
     def command_token(self, process_id: str, command: CommandName) -> str:
-        sent = self.stubs.sends[(process_id, command)]
+        sent = self.stubs.commands[(process_id, command)]
         return self.signer.sign(process_id, command.value, Purpose.COMMAND, sent.deadline)
 
     # -- requests ---------------------------------------------------------------------------------
@@ -213,7 +161,7 @@ def make_settings(**overrides: Any) -> Settings:
 @pytest.fixture(scope="module")
 async def stack(env: WorkflowEnvironment) -> AsyncIterator[Stack]:
     settings = make_settings()
-    stubs = Stubs()
+    stubs = Fakes()
     task_queue = f"callbacks-api-{uuid.uuid4()}"
     async with Worker(
         env.client,

@@ -59,6 +59,8 @@ class Fakes:
         default_factory=lambda: defaultdict(list)
     )
     lock_requests: list[str] = field(default_factory=list)
+    # The last SendCommand of each command (its deadline signs the callback token).
+    commands: dict[tuple[str, CommandName], SendCommand] = field(default_factory=dict)
     publishing: set[str] = field(default_factory=set)
     # Scripted failures: how many create attempts fail first; HTTP replies per process.
     create_failures: int = 0
@@ -157,6 +159,7 @@ class Fakes:
         return bool(self.sends[(process_id, command)])
 
     def _record_send(self, command: SendCommand) -> None:
+        self.commands[(command.process_id, command.command)] = command
         info = activity.info()
         self.sends[(command.process_id, command.command)].append(
             Attempt(at=info.started_time, attempt=info.attempt)
