@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -24,7 +23,7 @@ from activities.aws import AwsClients
 from activities.factory import build_activities
 from activities.retry import LinearRetryInterceptor
 from common.logging import configure as configure_logging
-from common.settings import Settings, describe_error
+from common.settings import Settings, load_settings
 from common.temporal import TemporalUnavailable, connect, exit_process, metrics_runtime
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
@@ -78,12 +77,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as err:
-        print(f"worker: {describe_error(err)}", file=sys.stderr)
-        exit_process(2)
-        return
+    settings = load_settings(Settings, "worker")
     configure_logging(settings)
     try:
         asyncio.run(run(settings))

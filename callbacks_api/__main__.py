@@ -7,14 +7,12 @@ answers at once, ``/readyz`` says 503 until Temporal answers, and requests meanw
 from __future__ import annotations
 
 import logging
-import sys
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from callbacks_api.app import RedactingAccessLogger, create_app
 from common.logging import configure as configure_logging
-from common.settings import Settings, describe_error
+from common.settings import Settings, load_settings
 from common.temporal import connect, exit_process
 
 logger = logging.getLogger("callbacks_api")
@@ -34,12 +32,7 @@ async def build_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as err:
-        print(f"callbacks_api: {describe_error(err)}", file=sys.stderr)
-        exit_process(2)
-        return
+    settings = load_settings(Settings, "callbacks_api")
     configure_logging(settings)
     # run_app stops gracefully on SIGINT and SIGTERM. The access log names route patterns, never
     # paths: a path holds a bearer token.

@@ -7,9 +7,10 @@ Everything of our own is prefixed ``APPROVAL_``.
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -106,3 +107,15 @@ def describe_error(err: ValidationError, model: type[BaseSettings] = Settings) -
         message = "is not set" if error["type"] in ("missing", "too_short") else error["msg"]
         problems.append(f"{name} {message}")
     return "invalid settings: " + "; ".join(problems)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(model: type[S], program: str) -> S:
+    """Read ``model`` from the environment, or say in one line what is wrong and exit 2."""
+    try:
+        return model()
+    except ValidationError as err:
+        print(f"{program}: {describe_error(err, model)}", file=sys.stderr)
+        raise SystemExit(2) from None

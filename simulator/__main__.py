@@ -7,10 +7,9 @@ import logging
 import sys
 
 import aiohttp
-from pydantic import ValidationError
 
 from common.logging import configure
-from common.settings import describe_error
+from common.settings import load_settings
 from simulator.aws import clients
 from simulator.downstream import Downstream, create_app
 from simulator.serve import CannotListen, serve
@@ -40,11 +39,7 @@ async def run(settings: SimulatorSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = SimulatorSettings()
-    except ValidationError as err:
-        print(f"simulator: {describe_error(err, SimulatorSettings)}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings(SimulatorSettings, "simulator")
     configure(settings)
     try:
         asyncio.run(run(settings))

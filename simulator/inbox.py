@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.logging import configure
-from common.settings import describe_error
+from common.settings import load_settings
 from simulator.aws import clients, consume_queue
 from simulator.serve import CannotListen, serve
 from simulator.settings import InboxSettings
@@ -258,11 +258,7 @@ async def run(settings: InboxSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = InboxSettings()
-    except ValidationError as err:
-        print(f"inbox: {describe_error(err, InboxSettings)}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings(InboxSettings, "inbox")
     configure(settings)
     try:
         asyncio.run(run(settings))
