@@ -27,6 +27,7 @@ from cli.main import (
     run,
     wait_for_approval_link,
 )
+from tests.support.http import serving
 from tests.support.moto_server import free_loopback_port
 from workflows.messages import (
     ApprovalState,
@@ -181,15 +182,8 @@ async def fake_inbox(after_polls: int) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/messages.json", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base
 
 
 async def test_start_waits_for_the_link_in_the_inbox() -> None:

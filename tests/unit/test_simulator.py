@@ -18,24 +18,12 @@ from simulator.downstream import Downstream, DownstreamCommand, ExecutedKeys, cr
 from simulator.inbox import Inbox, InboxMessage, Mailbox, render_page
 from simulator.inbox import create_app as create_inbox_app
 from simulator.settings import InboxSettings, SimulatorSettings
+from tests.support.http import serving
 from workflows.messages import PublishApprovalRequest
 
 
 async def no_sleep(seconds: float) -> None:
     """The simulator's waits, skipped: the tests check what it does, not how long it takes."""
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 class CallbackReceiver:
