@@ -52,7 +52,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from callbacks_api.app import form_check
+from callbacks_api.approvals import form_check
 from common.temporal import exit_process
 from common.tokens import Purpose, SigningKey, TokenSigner
 from workflows.messages import (

@@ -1,18 +1,25 @@
 """Every refusal the API gives, as one exception type rendered twice.
 
-Handlers raise ``Problem``; a middleware renders it as an HTML page on the approval routes (people
-read those) and as ``application/problem+json`` (RFC 9457) everywhere else (programs read those).
+Handlers raise ``Problem``; each audience's error middleware renders it: an HTML page on the
+approval routes (people read those), ``application/problem+json`` (RFC 9457) everywhere else
+(programs read those).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from callbacks_api.metrics import Handler, route_name
 from workflows.messages import ProcessState
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # RFC 9457 wants an absolute URI; a tag URI names the kind without promising a page behind it.
@@ -141,3 +148,29 @@ def from_http_exception(err: web.HTTPException) -> Problem:
     kind, title, detail = kinds.get(err.status, ("http-error", err.reason, err.reason))
     headers = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else None
     return Problem(err.status, kind, title, detail, headers=headers)
+
+
+def error_middleware(render: Callable[[Problem], web.Response]) -> Middleware:
+    """Every failure becomes ``render(problem)``; no stack trace leaves the process.
+
+    Each audience's sub-app passes its own ``render``, so people get a page and programs a
+    problem document, whatever went wrong (aiohttp's own 404 and 405 included).
+    """
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Problem as problem:
+            return render(problem)
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            return render(from_http_exception(err))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Unhandled error on %s %s", request.method, route_name(request))
+            return render(internal_error())
+
+    return errors

@@ -1,7 +1,7 @@
 """The API's only contact with Temporal: read a process's state and signal it.
 
 Every Temporal failure becomes a ``Problem`` here, so handlers never see an RPC error and the
-client never sees a stack trace.
+client never sees a stack trace. Signals sent are counted by outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from prometheus_client import Counter
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -33,9 +34,16 @@ class Processes:
     at a browser should hear "try again" after a few seconds instead.
     """
 
-    def __init__(self, client: Client, call_timeout: timedelta = timedelta(seconds=5)) -> None:
+    def __init__(
+        self,
+        client: Client,
+        call_timeout: timedelta = timedelta(seconds=5),
+        signals: Counter | None = None,
+    ) -> None:
         self._client = client
         self._timeout = call_timeout
+        # Labelled (signal, outcome): "sent", or the kind of the refusal.
+        self._signals = signals
 
     async def state(self, process_id: str) -> ProcessState:
         handle = self._client.get_workflow_handle(process_id)
@@ -45,15 +53,29 @@ class Processes:
             )
         return state
 
-    async def signal_approval(self, process_id: str, decision: ApprovalDecision) -> None:
-        handle = self._client.get_workflow_handle(process_id)
-        async with self._call("signal", process_id, problems.delivery_unknown):
-            await handle.signal(APPROVAL_SIGNAL, decision, rpc_timeout=self._timeout)
+    async def signal(
+        self,
+        process_id: str,
+        message: ApprovalDecision | CommandCallback,
+        refusal_for: Callable[[ProcessState], Problem | None],
+    ) -> None:
+        """Signal, telling "closed meanwhile" apart from "unknown" when the server refuses.
 
-    async def signal_command(self, process_id: str, callback: CommandCallback) -> None:
+        ``refusal_for`` says what the state, read again after a NOT_FOUND, means to the caller.
+        """
+        name = APPROVAL_SIGNAL if isinstance(message, ApprovalDecision) else COMMAND_SIGNAL
         handle = self._client.get_workflow_handle(process_id)
-        async with self._call("signal", process_id, problems.delivery_unknown):
-            await handle.signal(COMMAND_SIGNAL, callback, rpc_timeout=self._timeout)
+        try:
+            async with self._call("signal", process_id, problems.delivery_unknown):
+                await handle.signal(name, message, rpc_timeout=self._timeout)
+        except Problem as problem:
+            self._count(name, problem.kind)
+            if problem.kind != "unknown-process":
+                raise
+            # The process closed between the state query and the signal (NOT_FOUND either way).
+            state = await self.state(process_id)
+            raise refusal_for(state) or problem from None
+        self._count(name, "sent")
 
     async def wait_for(
         self,
@@ -91,6 +113,10 @@ class Processes:
         except (RPCError, RuntimeError, TimeoutError) as err:
             logger.warning("Temporal is not ready: %s", err)
             return False
+
+    def _count(self, signal: str, outcome: str) -> None:
+        if self._signals is not None:
+            self._signals.labels(signal, outcome).inc()
 
     @asynccontextmanager
     async def _call(

@@ -29,7 +29,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from callbacks_api.app import RedactingAccessLogger, create_app, form_check
+from callbacks_api.app import RedactingAccessLogger, create_app
+from callbacks_api.approvals import form_check
 from callbacks_api.pages import CONTENT_SECURITY_POLICY
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
@@ -465,7 +466,12 @@ async def test_approval_wants_a_form_and_only_get_or_post(stack: Stack) -> None:
     response = await stack.http.put(f"/approvals/{token}", data={"decision": "approve"})
     assert response.status == 405
     assert "GET" in response.headers["Allow"] and "POST" in response.headers["Allow"]
+    assert_page_headers(response)  # a person reads every answer under /approvals, even aiohttp's
     assert unchanged_approval(await stack.state(process_id))
+    assert_page_headers(await stack.http.get(f"/approvals/{token}/more"))
+    # Programs read everything else.
+    await problem(await stack.http.get(f"/callbacks/{token}/more"), 404, "not-found")
+    await problem(await stack.http.get("/nothing-here"), 404, "not-found")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from callbacks_api import pages
-from callbacks_api.app import approval_refusal, command_refusal, form_check
+from callbacks_api.approvals import approval_refusal, form_check
+from callbacks_api.callbacks import command_refusal
 from callbacks_api.problems import Problem
 from workflows.messages import (
     ApprovalState,
