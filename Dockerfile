@@ -35,6 +35,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Then the project itself (a regular, non-editable install into the venv's site-packages).
 COPY README.md ./
 COPY worker.py ./
+COPY starter.py ./
 COPY workflows ./workflows
 COPY activities ./activities
 COPY callbacks_api ./callbacks_api

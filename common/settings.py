@@ -16,7 +16,6 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.tokens import SigningKey, TokenSigner
-from workflows.messages import ProcessOptions
 
 
 def _env(name: str) -> AliasChoices:
@@ -61,10 +60,6 @@ class Settings(BaseSettings):
     signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=(), min_length=1)
     # Grace after a wait's deadline during which its link still verifies (clock skew, slow mail).
     token_grace: timedelta = timedelta(minutes=5)
-
-    # Timeouts and retries of the processes this program starts; defaults are the original's.
-    # One variable each, e.g. APPROVAL_PROCESS__APPROVAL_TIMEOUT=PT2H (ISO 8601) or =7200 (s).
-    process: ProcessOptions = ProcessOptions()
 
     # Callbacks API.
     api_host: str = "127.0.0.1"

@@ -38,12 +38,11 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from cli.main import start_process, wait_for_approval_link
-from common.settings import Settings
 from common.temporal import TemporalUnavailable, connect
 from local_stack.children import Child, ChildFailed
 from local_stack.settings import REGION, LocalStackSettings
 from local_stack.snapshot import load_tables, save_tables
+from starter import StarterSettings, start_process, wait_for_approval_link
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
 if TYPE_CHECKING:
@@ -196,7 +195,7 @@ class Stack:
         self.terminal = terminal
         self.children: list[Child] = []
         self.client: Client | None = None
-        self.app_settings: Settings | None = None
+        self.app_settings: StarterSettings | None = None
         self._died: asyncio.Future[Child] = asyncio.get_running_loop().create_future()
         self._watchers: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
@@ -220,7 +219,7 @@ class Stack:
         keys = signing_keys(settings.data_dir)
         self._env = child_environment(settings, keys)
         # Our own view of the settings the children get, for the demo and the checks.
-        self.app_settings = Settings(
+        self.app_settings = StarterSettings(
             temporal_address=settings.temporal_address,
             temporal_tls=False,
             signing_keys=self._env["APPROVAL_SIGNING_KEYS"],

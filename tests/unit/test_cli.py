@@ -12,21 +12,13 @@ import pytest
 from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
 
-from cli.main import (
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    CliError,
-    CliSettings,
-    Output,
-    build_parser,
-    execute,
-    list_query,
-    normalise_process_id,
-    render_lock,
-    render_state,
-    run,
-    wait_for_approval_link,
-)
+from cli.list import list_query
+from cli.lock import render_lock
+from cli.main import build_parser, execute, run
+from cli.output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output
+from cli.settings import CliSettings
+from cli.status import normalise_process_id, render_state
+from starter import wait_for_approval_link
 from tests.support.http import serving
 from tests.support.moto_server import free_loopback_port
 from workflows.messages import (

@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from cli.main import CliSettings
+from cli.settings import CliSettings
 from common.settings import Settings, describe_error, env_name
+from starter import StarterSettings
 from workflows.messages import ProcessOptions
 
 KEY = "k1:" + "s" * 40
@@ -16,7 +17,7 @@ KEY = "k1:" + "s" * 40
 
 def test_process_options_default_to_the_original(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPROVAL_SIGNING_KEYS", KEY)
-    assert Settings().process == ProcessOptions()
+    assert StarterSettings().process == ProcessOptions()
     assert ProcessOptions().approval_timeout == timedelta(hours=1)
     assert ProcessOptions().lock_timeout == timedelta(minutes=100)
 
@@ -26,7 +27,7 @@ def test_process_options_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPROVAL_PROCESS__APPROVAL_TIMEOUT", "PT2H")
     monkeypatch.setenv("APPROVAL_PROCESS__HTTP_RETRY__MAX_ATTEMPTS", "7")
     monkeypatch.setenv("APPROVAL_PROCESS__COMPLETION__TOLERATED_FAILURE_COUNT", "1")
-    settings = Settings()
+    settings = StarterSettings()
     assert settings.process.approval_timeout == timedelta(hours=2)
     assert settings.process.http_retry.max_attempts == 7
     assert settings.process.http_retry.delay == timedelta(minutes=5)  # the rest keep defaults

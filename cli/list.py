@@ -1,0 +1,63 @@
+"""``approval-flow list``: recent processes, newest first, from the visibility store."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from temporalio.client import Client
+
+from cli.queries import process_status_of
+from cli.settings import CliSettings
+from starter import PROCESS_WORKFLOW
+from workflows.messages import PROCESS_STATUS_ATTRIBUTE, ProcessStatus
+
+HELP = "recent processes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=[s.value for s in ProcessStatus])
+    parser.add_argument("--limit", type=int, default=20, help="at most this many (20)")
+
+
+def list_query(status: str | None) -> str:
+    query = f"WorkflowType = '{PROCESS_WORKFLOW}'"
+    if status:
+        query += f" AND {PROCESS_STATUS_ATTRIBUTE} = '{ProcessStatus(status).value}'"
+    return query
+
+
+async def run(
+    args: argparse.Namespace, client: Client, settings: CliSettings
+) -> tuple[dict[str, Any], str]:
+    rows: list[dict[str, Any]] = []
+    async for execution in client.list_workflows(list_query(args.status), limit=args.limit):
+        rows.append(
+            {
+                "process_id": execution.id,
+                "status": process_status_of(execution),
+                "temporal_status": execution.status.name if execution.status else None,
+                "started_at": execution.start_time.isoformat(),
+                "closed_at": execution.close_time.isoformat() if execution.close_time else None,
+            }
+        )
+    rows.sort(key=lambda row: row["started_at"], reverse=True)
+    if not rows:
+        which = f" with status {args.status}" if args.status else ""
+        return {"processes": []}, f"no processes{which}"
+    header = ("PROCESS", "STATUS", "TEMPORAL", "STARTED (UTC)")
+    table = [
+        (
+            row["process_id"],
+            row["status"] or "-",
+            row["temporal_status"] or "-",
+            row["started_at"][:19].replace("T", " "),
+        )
+        for row in rows
+    ]
+    widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(len(header))]
+    text = "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *table]
+    )
+    return {"processes": rows}, text

@@ -1,0 +1,44 @@
+"""What every command shares on the way out: exit codes, the one-line error, JSON or text."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Output:
+    """Where results go: ``--json`` prints one JSON document, otherwise readable lines."""
+
+    as_json: bool
+    stream: TextIO
+
+    def emit(self, document: Any, text: str) -> None:
+        if self.as_json:
+            print(json.dumps(document, indent=2, default=str), file=self.stream)
+        else:
+            print(text, file=self.stream)
+
+
+def when(moment: datetime | None) -> str:
+    """A moment as people read it in a terminal: UTC, to the second."""
+    if moment is None:
+        return "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,50 @@
+"""Reading workflows for the commands: describe one, ask its ``state`` query, read its status."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowHandle,
+)
+from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
+
+from cli.output import CliError
+from workflows.messages import PROCESS_STATUS_ATTRIBUTE
+
+STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+# A query needs a worker to answer; without one the server would hold the call for a long time.
+QUERY_TIMEOUT = timedelta(seconds=10)
+
+
+async def describe(client: Client, workflow_id: str, what: str) -> WorkflowExecutionDescription:
+    try:
+        return await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no {what} with id {workflow_id}") from err
+        raise
+
+
+async def query_state(
+    handle: WorkflowHandle[Any, Any], result_type: type[Any]
+) -> tuple[Any | None, str | None]:
+    """The ``state`` query's answer, or None and why there is none."""
+    try:
+        return await handle.query("state", result_type=result_type, rpc_timeout=QUERY_TIMEOUT), None
+    except RPCError as err:
+        if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            return None, "no worker answered the state query (is the worker running?)"
+        return None, f"state query failed: {err.message}"
+    except Exception as err:  # WorkflowQueryFailedError, WorkflowQueryRejectedError, ...
+        return None, f"state query failed: {err}"
+
+
+def process_status_of(description: WorkflowExecution) -> str | None:
+    value = description.typed_search_attributes.get(STATUS_KEY)
+    return str(value) if value is not None else None

@@ -1,0 +1,107 @@
+"""``approval-flow status ID``: one process's state, from its ``state`` query."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+from temporalio.client import Client
+
+from cli.output import CliError, when
+from cli.queries import describe, process_status_of, query_state
+from cli.settings import CliSettings
+from starter import PROCESS_WORKFLOW
+from workflows.messages import PROCESS_ID_PREFIX, ProcessState
+
+HELP = "one process's state"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("process_id", metavar="ID", help="process id (process-<uuid>)")
+
+
+def normalise_process_id(text: str) -> str:
+    """Accept the bare UUID too: ``7f3c…`` means ``process-7f3c…``."""
+    text = text.strip()
+    if not text.startswith(PROCESS_ID_PREFIX):
+        try:
+            uuid.UUID(text)
+        except ValueError:
+            return text
+        return f"{PROCESS_ID_PREFIX}{text}"
+    return text
+
+
+async def run(
+    args: argparse.Namespace, client: Client, settings: CliSettings
+) -> tuple[dict[str, Any], str]:
+    process_id = normalise_process_id(args.process_id)
+    description = await describe(client, process_id, "process")
+    if description.workflow_type != PROCESS_WORKFLOW:
+        raise CliError(f"{process_id} is a {description.workflow_type}, not a process")
+    temporal_status = description.status.name if description.status else None
+    state, problem = await query_state(client.get_workflow_handle(process_id), ProcessState)
+    document = {
+        "process_id": process_id,
+        "temporal_status": temporal_status,
+        "process_status": process_status_of(description),
+        "state": state.model_dump(mode="json") if state else None,
+        "problem": problem,
+    }
+    if state is not None:
+        text = render_state(state, temporal_status)
+    else:
+        text = (
+            f"{process_id}\n  status    {process_status_of(description) or '-'}\n"
+            f"  temporal  {temporal_status or '-'}\n  ({problem})"
+        )
+    return document, text
+
+
+def render_state(state: ProcessState, temporal_status: str | None) -> str:
+    rows: list[tuple[str, str]] = [
+        ("status", f"{state.status.value} (stage {state.stage.value})"),
+        ("requested by", f"{state.requested_by}, {when(state.created_at)}"),
+        ("description", state.description or "-"),
+    ]
+    approval = state.approval
+    if approval.decision:
+        comment = f' "{approval.comment}"' if approval.comment else ""
+        rows.append(
+            (
+                "approval",
+                f"{approval.decision} by {approval.decided_by} at {when(approval.decided_at)}"
+                + comment,
+            )
+        )
+    elif approval.deadline:
+        rows.append(("approval", f"waiting, deadline {when(approval.deadline)}"))
+    else:
+        rows.append(("approval", "not asked yet"))
+    lock = state.lock
+    lock_text: str = lock.status
+    if lock.status == "held":
+        lock_text += f" (lease {lock.lease_id}) since {when(lock.granted_at)}"
+    elif lock.status == "requested":
+        lock_text += f" at {when(lock.requested_at)}, gives up {when(lock.deadline)}"
+    rows.append((f"lock {lock.resource}", lock_text))
+    for name, command in sorted(state.commands.items()):
+        text: str = command.status
+        if command.attempts:
+            text += f", {command.attempts} send attempt(s)"
+        if command.status == "sent" and command.deadline:
+            text += f", callback due by {when(command.deadline)}"
+        if command.finished_at:
+            text += f", finished {when(command.finished_at)}"
+        if command.error:
+            text += f": {command.error}"
+        rows.append((str(name), text))
+    if state.failure_reason:
+        rows.append(("failure", f"{state.failure_reason.value}: {state.failure_message}"))
+    if state.finished_at:
+        rows.append(("finished", when(state.finished_at)))
+    rows.append(("temporal", temporal_status or "-"))
+    width = max(len(label) for label, _ in rows)
+    body = "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
+    return f"{state.process_id}\n{body}"

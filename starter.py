@@ -1,0 +1,83 @@
+"""Start a ProcessWorkflow, and find the approval link it mails: what every starter shares.
+
+Used by ``approval-flow start`` and by ``make run``'s demo process. A real deployment starts
+processes from its own code the same way: a pydantic ``ProcessInput`` on the worker's task queue,
+under a fresh ``process-<uuid>`` workflow id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from temporalio.client import Client, WorkflowHandle
+
+from common.settings import Settings
+from workflows.messages import PROCESS_ID_PREFIX, ProcessInput, ProcessOptions
+
+PROCESS_WORKFLOW = "ProcessWorkflow"
+
+
+class StarterSettings(Settings):
+    """The shared settings plus what only a starter reads: the options each process carries.
+
+    One variable each, e.g. APPROVAL_PROCESS__APPROVAL_TIMEOUT=PT2H. The worker never reads
+    them: a process keeps the values it was started with, in its input.
+    """
+
+    process: ProcessOptions = ProcessOptions()
+
+
+@dataclass(frozen=True)
+class Started:
+    process_id: str
+    run_id: str | None
+    approve_url: str | None = None
+    reject_url: str | None = None
+
+
+async def start_process(
+    client: Client, settings: StarterSettings, requested_by: str, description: str
+) -> Started:
+    """Start one ProcessWorkflow; the process id is the workflow id (``process-<uuid>``)."""
+    process_input = ProcessInput(
+        requested_by=requested_by, description=description, options=settings.process
+    )
+    process_id = f"{PROCESS_ID_PREFIX}{uuid.uuid4()}"
+    handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+        PROCESS_WORKFLOW,
+        process_input,
+        id=process_id,
+        task_queue=settings.task_queue,
+    )
+    return Started(process_id=process_id, run_id=handle.result_run_id)
+
+
+async def wait_for_approval_link(
+    inbox_url: str, process_id: str, wait: float, poll_interval: float = 0.2
+) -> tuple[str, str | None] | None:
+    """The approve and reject links the workflow mailed, read from the local inbox.
+
+    None when the inbox cannot be reached or the mail did not arrive in time.
+    """
+    url = f"{inbox_url.rstrip('/')}/messages.json"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    request_timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=request_timeout) as http:
+        while True:
+            try:
+                async with http.get(url, params={"process_id": process_id}) as response:
+                    if response.status == 200:
+                        messages = (await response.json()).get("messages", [])
+                        for message in messages:
+                            if message.get("approve_url"):
+                                return message["approve_url"], message.get("reject_url")
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass  # not up yet, or not there at all: the deadline decides
+            if loop.time() + poll_interval > deadline:
+                return None
+            await asyncio.sleep(poll_interval)
