@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from common.temporal import exit_process
 from local_stack.settings import LocalStackSettings
-from local_stack.stack import run
+from local_stack.supervisor import run
 
 
 def main() -> None:

@@ -9,11 +9,16 @@ topic are not kept: a command message in flight at the stop is lost (its callbac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import boto3
+
+from local_stack.settings import REGION
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -56,3 +61,45 @@ def load_tables(dynamodb: DynamoDBClient, tables: Iterable[str], data_dir: Path)
                 pending = dict(response.get("UnprocessedItems", {}))
         loaded += len(items)
     return loaded
+
+
+class Snapshot:
+    """One stack's tables and their snapshot file: ``load`` at start, ``save`` at a clean stop."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        credentials: tuple[str, str],
+        tables: Sequence[str],
+        data_dir: Path,
+    ) -> None:
+        self._endpoint_url = endpoint_url
+        self._credentials = credentials
+        self._tables = list(tables)
+        self._data_dir = data_dir
+        self._loaded = False
+
+    async def load(self) -> int:
+        """Put the saved items back; the number loaded."""
+        loaded = await asyncio.to_thread(load_tables, self._client(), self._tables, self._data_dir)
+        self._loaded = True
+        return loaded
+
+    async def save(self) -> int | None:
+        """Save every item; the number saved, or None before ``load`` ran.
+
+        Saving before the last snapshot was loaded back would overwrite it with empty tables.
+        """
+        if not self._loaded:
+            return None
+        return await asyncio.to_thread(save_tables, self._client(), self._tables, self._data_dir)
+
+    def _client(self) -> DynamoDBClient:
+        access_key, secret_key = self._credentials
+        return boto3.session.Session().client(
+            "dynamodb",
+            endpoint_url=self._endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+        )
