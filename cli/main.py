@@ -105,6 +105,10 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
         return err.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (``| head -2``) after taking what it wanted: not a failure.
+        # Nothing more can be printed; exit_process skips the flush that would fail again.
+        return EXIT_OK
     return EXIT_OK
 
 

@@ -29,10 +29,12 @@ class Output:
     stream: TextIO
 
     def emit(self, document: Any, text: str) -> None:
+        """Print and flush, so a reader that stops early (``| head``) is noticed here."""
         if self.as_json:
             print(json.dumps(document, indent=2, default=str), file=self.stream)
         else:
             print(text, file=self.stream)
+        self.stream.flush()
 
 
 def when(moment: datetime | None) -> str:

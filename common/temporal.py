@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -53,7 +54,9 @@ def exit_process(code: int) -> None:
 
     The SDK's native threads can abort finalisation (sdk-python issue 300), which would replace
     our exit status with a crash; flushing and leaving with ``os._exit`` keeps the status true.
+    A reader that stopped reading (``| head``) is no failure of ours: its flush is skipped.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
     os._exit(code)

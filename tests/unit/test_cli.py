@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -36,6 +40,7 @@ from workflows.messages import (
 )
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bare_uuid_means_a_process_id() -> None:
@@ -188,3 +193,22 @@ async def test_start_waits_for_the_link_in_the_inbox() -> None:
 async def test_no_inbox_means_no_link() -> None:
     inbox = f"http://127.0.0.1:{free_loopback_port()}"
     assert await wait_for_approval_link(inbox, "process-1", wait=0.1, poll_interval=0.02) is None
+
+
+async def test_a_reader_that_stops_early_is_not_an_error(time_env: WorkflowEnvironment) -> None:
+    """``approval-flow status ID | head -2``: no BrokenPipeError traceback, exit 0."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first byte is written
+    env = {**os.environ, "TEMPORAL_ADDRESS": time_env.client.service_client.config.target_host}
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "cli", "lock", "--resource", "never-used"],
+            cwd=ROOT,
+            env=env,
+            stdout=write,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, err.decode()) == (0, "")
