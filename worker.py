@@ -54,7 +54,9 @@ def build_worker(
 
 
 async def run(settings: Settings) -> None:
-    runtime = metrics_runtime(settings.metrics_port) if settings.metrics_port else None
+    runtime = None
+    if settings.metrics_port:
+        runtime = metrics_runtime(settings.metrics_host, settings.metrics_port)
     client = await connect(settings, runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +71,9 @@ async def run(settings: Settings) -> None:
                     "worker polling task queue %s on %s (metrics: %s)",
                     settings.task_queue,
                     settings.temporal_address,
-                    f":{settings.metrics_port}/metrics" if settings.metrics_port else "off",
+                    f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+                    if settings.metrics_port
+                    else "off",
                 )
                 await stop.wait()
                 log.info("stopping: finishing running activities")

@@ -29,6 +29,7 @@ from cli import list as listing
 from cli import lock, start, status
 from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output
 from cli.settings import CliSettings
+from common.settings import describe_error
 from common.temporal import TemporalUnavailable, connect, exit_process
 
 
@@ -89,8 +90,7 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
     try:
         settings = CliSettings()
     except ValidationError as err:
-        problem = err.errors()[0]
-        print(f"approval-flow: invalid setting {problem['loc']}: {problem['msg']}", file=sys.stderr)
+        print(f"approval-flow: {describe_error(err, CliSettings)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         asyncio.run(run_async(args, settings, out))

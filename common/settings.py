@@ -2,17 +2,27 @@
 
 Temporal and AWS settings use the names their own tools already read (``TEMPORAL_ADDRESS``,
 ``AWS_ENDPOINT_URL``, ...), so one environment serves the ``temporal`` CLI, boto3 and us.
-Everything of our own is prefixed ``APPROVAL_``.
+Everything of our own is prefixed ``APPROVAL_``. Durations take ISO 8601 (``PT5M``) or seconds
+(``300``).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import timedelta
 from functools import cached_property
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.tokens import SigningKey, TokenSigner
@@ -20,6 +30,31 @@ from common.tokens import SigningKey, TokenSigner
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
+
+
+_SECONDS = re.compile(r"\s*\d+(\.\d+)?\s*")
+
+
+def seconds_as_durations(model: type[BaseModel], data: Any) -> Any:
+    """``data`` with each plain number given for a duration of ``model`` read as seconds.
+
+    pydantic takes a number as seconds but refuses the same number written as text, and the
+    environment holds only text. Nested models (``APPROVAL_PROCESS__HTTP_RETRY__DELAY``) too.
+    """
+    if not isinstance(data, dict):
+        return data
+    converted = dict(data)
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        for key in (name, field.alias):
+            if key is None or key not in converted:
+                continue
+            value = converted[key]
+            if annotation is timedelta and isinstance(value, str) and _SECONDS.fullmatch(value):
+                converted[key] = float(value)
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                converted[key] = seconds_as_durations(annotation, value)
+    return converted
 
 
 class Settings(BaseSettings):
@@ -66,10 +101,16 @@ class Settings(BaseSettings):
     api_port: int = 8080
     max_callback_bytes: int = 64 * 1024
 
-    # Observability.
+    # Observability. The worker's Prometheus endpoint listens on metrics_host:metrics_port.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     log_json: bool = False
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seconds(cls, data: Any) -> Any:
+        return seconds_as_durations(cls, data)
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -99,6 +140,8 @@ def describe_error(err: ValidationError, model: type[BaseSettings] = Settings) -
     for error in err.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
         name = env_name(model, field) if field in model.model_fields else field or "settings"
+        # A nested field is one variable of its own: APPROVAL_PROCESS__APPROVAL_TIMEOUT.
+        name += "".join(f"__{part}".upper() for part in error["loc"][1:] if isinstance(part, str))
         message = "is not set" if error["type"] in ("missing", "too_short") else error["msg"]
         problems.append(f"{name} {message}")
     return "invalid settings: " + "; ".join(problems)

@@ -17,7 +17,7 @@ class TemporalUnavailable(Exception):
     """Temporal could not be reached; the message says where and why, in one line."""
 
 
-def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
+def metrics_runtime(host: str, port: int) -> Runtime:
     """A runtime exporting the SDK's own metrics for Prometheus on ``host:port``."""
     return Runtime(
         telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{port}"))

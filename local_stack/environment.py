@@ -97,6 +97,7 @@ def child_environment(
             "APPROVAL_CALLBACK_BASE_URL": settings.url(settings.api_port),
             "APPROVAL_API_HOST": settings.host,
             "APPROVAL_API_PORT": str(settings.api_port),
+            "APPROVAL_METRICS_HOST": settings.host,
             "APPROVAL_INBOX_URL": settings.url(settings.inbox_port),
             "SIMULATOR_HOST": settings.host,
             "SIMULATOR_PORT": str(settings.simulator_port),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,7 +73,10 @@ def test_sigterm_stops_the_worker_cleanly(dev_env: WorkflowEnvironment, moto: Mo
         "APPROVAL_SIGNING_KEYS": KEY,
         "TEMPORAL_ADDRESS": address,
         "APPROVAL_TASK_QUEUE": f"tq-worker-{os.getpid()}",
+        # Another loopback address: the metrics must listen there only, not on every interface.
+        "APPROVAL_METRICS_HOST": "127.0.0.2",
         "APPROVAL_METRICS_PORT": str(metrics_port),
+        "APPROVAL_TOKEN_GRACE": "300",  # durations in seconds are taken as well as ISO 8601
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker"],
@@ -94,8 +98,10 @@ def test_sigterm_stops_the_worker_cleanly(dev_env: WorkflowEnvironment, moto: Mo
             if "worker polling task queue" in line:
                 break
         assert any("worker polling task queue" in line for line in seen), "".join(seen)
-        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        metrics = _get(f"http://127.0.0.2:{metrics_port}/metrics")
         assert "temporal_" in metrics  # the SDK's own metrics, for Prometheus
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", metrics_port), timeout=5).close()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out

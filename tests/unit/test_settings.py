@@ -48,3 +48,36 @@ def test_env_names_follow_the_tools_that_share_them() -> None:
     assert env_name(Settings, "aws_endpoint_url") == "AWS_ENDPOINT_URL"
     assert env_name(Settings, "approval_topic_arn") == "APPROVAL_TOPIC_ARN"
     assert env_name(Settings, "task_queue") == "APPROVAL_TASK_QUEUE"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7200", timedelta(hours=2)),
+        ("90.5", timedelta(seconds=90.5)),
+        ("PT2H", timedelta(hours=2)),
+        ("P1DT30M", timedelta(days=1, minutes=30)),
+    ],
+)
+def test_durations_take_seconds_or_iso_8601(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: timedelta
+) -> None:
+    monkeypatch.setenv("APPROVAL_SIGNING_KEYS", KEY)
+    monkeypatch.setenv("APPROVAL_TOKEN_GRACE", text)
+    monkeypatch.setenv("APPROVAL_PROCESS__APPROVAL_TIMEOUT", text)
+    monkeypatch.setenv("APPROVAL_PROCESS__HTTP_RETRY__DELAY", text)
+    # The worker and the API read the first; starters (the CLI, make run's demo) all three.
+    assert Settings().token_grace == expected
+    settings = CliSettings()
+    assert settings.token_grace == expected
+    assert settings.process.approval_timeout == expected
+    assert settings.process.http_retry.delay == expected
+
+
+def test_a_bad_nested_setting_names_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPROVAL_PROCESS__APPROVAL_TIMEOUT", "soon")
+    with pytest.raises(ValidationError) as err:
+        CliSettings()
+    assert describe_error(err.value, CliSettings).startswith(
+        "invalid settings: APPROVAL_PROCESS__APPROVAL_TIMEOUT Input should be a valid timedelta"
+    )
