@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
 import aiohttp
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -9,7 +13,37 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from local_stack.children import Child, ChildFailed
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
+
+POLL_INTERVAL = 0.1
+
+
+async def wait_until_ready(
+    child: Child, check: Callable[[], Awaitable[bool]], what: str, within: float
+) -> float:
+    """Poll ``check`` until it holds; the seconds it took.
+
+    A check that raises means "not ready yet" (a server still starting refuses connections);
+    only the child's exit or the deadline ends the wait, each as a ``ChildFailed`` of one line.
+    """
+    started = time.monotonic()
+    deadline = started + within
+    last_error = ""
+    while True:
+        if child.returncode is not None:
+            raise ChildFailed(
+                child, f"{child.name} exited with code {child.returncode} while starting"
+            )
+        try:
+            if await check():
+                return time.monotonic() - started
+        except Exception as err:
+            first_line = next(iter(str(err).splitlines()), "")
+            last_error = f" (last check: {type(err).__name__}: {first_line})"
+        if time.monotonic() > deadline:
+            raise ChildFailed(child, f"{what} was not ready within {within:g} s{last_error}")
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def http_ok(http: aiohttp.ClientSession, url: str, any_status: bool = False) -> bool:

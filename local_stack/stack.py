@@ -27,13 +27,12 @@ from temporalio.client import Client
 from common.temporal import TemporalUnavailable, connect
 from local_stack.children import Child, ChildFailed
 from local_stack.environment import child_environment, signing_keys
-from local_stack.readiness import http_ok, temporal_ready, worker_polling
+from local_stack.readiness import http_ok, temporal_ready, wait_until_ready, worker_polling
 from local_stack.settings import LocalStackSettings
 from local_stack.snapshot import Snapshot
 from starter import StarterSettings
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
-POLL_INTERVAL = 0.1
 SERVERS = frozenset({"temporal", "moto"})
 
 
@@ -199,24 +198,9 @@ class Stack:
     async def _ready(
         self, child: Child, check: Callable[[], Awaitable[bool]], what: str | None = None
     ) -> None:
-        """Poll ``check`` until it holds; fail if the child exits or the deadline passes."""
         what = what or child.name
-        started = time.monotonic()
-        deadline = started + self.settings.ready_timeout
-        while True:
-            if child.returncode is not None:
-                raise ChildFailed(
-                    child, f"{child.name} exited with code {child.returncode} while starting"
-                )
-            if await check():
-                took = time.monotonic() - started
-                self.say(f"{what} ready (pid {child.pid}, {took:.1f} s)")
-                return
-            if time.monotonic() > deadline:
-                raise ChildFailed(
-                    child, f"{what} was not ready within {self.settings.ready_timeout:g} s"
-                )
-            await asyncio.sleep(POLL_INTERVAL)
+        took = await wait_until_ready(child, check, what, self.settings.ready_timeout)
+        self.say(f"{what} ready (pid {child.pid}, {took:.1f} s)")
 
     # -- stopping ------------------------------------------------------------------------------
 
