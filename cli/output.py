@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
+
+PROGRAM = "approval-flow"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,3 +49,22 @@ def when(moment: datetime | None) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def program(argv0: str | None = None, search_path: str | None = None) -> str:
+    """How to type this CLI again, for hints printed to copy: ``approval-flow`` when that name
+    finds this very script on PATH (an activated venv, an image), else its path from here
+    (``.venv/bin/approval-flow`` in a fresh clone)."""
+    script = Path(sys.argv[0] if argv0 is None else argv0)
+    if script.name != PROGRAM:  # ``python -m cli``: the console script beside the interpreter
+        script = Path(sys.executable).parent / PROGRAM
+    if not script.is_file():
+        return PROGRAM
+    found = shutil.which(PROGRAM, path=search_path)
+    if found is not None and Path(found).resolve() == script.resolve():
+        return PROGRAM
+    try:
+        relative = script.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return str(script.absolute())
+    return str(relative) if relative.parent != Path() else f"./{relative}"

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio.client import Client
 
-from cli.output import EXIT_USAGE, CliError
+from cli.output import EXIT_USAGE, CliError, program
 from cli.settings import CliSettings
 from starter import Started, start_process, wait_for_approval_link
 
@@ -64,5 +64,5 @@ def render_started(started: Started, settings: CliSettings, waited: float) -> st
             f"Approval link: not in the inbox at {settings.inbox_url} after {waited:g} s "
             "(is the worker running?); it is mailed as soon as the worker publishes it"
         )
-    lines.append(f"Follow it: approval-flow status {started.process_id}")
+    lines.append(f"Follow it: {program()} status {started.process_id}")
     return "\n".join(lines)

@@ -19,10 +19,11 @@ from temporalio.testing import WorkflowEnvironment
 from cli.list import list_query
 from cli.lock import render_lock
 from cli.main import build_parser, execute, run
-from cli.output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output
+from cli.output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output, program
 from cli.settings import CliSettings
+from cli.start import render_started
 from cli.status import normalise_process_id, render_state
-from starter import wait_for_approval_link
+from starter import Started, wait_for_approval_link
 from tests.support.http import serving
 from tests.support.moto_server import free_loopback_port
 from workflows.messages import (
@@ -212,3 +213,24 @@ async def test_a_reader_that_stops_early_is_not_an_error(time_env: WorkflowEnvir
         os.close(write)
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert (process.returncode, err.decode()) == (0, "")
+
+
+def test_hints_name_the_cli_as_it_can_be_typed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "approval-flow"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    # Not on PATH: the path that runs it from here, as `.venv/bin/approval-flow` in a clone.
+    assert program(str(script), search_path="/nonexistent") == "venv/bin/approval-flow"
+    # On PATH (an activated venv, the image): the bare name.
+    assert program(str(script), search_path=str(bin_dir)) == "approval-flow"
+    monkeypatch.chdir(bin_dir)
+    assert program(str(script), search_path="/nonexistent") == "./approval-flow"
+
+    started = Started("process-1", None)
+    last = render_started(started, CliSettings(inbox_url=None), 0).splitlines()[-1]
+    assert last == f"Follow it: {program()} status process-1"
