@@ -56,6 +56,8 @@ class CommandRecord(BaseModel):
     process_id: str
     command: str
     idempotency_key: str
+    # Where the result goes: listed so a person can try the callback route by hand.
+    callback_url: str
     via: Literal["sqs", "http"]
     received_at: datetime
     outcome: Literal["pending", "succeeded", "failed"] = "pending"
@@ -132,6 +134,7 @@ class Downstream:
                     process_id=command.process_id,
                     command=command.command,
                     idempotency_key=key,
+                    callback_url=command.callback_url,
                     via=via,
                     received_at=datetime.now(UTC),
                 )

@@ -107,6 +107,7 @@ async def test_a_repeated_command_is_not_executed_twice() -> None:
         assert record["outcome"] == "succeeded"
         assert record["callback_status"] == 202
         assert record["duplicates"] == 1
+        assert record["callback_url"] == body["callback_url"]  # to try the route by hand
 
 
 async def test_failure_rate_one_calls_back_failed() -> None:
