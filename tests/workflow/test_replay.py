@@ -23,9 +23,48 @@ from workflows.process import ProcessWorkflow
 ROOT = Path(__file__).resolve().parent.parent / "histories"
 HISTORIES = sorted(ROOT.glob("**/*.json"))
 
-# The histories that must exist; deleting one must be a visible change here.
+# Every branch of the v1 code has a history; deleting one must be a visible change here.
 REQUIRED = {
     "v1": [
+        # Recorded on the dev server by tests/workflow/record_histories.
+        "process_completed",
+        "process_rejected",
+        "process_approval_timeout",
+        "process_lock_timeout",
+        "process_lock_timeout_deadline_passed",
+        "process_command_failed",
+        "process_command_send_failed",
+        "process_command_timeout",
+        "process_cancelled_awaiting_approval",
+        "process_cancelled_during_activity",
+        "process_cancelled_waiting_for_lock",
+        "process_cancelled_while_sending",
+        "process_cancelled_during_cleanup",
+        "process_error_record_missing",
+        "process_error_lease_revoked",
+        "process_retried_create",
+        "process_retried_http_503",
+        "process_retry_after_honoured",
+        "process_min_successful_abandons_send",
+        "process_tolerated_failure",
+        "process_tolerated_count_exceeded",
+        "process_tolerated_percentage_exceeded",
+        "process_min_successful_unreachable",
+        "process_first_decision_wins",
+        "process_repeated_and_unknown_callbacks",
+        "process_late_grant_released",
+        "process_release_without_mutex",
+        "mutex_fifo_queue_liveness_alive",
+        "mutex_abandoned_holder",
+        "mutex_liveness_unknown_and_unmarkable",
+        "mutex_revoked_holder_gone",
+        "mutex_lease_revoked",
+        "mutex_failed_grant",
+        "mutex_cancel_races_grant",
+        "mutex_queued_requests_cancelled",
+        "mutex_late_grant_released",
+        "mutex_continue_as_new_run1",
+        "mutex_continue_as_new_run2",
         # Recorded earlier on the time-skipping server, by the same v1 workflow code.
         "ts_process_completed",
         "ts_process_command_failed",
