@@ -1,4 +1,10 @@
-"""Replay recorded histories: a change to workflow code that breaks determinism fails here."""
+"""Replay every recorded history against the workflow code on disk.
+
+A change to ``workflows/`` that would break a running process or the never-ending mutex fails
+here: each file under ``tests/histories/<version>/`` is one run that version of the code wrote
+(see ``tests/workflow/record_histories``). The replayer is set up as the worker is: the pydantic
+data converter and the linear-retry interceptor, which adds a header to every activity call.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +20,82 @@ from activities.retry import LinearRetryInterceptor
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
 
-HISTORIES = sorted((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
+ROOT = Path(__file__).resolve().parent.parent / "histories"
+HISTORIES = sorted(ROOT.glob("**/*.json"))
 
-
-def test_histories_are_committed() -> None:
-    names = {path.stem for path in HISTORIES}
-    assert {
+# Every branch of the v1 code has a history; deleting one must be a visible change here.
+REQUIRED = {
+    "v1": [
+        # Recorded on the dev server by tests/workflow/record_histories.
         "process_completed",
-        "process_command_failed",
         "process_rejected",
-        "mutex_grants_and_releases",
-    } <= names
+        "process_approval_timeout",
+        "process_lock_timeout",
+        "process_lock_timeout_deadline_passed",
+        "process_command_failed",
+        "process_command_send_failed",
+        "process_command_timeout",
+        "process_cancelled_awaiting_approval",
+        "process_cancelled_during_activity",
+        "process_cancelled_waiting_for_lock",
+        "process_cancelled_while_sending",
+        "process_cancelled_during_cleanup",
+        "process_error_record_missing",
+        "process_error_lease_revoked",
+        "process_retried_create",
+        "process_retried_http_503",
+        "process_retry_after_honoured",
+        "process_min_successful_abandons_send",
+        "process_tolerated_failure",
+        "process_tolerated_count_exceeded",
+        "process_tolerated_percentage_exceeded",
+        "process_min_successful_unreachable",
+        "process_first_decision_wins",
+        "process_repeated_and_unknown_callbacks",
+        "process_late_grant_released",
+        "process_release_without_mutex",
+        "mutex_fifo_queue_liveness_alive",
+        "mutex_abandoned_holder",
+        "mutex_liveness_unknown_and_unmarkable",
+        "mutex_revoked_holder_gone",
+        "mutex_lease_revoked",
+        "mutex_failed_grant",
+        "mutex_cancel_races_grant",
+        "mutex_queued_requests_cancelled",
+        "mutex_late_grant_released",
+        "mutex_continue_as_new_run1",
+        "mutex_continue_as_new_run2",
+        # Recorded earlier on the time-skipping server, by the same v1 workflow code.
+        "ts_process_completed",
+        "ts_process_command_failed",
+        "ts_process_rejected",
+        "ts_mutex_grants_and_releases",
+    ],
+}
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-async def test_replay(path: Path) -> None:
-    replayer = Replayer(
+def _name(path: Path) -> str:
+    return path.relative_to(ROOT).with_suffix("").as_posix()
+
+
+def test_every_required_history_is_committed() -> None:
+    present = {_name(path) for path in HISTORIES}
+    required = {f"{version}/{name}" for version, names in REQUIRED.items() for name in names}
+    assert not required - present, f"missing histories: {sorted(required - present)}"
+
+
+@pytest.fixture(scope="module")
+def replayer() -> Replayer:
+    return Replayer(
         workflows=[ProcessWorkflow, MutexWorkflow],
         data_converter=pydantic_data_converter,
         interceptors=[LinearRetryInterceptor()],
     )
-    history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[_name(p) for p in HISTORIES])
+async def test_history_replays(replayer: Replayer, path: Path) -> None:
+    name = _name(path)
+    history = WorkflowHistory.from_json(name, await asyncio.to_thread(path.read_text))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
+    assert result.replay_failure is None, f"{name} no longer replays: {result.replay_failure}"

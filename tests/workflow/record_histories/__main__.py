@@ -1,0 +1,91 @@
+"""``python -m tests.workflow.record_histories VERSION [--force]``: see the package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.support.temporal import start_dev_server
+from tests.workflow.record_histories import mutex_scenarios, process_scenarios
+from tests.workflow.record_histories.recording import Recording
+
+HISTORIES = Path(__file__).resolve().parents[2] / "histories"
+Scenario = Callable[[Recording], Awaitable[None]]
+SCENARIOS: list[Scenario] = [*process_scenarios.SCENARIOS, *mutex_scenarios.SCENARIOS]
+# Scenarios run side by side (each on its own task queue and lock resource); a few at a time
+# keep a two-core machine responsive enough for second-long timeouts.
+CONCURRENCY = 6
+SCENARIO_DEADLINE = 120.0
+
+
+async def record(staging: Path) -> tuple[dict[str, int], list[str]]:
+    """Run every scenario on one dev server; the histories, and what went wrong."""
+    async with await start_dev_server() as env:
+        recording = Recording(env.client, staging)
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def run(scenario: Scenario) -> None:
+            async with limit, asyncio.timeout(SCENARIO_DEADLINE):
+                await scenario(recording)
+
+        outcomes = await asyncio.gather(*(run(s) for s in SCENARIOS), return_exceptions=True)
+    failures = [
+        f"{scenario.__name__}:\n{''.join(traceback.format_exception(outcome))}"
+        for scenario, outcome in zip(SCENARIOS, outcomes, strict=True)
+        if isinstance(outcome, BaseException)
+    ]
+    return recording.saved, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.workflow.record_histories",
+        description="Record workflow histories after a deliberate, versioned workflow change.",
+    )
+    parser.add_argument("version", help="folder under tests/histories, e.g. v2")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite the recorded files of an existing folder"
+    )
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"v[0-9]+", args.version):
+        parser.error(f"version must look like v2, not {args.version!r}")
+    folder = HISTORIES / args.version
+    if any(folder.glob("*.json")) and not args.force:
+        parser.error(
+            f"{folder} already holds histories: record a changed workflow into a new version "
+            "folder, never over the histories it must still replay (--force to overwrite)"
+        )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The scenarios fail processes on purpose; their warnings would bury anything unexpected.
+    for noisy in ("temporalio.workflow", "temporalio.activity"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    started = time.monotonic()
+    # A failed scenario leaves the version folder as it was: files move in only if all passed.
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-recording-", dir=HISTORIES))
+    try:
+        saved, failures = asyncio.run(record(staging))
+        if failures:
+            print("recording failed, nothing written:", *failures, sep="\n", file=sys.stderr)
+            return 1
+        folder.mkdir(exist_ok=True)
+        for path in staging.glob("*.json"):
+            path.replace(folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name, events in sorted(saved.items()):
+        print(f"{folder.name}/{name}.json: {events} events")
+    print(f"recorded {len(saved)} histories in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""MutexWorkflow scenarios: real processes contend for a real mutex on the dev server.
+
+Each scenario starts the resource's mutex itself, with a one-second liveness check where the
+branch needs one, and saves the mutex's history once nobody holds or waits for the lock.
+"""
+
+from __future__ import annotations
+
+from temporalio.client import WorkflowHandle
+
+from tests.workflow.fakes import Fakes, eventually
+from tests.workflow.harness import Harness, harness
+from tests.workflow.record_histories.recording import (
+    PATIENCE,
+    SECOND,
+    E,
+    History,
+    Recording,
+    queued,
+    start,
+)
+from workflows.messages import (
+    CommandName,
+    FailureReason,
+    LockCancel,
+    LockRelease,
+    ProcessResult,
+    mutex_workflow_id,
+)
+from workflows.mutex import MutexWorkflow
+from workflows.process import ProcessWorkflow
+
+ONE, TWO = CommandName.ONE, CommandName.TWO
+COMPLETED = E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+ACTIVITY_FAILED = E.EVENT_TYPE_ACTIVITY_TASK_FAILED
+DESCRIBE = "describe_workflow"
+
+
+async def fifo_queue_liveness_alive(rec: Recording) -> None:
+    """Three processes take the lock in arrival order; the first stays alive across checks."""
+    async with harness(rec.client) as h:
+        await rec.start_mutex(h, liveness_interval=SECOND)
+        handles = [await _join(h, name) for name in ("first", "second", "third")]
+        # A request delivered twice (a retried request_lock) keeps its first place.
+        duplicate = (await h.mutex_state()).queue[0]
+        mutex_handle = rec.client.get_workflow_handle_for(
+            MutexWorkflow.run, mutex_workflow_id(h.resource)
+        )
+        await mutex_handle.signal(MutexWorkflow.request, duplicate)
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await rec.until(
+            mutex,
+            "three liveness checks of a live holder",
+            lambda history: history.closed_activities(DESCRIBE, COMPLETED) >= 3,
+        )
+        for handle in handles:
+            await h.wait_sent(handle)
+            await h.call_back(handle, ONE)
+            await h.call_back(handle, TWO)
+            await rec.completed(handle)
+        assert [(await h.state(handle)).lock.lease_id for handle in handles] == [1, 2, 3]
+        state, history = await rec.mutex_idle(h)
+        counters = state.counters
+        assert (counters.grants, counters.releases, counters.abandoned_holders) == (3, 3, 0)
+        assert history.signals_sent("lock_granted") == 3
+        assert history.signals_received("request") == 4
+        rec.save("mutex_fifo_queue_liveness_alive", history)
+
+
+async def abandoned_holder(rec: Recording) -> None:
+    """The holder is terminated: the next check frees the lock and marks its record abandoned."""
+    async with harness(rec.client) as h:
+        await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        waiter = await start(h, requested_by="waiter")
+        await h.approve(waiter)
+        await eventually(lambda: queued(h, waiter.id), within=PATIENCE, what="waiter queued")
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await rec.until(
+            mutex,
+            "a liveness check of the live holder",
+            lambda history: history.closed_activities(DESCRIBE, COMPLETED) >= 1,
+        )
+        await holder.terminate("operator killed it")
+        await h.wait_sent(waiter)
+        await h.call_back(waiter, ONE)
+        await h.call_back(waiter, TWO)
+        await rec.completed(waiter)
+        state, history = await rec.mutex_idle(h)
+        assert (state.counters.abandoned_holders, state.counters.grants) == (1, 2)
+        assert h.fakes.records[holder.id]["reason"] == FailureReason.ABANDONED
+        assert history.closed_activities("update_process_status", COMPLETED) == 1
+        rec.save("mutex_abandoned_holder", history)
+
+
+async def bookkeeping_failures(rec: Recording) -> None:
+    """Liveness unknown (describe fails): the lock stays held; later an abandoned holder whose
+    record cannot be marked still frees the lock."""
+    fakes = Fakes(describe_down=True)
+    async with harness(rec.client, fakes) as h:
+        await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        # Five attempts, 1 + 2 + 4 + 8 s apart: the slowest scenario of the recording.
+        await rec.until(
+            mutex,
+            "a liveness check that gave up",
+            lambda history: history.closed_activities(DESCRIBE, ACTIVITY_FAILED) == 1,
+        )
+        assert (await h.mutex_state()).holder is not None
+        fakes.describe_down = False
+        del fakes.records[holder.id]
+        await holder.terminate("operator killed it")
+        state, history = await rec.mutex_idle(h)
+        assert state.counters.abandoned_holders == 1
+        assert history.closed_activities("update_process_status", ACTIVITY_FAILED) == 1
+        rec.save("mutex_liveness_unknown_and_unmarkable", history)
+
+
+async def revoked_holder_gone(rec: Recording) -> None:
+    """The lease expired after its holder closed: the revoke is noticed, telling it fails."""
+    async with harness(rec.client) as h:
+        await rec.start_mutex(h, liveness_interval=3 * SECOND)
+        holder = await start(h, requested_by="holder", lease_timeout=SECOND)
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        await holder.terminate("operator killed it")
+        state, history = await rec.mutex_idle(h)
+        assert (state.counters.expired_leases, state.counters.abandoned_holders) == (1, 0)
+        assert history.signals_sent("lock_revoked") == 1
+        assert len(history.of(E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_FAILED)) == 1
+        rec.save("mutex_revoked_holder_gone", history)
+
+
+async def failed_grant(rec: Recording) -> None:
+    """The next in line closed before its turn: the grant fails and the lock passes on."""
+    async with harness(rec.client) as h:
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        gone = await start(h, requested_by="gone")
+        await h.approve(gone)
+        await eventually(lambda: queued(h, gone.id), within=PATIENCE, what="gone queued")
+        after = await start(h, requested_by="after")
+        await h.approve(after)
+        await eventually(lambda: queued(h, after.id), within=PATIENCE, what="after queued")
+        await gone.terminate("closed while queued")
+        for handle in (holder, after):
+            await h.wait_sent(handle)
+            await h.call_back(handle, ONE)
+            await h.call_back(handle, TWO)
+            await rec.completed(handle)
+        state, history = await rec.mutex_idle(h)
+        assert (state.counters.failed_grants, state.counters.grants) == (1, 2)
+        assert len(history.of(E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_FAILED)) == 1
+        rec.save("mutex_failed_grant", history)
+
+
+async def cancel_races_grant(rec: Recording) -> None:
+    """A cancel for a request the mutex already granted frees the lock; the late release is stale.
+
+    A requester that stops waiting just as its grant is sent cancels after the grant; that
+    order cannot be timed from outside, so the recorder sends the holder's cancel itself.
+    """
+    async with harness(rec.client) as h:
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        request_id = (await h.state(holder)).lock.request_id
+        assert request_id is not None
+        mutex = rec.client.get_workflow_handle_for(MutexWorkflow.run, mutex_workflow_id(h.resource))
+        await mutex.signal(MutexWorkflow.cancel, LockCancel(request_id=request_id))
+        await h.call_back(holder, ONE)
+        await h.call_back(holder, TWO)
+        await rec.completed(holder)
+        state, history = await rec.mutex_idle(h)
+        counters = state.counters
+        assert (counters.cancelled_requests, counters.stale_releases, counters.releases) == (
+            1,
+            1,
+            0,
+        )
+        rec.save("mutex_cancel_races_grant", history)
+
+
+async def continue_as_new(rec: Recording) -> None:
+    """The mutex continues as new while one process holds the lock and two wait; every run saved."""
+    async with harness(rec.client) as h:
+        first_run = await rec.start_mutex(h, max_history_events=100)
+        handles = [await _join(h, name) for name in ("holder", "first-waiter", "second-waiter")]
+        mutex = rec.client.get_workflow_handle_for(MutexWorkflow.run, mutex_workflow_id(h.resource))
+        stale = LockRelease(request_id="nobody", lease_id=999)
+
+        async def rolled_over() -> bool:
+            # Stale releases change nothing but grow the history past max_history_events.
+            await mutex.signal(MutexWorkflow.release, stale)
+            return (await mutex.describe()).run_id != first_run
+
+        await eventually(rolled_over, within=PATIENCE, what="the mutex to continue as new")
+        for handle in handles:
+            await h.wait_sent(handle)
+            await h.call_back(handle, ONE)
+            await h.call_back(handle, TWO)
+            await rec.completed(handle)
+        state, _ = await rec.mutex_idle(h)
+        assert (state.counters.grants, state.counters.releases) == (3, 3)
+        runs = await _chain(rec, mutex_workflow_id(h.resource), first_run)
+        assert len(runs) == 2, f"{len(runs)} runs"
+        carried = runs[0].continued_as_new_with().state
+        assert carried is not None and carried.holder is not None
+        assert carried.holder.holder_workflow_id == handles[0].id
+        assert [r.requester_workflow_id for r in carried.queue] == [h.id for h in handles[1:]]
+        for number, history in enumerate(runs, start=1):
+            rec.save(f"mutex_continue_as_new_run{number}", history)
+
+
+async def _chain(rec: Recording, workflow_id: str, run_id: str | None) -> list[History]:
+    """Every run of a continue-as-new chain, first to last."""
+    runs = []
+    while run_id is not None:
+        history = await rec.history(workflow_id, run_id)
+        runs.append(history)
+        run_id = history.next_run_id()
+    return runs
+
+
+async def _join(h: Harness, requested_by: str) -> WorkflowHandle[ProcessWorkflow, ProcessResult]:
+    """An approved process, once it holds or waits for the lock (so arrival order is known)."""
+    handle = await start(h, requested_by=requested_by)
+    await h.approve(handle)
+
+    async def in_line() -> bool:
+        state = await h.mutex_state()
+        holder = state.holder.holder_workflow_id if state.holder else None
+        return holder == handle.id or await queued(h, handle.id)
+
+    await eventually(in_line, within=PATIENCE, what=f"{requested_by} in line")
+    return handle
+
+
+SCENARIOS = [
+    fifo_queue_liveness_alive,
+    abandoned_holder,
+    bookkeeping_failures,
+    revoked_holder_gone,
+    failed_grant,
+    cancel_races_grant,
+    continue_as_new,
+]
