@@ -6,7 +6,7 @@
 #   python -m simulator        the downstream simulator (command one over SQS, command two HTTP)
 #   python -m simulator.inbox  the approvers' inbox (approval mails from SNS, on a page)
 #   python -m common.aws_resources   one-shot: tables, topic and queue, idempotently
-# Settings come from the environment only (see README, "Settings" and "Docker Compose").
+# Settings come from the environment only (see docs/settings.md and docs/deployment.md).
 #
 # Build: docker build -t approval-flow .
 

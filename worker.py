@@ -1,7 +1,7 @@
 """The worker daemon: runs ProcessWorkflow, MutexWorkflow and every activity on one task queue.
 
-``python -m worker``. Settings come from the environment (see README). SIGTERM or SIGINT stop
-polling and let running activities finish before the process exits.
+``python -m worker``. Settings come from the environment (see docs/settings.md). SIGTERM or
+SIGINT stop polling and let running activities finish before the process exits.
 """
 
 from __future__ import annotations
