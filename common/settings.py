@@ -23,7 +23,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from common.tokens import SigningKey, TokenSigner
 
@@ -50,11 +57,30 @@ def seconds_as_durations(model: type[BaseModel], data: Any) -> Any:
             if key is None or key not in converted:
                 continue
             value = converted[key]
-            if annotation is timedelta and isinstance(value, str) and _SECONDS.fullmatch(value):
+            if (
+                annotation in (timedelta, timedelta | None)
+                and isinstance(value, str)
+                and _SECONDS.fullmatch(value)
+            ):
                 converted[key] = float(value)
             elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 converted[key] = seconds_as_durations(annotation, value)
     return converted
+
+
+class TextOrJsonEnvSource(EnvSettingsSource):
+    """Environment variables; a list or model written as plain text reaches its validator as text.
+
+    pydantic-settings reads a variable for a list or model as JSON and stops with a traceback
+    when it is not. Text lets a field say how it is written (``a@x=Alice,b@x`` for approvers);
+    one that takes no text fails validation with a message that names the variable.
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
 
 
 class Settings(BaseSettings):
@@ -111,6 +137,22 @@ class Settings(BaseSettings):
     @classmethod
     def _seconds(cls, data: Any) -> Any:
         return seconds_as_durations(cls, data)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            TextOrJsonEnvSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @field_validator("signing_keys", mode="before")
     @classmethod

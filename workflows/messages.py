@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # ---------------------------------------------------------------------------------------------
 # Names shared by every party
@@ -126,6 +126,81 @@ class RetrySettings(Message):
         return self.delay * attempt
 
 
+class Approver(Message):
+    """A named approver. ``id`` (an e-mail address, say) is what their own link is bound to."""
+
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[^\s,=*]+$")
+    name: str | None = Field(None, max_length=200)
+
+    @property
+    def display(self) -> str:
+        return self.name or self.id
+
+    @classmethod
+    def parse(cls, text: str) -> Approver:
+        """``ID`` or ``ID=NAME``, as the CLI and the settings write one approver."""
+        approver_id, _, name = text.strip().partition("=")
+        return cls(id=approver_id.strip(), name=" ".join(name.split()) or None)
+
+
+def _approvers(value: object) -> object:
+    """Approvers as ``id[=name],...`` text (settings, CLI), or as a list of models or dicts."""
+    if isinstance(value, str):
+        return tuple(Approver.parse(part) for part in value.split(",") if part.strip())
+    return value
+
+
+class ApprovalPolicy(Message):
+    """Who decides, how many approvals are enough, and what happens while nobody does.
+
+    With no ``approvers`` the original behaviour stays: one link, mailed to the topic, and
+    whoever holds it decides. With approvers, each gets a link of their own that decides only
+    for them. Every field is optional, so a process started before the policy existed reads
+    the default: the original.
+    """
+
+    approvers: tuple[Approver, ...] = ()
+    # Approvals needed, counting escalation approvers too. One is the original.
+    required: int = Field(1, ge=1)
+    # True: any rejection rejects the process. False: rejections are counted, and the process
+    # is rejected only once ``required`` approvals can no longer be reached.
+    reject_vetoes: bool = True
+    # Undecided approvers are mailed their link again this often, until the deadline.
+    remind_every: timedelta | None = None
+    # After this long without a decision, the request also goes to ``escalate_to``.
+    escalate_after: timedelta | None = None
+    escalate_to: tuple[Approver, ...] = ()
+    # At the deadline without a decision: fail ``approval-timeout`` (the original) or reject.
+    on_timeout: Literal["fail", "reject"] = "fail"
+
+    @field_validator("approvers", "escalate_to", mode="before")
+    @classmethod
+    def _parse_approvers(cls, value: object) -> object:
+        return _approvers(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ApprovalPolicy:
+        ids = [a.id for a in (*self.approvers, *self.escalate_to)]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"an approver may be listed once: {', '.join(duplicates)}")
+        if not self.approvers and self.required > 1:
+            raise ValueError("a quorum (required > 1) needs named approvers")
+        if self.approvers and self.required > len(ids):
+            raise ValueError(f"required is {self.required} but only {len(ids)} approvers are named")
+        if bool(self.escalate_to) != (self.escalate_after is not None):
+            raise ValueError("escalate_after and escalate_to go together")
+        for name in ("remind_every", "escalate_after"):
+            value = getattr(self, name)
+            if value is not None and value <= timedelta(0):
+                raise ValueError(f"{name} must be positive")
+        return self
+
+    @property
+    def named(self) -> bool:
+        return bool(self.approvers)
+
+
 class ProcessOptions(Message):
     """Every timeout and retry of the original, as data the starter may override."""
 
@@ -145,6 +220,14 @@ class ProcessOptions(Message):
     # Longest the lock may be held before the mutex revokes it; covers the command phase with
     # all its HTTP retries (4 waits of at most 20 min) and the 1 h callback wait.
     lease_timeout: timedelta = timedelta(hours=3)
+    approval: ApprovalPolicy = ApprovalPolicy()
+
+    @model_validator(mode="after")
+    def _escalation_before_the_deadline(self) -> ProcessOptions:
+        escalate_after = self.approval.escalate_after
+        if escalate_after is not None and escalate_after >= self.approval_timeout:
+            raise ValueError("approval.escalate_after must come before approval_timeout")
+        return self
 
 
 class ProcessInput(Message):
@@ -178,6 +261,9 @@ class ApprovalDecision(Message):
     approved: bool
     decided_by: str = Field(min_length=1, max_length=200)
     comment: str | None = Field(None, max_length=2000)
+    # The named approver whose link this came from (the token's subject, never typed by
+    # anyone). None: the shared link of a policy without named approvers.
+    approver_id: str | None = Field(None, max_length=200)
 
 
 class CommandCallback(Message):
@@ -206,12 +292,63 @@ class LockRevoked(Message):
     reason: str
 
 
+ANYONE = "*"  # the approver id of the shared link (a policy without named approvers)
+
+
+class ApproverState(Message):
+    """One approver of a process: invited when, reminded how often, and what they decided."""
+
+    id: str
+    name: str | None = None
+    # "anyone": the shared link; "escalation": invited after ``escalate_after``.
+    role: Literal["approver", "escalation", "anyone"] = "approver"
+    invited_at: datetime | None = None
+    reminders: int = 0
+    last_reminded_at: datetime | None = None
+    decision: Literal["approved", "rejected"] | None = None
+    decided_at: datetime | None = None
+    # For the shared link, the name the person typed; for a named approver, their name.
+    decided_by: str | None = None
+    comment: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.name or self.id
+
+
+class ApprovalNotice(Message):
+    """One round of approval mail: the request, a reminder or an escalation, and to whom."""
+
+    kind: Literal["request", "reminder", "escalation"]
+    at: datetime
+    to: list[str]  # approver ids; ANYONE for the shared link
+    sent: bool = True
+    error: str | None = None
+
+
 class ApprovalState(Message):
     deadline: datetime | None = None
+    # The outcome, once there is one. ``decided_by`` names who made it ("Alice and Bob" when
+    # several approvals made the quorum); ``comment`` is kept when one decision settled it.
     decision: Literal["approved", "rejected"] | None = None
     decided_by: str | None = None
     decided_at: datetime | None = None
     comment: str | None = None
+    # The policy at work (absent from processes started before it existed).
+    required: int = 1
+    reject_vetoes: bool = True
+    approvers: list[ApproverState] = []
+    approvals: int = 0
+    rejections: int = 0
+    waiting_for: list[str] = []  # ids of invited approvers who have not decided
+    escalates_at: datetime | None = None
+    escalated_at: datetime | None = None
+    next_reminder_at: datetime | None = None
+    notices: list[ApprovalNotice] = []
+    summary: str | None = None  # "1 of 2 approvals; waiting for Bob, Carol"
+
+    def approver(self, approver_id: str) -> ApproverState | None:
+        return next((a for a in self.approvers if a.id == approver_id), None)
 
 
 class LockState(Message):
@@ -376,6 +513,29 @@ class PublishApprovalRequest(Message):
     description: str
     requested_at: datetime
     deadline: datetime
+
+
+class NotifyApprovers(Message):
+    """Mail approvers their links: each named approver one mail, the shared link one to all."""
+
+    process_id: str
+    requested_by: str
+    description: str
+    requested_at: datetime
+    deadline: datetime
+    kind: Literal["request", "reminder", "escalation"]
+    # Which notice of this process this is (0, 1, ...): with the approver, the idempotency key.
+    sequence: int = Field(ge=0)
+    to: tuple[Approver, ...] = ()
+    # Also (or only) the shared link, to the whole topic.
+    anyone: bool = False
+    summary: str | None = None  # where the decision stands, for reminders
+
+
+class NotifyResult(Message):
+    """The SNS message id of each mail, by approver id (ANYONE for the shared link)."""
+
+    message_ids: dict[str, str] = {}
 
 
 class SendCommand(Message):
