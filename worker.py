@@ -17,22 +17,54 @@ from typing import Any
 
 import aiohttp
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.runtime import Runtime
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.aws import AwsClients
 from activities.factory import build_activities
 from activities.retry import LinearRetryInterceptor
+from common.dropped_signals import counting_dropped_signals
 from common.logging import configure as configure_logging
 from common.settings import Settings, load_settings
 from common.temporal import TemporalUnavailable, connect, exit_process, metrics_runtime
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
+from workflows.versioning import AutoUpgradeMutexWorkflow
 
 log = logging.getLogger("worker")
 
 # boto3 calls are blocking; they run on this many threads.
 ACTIVITY_THREADS = 32
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+
+# The workflow code as an unversioned worker runs it; ``approval-flow replay`` and the replay
+# tests check histories against exactly these.
+WORKFLOWS: list[type] = [ProcessWorkflow, MutexWorkflow]
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker Versioning from the settings, or None to run unversioned.
+
+    A versioned worker pins every workflow to the build it started on unless the workflow says
+    otherwise: a process never meets code it did not start with (see workflows/versioning.py).
+    """
+    if settings.deployment_name is None or settings.build_id is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(
+            deployment_name=settings.deployment_name, build_id=settings.build_id
+        ),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
+
+
+def workflows_for(settings: Settings) -> list[type]:
+    """What the worker registers: the never-ending mutex auto-upgrades under versioning."""
+    if deployment_config(settings) is None:
+        return list(WORKFLOWS)
+    return [ProcessWorkflow, AutoUpgradeMutexWorkflow]
 
 
 def build_worker(
@@ -44,12 +76,13 @@ def build_worker(
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[ProcessWorkflow, MutexWorkflow],
+        workflows=workflows_for(settings),
         activities=activities,
         activity_executor=executor,
         max_concurrent_activities=ACTIVITY_THREADS,
         interceptors=[LinearRetryInterceptor()],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        deployment_config=deployment_config(settings),
     )
 
 
@@ -63,14 +96,21 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     aws = AwsClients.from_settings(settings)
-    with ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="activity") as executor:
+    meter = (runtime or Runtime.default()).metric_meter
+    with (
+        counting_dropped_signals(meter),
+        ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="activity") as executor,
+    ):
         async with aiohttp.ClientSession() as http:
             worker = build_worker(client, settings, build_activities(settings, aws, http), executor)
             async with worker:
                 log.info(
-                    "worker polling task queue %s on %s (metrics: %s)",
+                    "worker polling task queue %s on %s as %s (metrics: %s)",
                     settings.task_queue,
                     settings.temporal_address,
+                    f"build {settings.build_id} of deployment {settings.deployment_name}"
+                    if settings.deployment_name
+                    else "an unversioned worker",
                     f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
                     if settings.metrics_port
                     else "off",

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -133,6 +134,11 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
+    # Worker Versioning (docs/upgrades.md). Both set: the worker polls as this build of this
+    # Worker Deployment and pins each process to the build it started on. Neither: unversioned.
+    deployment_name: str | None = None
+    build_id: str | None = Field(None, validate_default=True)
+
     @model_validator(mode="before")
     @classmethod
     def _seconds(cls, data: Any) -> Any:
@@ -153,6 +159,17 @@ class Settings(BaseSettings):
             dotenv_settings,
             file_secret_settings,
         )
+
+    @field_validator("build_id")
+    @classmethod
+    def _versioned_together(cls, build_id: str | None, info: ValidationInfo) -> str | None:
+        # A build id without a deployment (or the reverse) is no version at all: refuse it
+        # rather than start a worker that silently runs unversioned.
+        if (build_id is None) != (info.data.get("deployment_name") is None):
+            raise ValueError(
+                "set APPROVAL_DEPLOYMENT_NAME and APPROVAL_BUILD_ID together, or neither"
+            )
+        return build_id
 
     @field_validator("signing_keys", mode="before")
     @classmethod
