@@ -6,7 +6,13 @@ from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows.messages import HolderLiveness, MutexInput, RequestLock, mutex_workflow_id
+from workflows.messages import (
+    LOCK_REQUEST_SIGNAL,
+    HolderLiveness,
+    MutexInput,
+    RequestLock,
+    mutex_workflow_id,
+)
 
 # The mutex is started by type name so this module never imports workflow code.
 MUTEX_WORKFLOW_TYPE = "MutexWorkflow"
@@ -20,7 +26,7 @@ async def request_lock(request: RequestLock) -> None:
         MutexInput(resource=request.resource, options=request.mutex_options),
         id=mutex_workflow_id(request.resource),
         task_queue=activity.info().task_queue,
-        start_signal="request",
+        start_signal=LOCK_REQUEST_SIGNAL,
         start_signal_args=[request.request],
     )
 

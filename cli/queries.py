@@ -15,7 +15,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
-from workflows.messages import PROCESS_STATUS_ATTRIBUTE
+from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
 # A query needs a worker to answer; without one the server would hold the call for a long time.
@@ -36,7 +36,9 @@ async def query_state(
 ) -> tuple[Any | None, str | None]:
     """The ``state`` query's answer, or None and why there is none."""
     try:
-        return await handle.query("state", result_type=result_type, rpc_timeout=QUERY_TIMEOUT), None
+        return await handle.query(
+            STATE_QUERY, result_type=result_type, rpc_timeout=QUERY_TIMEOUT
+        ), None
     except RPCError as err:
         if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             return None, "no worker answered the state query (is the worker running?)"

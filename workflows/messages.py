@@ -2,6 +2,12 @@
 
 Pure pydantic, no I/O: imported by workflows (through the sandbox), activities, the callbacks API
 and the CLI alike. Every default here is the original Lambda workflow's value.
+
+These messages outlive deploys: a process runs for hours and the mutex never ends, so during a
+rolling deploy an older worker decodes what a newer one sent, and the other way round. Hence every
+model ignores fields it does not know (a strict model would make the SDK drop the whole signal),
+and a new field is always optional with a default, so an older sender that leaves it out is
+still understood. Be strict only at the HTTP edge (``callbacks_api/bodies.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ MUTEX_ID_PREFIX = "mutex-"
 DEFAULT_LOCK_RESOURCE = "approval-commands"
 PROCESS_STATUS_ATTRIBUTE = "ProcessStatus"
 APPROVAL_CALLBACK = "approval"
+
+# Signal and query names. A name is part of every running history: never rename one.
+APPROVAL_DECISION_SIGNAL = "approval_decision"  # ProcessWorkflow <- an approver (callbacks API)
+COMMAND_CALLBACK_SIGNAL = "command_callback"  # ProcessWorkflow <- a downstream system
+LOCK_GRANTED_SIGNAL = "lock_granted"  # ProcessWorkflow <- MutexWorkflow
+LOCK_REVOKED_SIGNAL = "lock_revoked"  # ProcessWorkflow <- MutexWorkflow
+LOCK_REQUEST_SIGNAL = "request"  # MutexWorkflow <- a process (signal-with-start)
+LOCK_CANCEL_SIGNAL = "cancel"  # MutexWorkflow <- a process that stopped waiting
+LOCK_RELEASE_SIGNAL = "release"  # MutexWorkflow <- the holder
+STATE_QUERY = "state"  # both workflows: ProcessState or MutexState
 
 
 class CommandName(StrEnum):
@@ -67,7 +83,9 @@ def mutex_workflow_id(resource: str) -> str:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Base of every message: immutable, and tolerant of fields a newer sender added."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +433,9 @@ class LockRequest(Message):
     request_id: str
     lease_timeout: timedelta
     requested_at: datetime
+    # The run that asked: a reset makes a new run under the same workflow id, and the grant and
+    # the liveness checks must follow the run, not only the id. None from older senders.
+    requester_run_id: str | None = None
 
 
 class LockCancel(Message):
@@ -436,6 +457,7 @@ class Lease(Message):
     lease_id: int
     granted_at: datetime
     expires_at: datetime
+    holder_run_id: str | None = None  # None for a lease granted to an older requester
 
 
 class MutexCounters(Message):
@@ -544,6 +566,11 @@ class SendCommand(Message):
     deadline: datetime  # the callback wait's deadline; the callback token expires with it
     http_retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
     max_retry_after: timedelta = timedelta(minutes=20)
+    # The fence: the lock this command runs under and its lease id (a fencing token). The
+    # downstream system refuses a lease lower than the highest it has seen for the resource.
+    # None from processes started before the fence existed: they send no fence at all.
+    lock_resource: str | None = None
+    lease_id: int | None = None
 
 
 class SendResult(Message):

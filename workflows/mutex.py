@@ -19,6 +19,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.mutex import describe_workflow
     from activities.process_table import ProcessTableActivities
     from workflows.messages import (
+        LOCK_CANCEL_SIGNAL,
+        LOCK_GRANTED_SIGNAL,
+        LOCK_RELEASE_SIGNAL,
+        LOCK_REQUEST_SIGNAL,
+        LOCK_REVOKED_SIGNAL,
+        STATE_QUERY,
         FailureReason,
         HolderLiveness,
         Lease,
@@ -82,7 +88,7 @@ class MutexWorkflow:
 
     # -- signals --------------------------------------------------------------------------------
 
-    @workflow.signal
+    @workflow.signal(name=LOCK_REQUEST_SIGNAL)
     def request(self, request: LockRequest) -> None:
         """Join the queue; a repeated request (an activity retry) keeps its first place."""
         known = {r.request_id for r in self._queue}
@@ -94,7 +100,7 @@ class MutexWorkflow:
         self._queue.append(request)
         self._changed = True
 
-    @workflow.signal
+    @workflow.signal(name=LOCK_CANCEL_SIGNAL)
     async def cancel(self, cancel: LockCancel) -> None:
         """The requester stopped waiting: drop its request, or take back a grant that raced."""
         before = len(self._queue)
@@ -107,7 +113,7 @@ class MutexWorkflow:
             self._free()
         self._changed = True
 
-    @workflow.signal
+    @workflow.signal(name=LOCK_RELEASE_SIGNAL)
     def release(self, release: LockRelease) -> None:
         """Free the lock, but only for the current lease: a stale lease id frees nothing."""
         holder = self._holder
@@ -127,7 +133,7 @@ class MutexWorkflow:
         self._free()
         self._changed = True
 
-    @workflow.query
+    @workflow.query(name=STATE_QUERY)
     def state(self) -> MutexState:
         return MutexState(
             resource=self._resource,
@@ -154,7 +160,7 @@ class MutexWorkflow:
         self._next_check_at = now + self._options.liveness_interval
         try:
             await workflow.get_external_workflow_handle(request.requester_workflow_id).signal(
-                "lock_granted",
+                LOCK_GRANTED_SIGNAL,
                 LockGranted(
                     resource=self._resource, request_id=request.request_id, lease_id=lease.lease_id
                 ),
@@ -212,7 +218,7 @@ class MutexWorkflow:
         self._free()
         try:
             await workflow.get_external_workflow_handle(holder.holder_workflow_id).signal(
-                "lock_revoked",
+                LOCK_REVOKED_SIGNAL,
                 LockRevoked(
                     resource=self._resource,
                     request_id=holder.request_id,

@@ -24,7 +24,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.notifications import ApprovalNotifier
     from activities.process_table import ProcessTableActivities
     from workflows.messages import (
+        APPROVAL_DECISION_SIGNAL,
+        COMMAND_CALLBACK_SIGNAL,
+        LOCK_CANCEL_SIGNAL,
+        LOCK_GRANTED_SIGNAL,
+        LOCK_RELEASE_SIGNAL,
+        LOCK_REVOKED_SIGNAL,
         PROCESS_STATUS_ATTRIBUTE,
+        STATE_QUERY,
         ApprovalDecision,
         ApprovalState,
         CommandCallback,
@@ -141,7 +148,7 @@ class ProcessWorkflow:
 
     # -- signals and query ----------------------------------------------------------------------
 
-    @workflow.signal
+    @workflow.signal(name=APPROVAL_DECISION_SIGNAL)
     def approval_decision(self, decision: ApprovalDecision) -> None:
         """The first decision wins; later ones are logged and ignored."""
         if self._decision is not None or self._stage in (Stage.COMPLETED, Stage.FAILED):
@@ -162,7 +169,7 @@ class ProcessWorkflow:
         )
         self._touch()
 
-    @workflow.signal
+    @workflow.signal(name=COMMAND_CALLBACK_SIGNAL)
     def command_callback(self, callback: CommandCallback) -> None:
         """A downstream result; unknown commands and repeats are logged and ignored."""
         try:
@@ -176,7 +183,7 @@ class ProcessWorkflow:
         self._callbacks[name] = callback
         self._touch()
 
-    @workflow.signal
+    @workflow.signal(name=LOCK_GRANTED_SIGNAL)
     async def lock_granted(self, grant: LockGranted) -> None:
         """Take the lock, or hand back at once a grant that arrives after we stopped waiting."""
         if self._lock.status == "requested" and grant.request_id == self._lock.request_id:
@@ -189,17 +196,17 @@ class ProcessWorkflow:
             "lease %s arrived while lock is %s; releasing it", grant.lease_id, self._lock.status
         )
         await self._signal_mutex(
-            "release", LockRelease(request_id=grant.request_id, lease_id=grant.lease_id)
+            LOCK_RELEASE_SIGNAL, LockRelease(request_id=grant.request_id, lease_id=grant.lease_id)
         )
 
-    @workflow.signal
+    @workflow.signal(name=LOCK_REVOKED_SIGNAL)
     def lock_revoked(self, revoked: LockRevoked) -> None:
         if self._lock.status == "held" and revoked.lease_id == self._lock.lease_id:
             self._lock_revoked = revoked
             self._lock = self._lock.model_copy(update={"status": "revoked"})
             self._touch()
 
-    @workflow.query
+    @workflow.query(name=STATE_QUERY)
     def state(self) -> ProcessState:
         return ProcessState(
             process_id=self._process_id,
@@ -447,11 +454,11 @@ class ProcessWorkflow:
                 update={"status": "released", "released_at": workflow.now()}
             )
             await self._signal_mutex(
-                "release", LockRelease(request_id=lock.request_id, lease_id=lock.lease_id)
+                LOCK_RELEASE_SIGNAL, LockRelease(request_id=lock.request_id, lease_id=lock.lease_id)
             )
         elif lock.status == "requested" and lock.request_id:
             self._lock = lock.model_copy(update={"status": "cancelled"})
-            await self._signal_mutex("cancel", LockCancel(request_id=lock.request_id))
+            await self._signal_mutex(LOCK_CANCEL_SIGNAL, LockCancel(request_id=lock.request_id))
 
     async def _signal_mutex(self, signal: str, arg: LockRelease | LockCancel) -> None:
         handle = workflow.get_external_workflow_handle(mutex_workflow_id(self._lock.resource))
