@@ -4,10 +4,12 @@
     approval-flow status process-…
     approval-flow list [--status failed]
     approval-flow lock
+    approval-flow replay [--closed-within 7d]
 
 Every command takes ``--json`` for scripts. The connection comes from the same environment as
 the worker (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ...); the defaults reach ``make run``.
-Exit codes: 0 done, 1 not found or not possible, 2 bad usage, 3 Temporal unreachable.
+Exit codes: 0 done, 1 not found, not possible, or (replay) a history would break; 2 bad usage;
+3 Temporal unreachable.
 
 Each command lives in its own module (``cli/start.py``, ...) and returns ``(document, text)``;
 this one parses, connects, prints through one ``Output`` and turns errors into exit codes.
@@ -26,8 +28,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli import list as listing
-from cli import lock, start, status
-from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output
+from cli import lock, replay, start, status
+from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, CommandFailed, Output
 from cli.settings import CliSettings
 from common.settings import describe_error
 from common.temporal import TemporalUnavailable, connect, exit_process
@@ -46,7 +48,13 @@ class Command(Protocol):
 
 
 # In the order ``--help`` lists them.
-COMMANDS: dict[str, Command] = {"start": start, "status": status, "list": listing, "lock": lock}
+COMMANDS: dict[str, Command] = {
+    "start": start,
+    "status": status,
+    "list": listing,
+    "lock": lock,
+    "replay": replay,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +74,11 @@ async def execute(
     args: argparse.Namespace, client: Client, settings: CliSettings, out: Output
 ) -> None:
     """Run one parsed command against a connected client."""
-    document, text = await COMMANDS[args.command].run(args, client, settings)
+    try:
+        document, text = await COMMANDS[args.command].run(args, client, settings)
+    except CommandFailed as failed:
+        out.emit(failed.document, failed.text)
+        raise
     out.emit(document, text)
 
 

@@ -26,6 +26,18 @@ class CliError(Exception):
         self.code = code
 
 
+class CommandFailed(CliError):
+    """The command ran to the end and has its answer to print, but the answer is a failure.
+
+    The answer goes to stdout as usual (text or ``--json``); ``message`` is the one line on stderr.
+    """
+
+    def __init__(self, message: str, document: Any, text: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message, code)
+        self.document = document
+        self.text = text
+
+
 @dataclass
 class Output:
     """Where results go: ``--json`` prints one JSON document, otherwise readable lines."""
