@@ -102,7 +102,7 @@ def child_environment(
             "SIMULATOR_HOST": settings.host,
             "SIMULATOR_PORT": str(settings.simulator_port),
             "SIMULATOR_COMMAND_PATH": "/commands/two",
-            "SIMULATOR_STATE_PATH": str(data / "simulator-keys.jsonl"),
+            "SIMULATOR_STATE_PATH": str(data / "simulator-journal.jsonl"),
             "INBOX_HOST": settings.host,
             "INBOX_PORT": str(settings.inbox_port),
             "INBOX_STORE_PATH": str(data / "inbox.jsonl"),

@@ -22,6 +22,9 @@ async def run(settings: SimulatorSettings) -> None:
     sqs, _ = clients(settings.aws_region, settings.aws_endpoint_url)
     async with aiohttp.ClientSession() as http:
         downstream = Downstream(settings, http)
+        resumed = downstream.resume()
+        if resumed:
+            log.info("resumed %d unfinished command(s) from %s", resumed, settings.state_path)
         app = create_app(downstream, settings.command_path)
         log.info(
             "downstream simulator on http://%s:%d%s (delay %.1f-%.1f s, failure rate %.0f%%)",

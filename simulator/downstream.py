@@ -1,98 +1,104 @@
-"""The downstream systems the two commands go to, simulated.
+"""The downstream systems the two commands go to, simulated as well-behaved ones.
 
 Command one arrives as an SQS message, command two as an HTTP POST. Either way the simulator
 waits a few seconds, as a real system would while it works, then POSTs the outcome to the
-command's ``callback_url`` (the callbacks API). It executes each idempotency key once: a repeated
-command (a resend after a crash, a duplicate SQS delivery) is acknowledged and not run again.
+command's ``callback_url`` (the callbacks API). It behaves as a downstream system should:
+
+- each idempotency key runs once; a repeat gets the first answer again (checked first);
+- it honours the lock's fence (``simulator/fence.py``): a command carrying a lease lower than
+  the highest seen for its resource is refused, with 409 over HTTP, and over SQS by dropping it
+  with a failed callback;
+- it keeps the work it took durably (``simulator/work.py``) and resumes it after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from common.logging import bind_process_id
 from simulator.aws import consume_queue
+from simulator.fence import (
+    LEASE_HEADER,
+    RESOURCE_HEADER,
+    Fence,
+    MalformedFence,
+    Refusal,
+    parse_fence,
+)
 from simulator.settings import SimulatorSettings
+from simulator.work import DownstreamCommand, Job, WorkBook
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageTypeDef
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueOutputTypeDef, MessageTypeDef
+
+__all__ = ["CommandRecord", "Downstream", "DownstreamCommand", "create_app"]
 
 log = logging.getLogger("simulator")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RECENT_COMMANDS = 200
 
-
-class DownstreamCommand(BaseModel):
-    """The body both commands carry (see ``activities/commands.py``)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    process_id: str = Field(min_length=1)
-    command: str = Field(min_length=1)
-    callback_url: str = Field(pattern=r"^https?://")
-    idempotency_key: str = Field(min_length=1)
-    deadline: datetime | None = None
+Via = Literal["sqs", "http"]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class CommandRecord(BaseModel):
-    """What the simulator did with one command, for ``GET /commands`` and the logs."""
+    """What the simulator did with one command, for ``GET /commands``."""
 
     process_id: str
     command: str
     idempotency_key: str
     # Where the result goes: listed so a person can try the callback route by hand.
     callback_url: str
-    via: Literal["sqs", "http"]
+    via: Via
     received_at: datetime
-    outcome: Literal["pending", "succeeded", "failed"] = "pending"
+    lock_resource: str | None = None
+    lease_id: int | None = None
+    outcome: Literal["pending", "succeeded", "failed", "fenced"] = "pending"
     callback_status: int | None = None
     callback_attempts: int = 0
     duplicates: int = 0
 
-
-class ExecutedKeys:
-    """Idempotency keys already executed, optionally kept in a JSON-lines file across restarts."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self._path = path
-        self._keys: set[str] = set()
-        if path is not None and path.exists():
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    self._keys.add(str(json.loads(line)["key"]))
-
-    def claim(self, key: str) -> bool:
-        """True the first time ``key`` is seen, False for every repeat."""
-        if key in self._keys:
-            return False
-        self._keys.add(key)
-        if self._path is not None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with self._path.open("a") as file:
-                file.write(json.dumps({"key": key, "at": datetime.now(UTC).isoformat()}) + "\n")
-        return True
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
+    @classmethod
+    def of(cls, job: Job) -> CommandRecord:
+        command = job.command
+        return cls(
+            process_id=command.process_id,
+            command=command.command,
+            idempotency_key=command.idempotency_key,
+            callback_url=command.callback_url,
+            via=job.via,
+            received_at=job.received_at,
+            lock_resource=job.fence.resource if job.fence else None,
+            lease_id=job.fence.lease_id if job.fence else None,
+            outcome=job.outcome,
+            callback_status=job.callback_status,
+            callback_attempts=job.callback_attempts,
+            duplicates=job.duplicates,
+        )
 
 
-Sleep = Callable[[float], Awaitable[None]]
+@dataclass(frozen=True)
+class Taken:
+    """What became of a command handed to :meth:`Downstream.take`."""
+
+    verdict: Literal["accepted", "duplicate", "refused"]
+    # The job held for it; None for an HTTP command refused (its answer is the refusal).
+    job: Job | None
+    refusal: Refusal | None = None
 
 
 class Downstream:
@@ -107,126 +113,172 @@ class Downstream:
         self._http = http
         self._rng = rng or random.Random(settings.seed)
         self._sleep = sleep
-        self._executed = ExecutedKeys(settings.state_path)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.records: dict[str, CommandRecord] = {}
-        self._order: deque[str] = deque()
+        self.book = WorkBook(settings.state_path)
+        self._running: dict[str, asyncio.Task[None]] = {}
 
-    def accept(self, command: DownstreamCommand, via: Literal["sqs", "http"]) -> bool:
-        """Take a command; False when its key was already executed (then nothing runs)."""
+    def resume(self) -> int:
+        """Carry on with every job the journal holds unfinished; how many."""
+        unfinished = list(self.book.unfinished())
+        for job in unfinished:
+            with bind_process_id(job.command.process_id):
+                log.info("%s resumed (key %s)", job.command.command, job.key)
+            self._run(job)
+        return len(unfinished)
+
+    def take(
+        self,
+        command: DownstreamCommand,
+        via: Via,
+        fence: Fence | None = None,
+        malformed_fence: str | None = None,
+    ) -> Taken:
+        """Take a command: the idempotency key first, then the fence, then the work."""
         key = command.idempotency_key
         with bind_process_id(command.process_id):
-            if not self._executed.claim(key):
-                record = self.records.get(key)
-                if record is not None:
-                    self.records[key] = record.model_copy(
-                        update={"duplicates": record.duplicates + 1}
-                    )
-                log.info(
-                    "%s received again over %s (key %s): not executed twice",
-                    command.command,
-                    via,
-                    key,
-                )
-                return False
-            self._remember(
-                CommandRecord(
-                    process_id=command.process_id,
-                    command=command.command,
-                    idempotency_key=key,
-                    callback_url=command.callback_url,
-                    via=via,
-                    received_at=datetime.now(UTC),
-                )
-            )
-            log.info("%s received over %s (key %s)", command.command, via, key)
-            task = asyncio.create_task(self._execute(command), name=f"execute {key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
+            held = self.book.jobs.get(key)
+            if held is not None:
+                held.duplicates += 1
+                state = "done" if held.done else "still in progress"
+                log.info("%s received again over %s (key %s, %s)", command.command, via, key, state)
+                self._run(held)  # a job that stopped on an error resumes on a resend
+                return Taken("duplicate", held)
+
+            refusal = self.book.fences.refusal(fence) if fence is not None else None
+            reason = refusal.message if refusal is not None else malformed_fence
+            if reason is not None:
+                log.warning("%s over %s refused (key %s): %s", command.command, via, key, reason)
+                if via == "http":
+                    return Taken("refused", None, refusal)
+                # Over SQS nobody waits for an answer: the refusal goes to the callback.
+                job = self._job(command, via, fence, refused=reason)
+                self.book.take(job)
+                self._run(job)
+                return Taken("refused", job, refusal)
+
+            job = self._job(command, via, fence)
+            self.book.take(job)  # on disk before anyone hears "accepted"
+            lease = f", lease {fence.lease_id} of {fence.resource}" if fence else ""
+            log.info("%s received over %s (key %s%s)", command.command, via, key, lease)
+            self._run(job)
+            return Taken("accepted", job)
 
     async def drain(self) -> None:
         """Wait for the commands in progress (tests; a stop cancels them instead)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Stop working; what is unfinished stays in the journal for the next start."""
+        for task in list(self._running.values()):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        self.book.close()
 
-    def _remember(self, record: CommandRecord) -> None:
-        self.records[record.idempotency_key] = record
-        self._order.append(record.idempotency_key)
-        while len(self._order) > RECENT_COMMANDS:
-            self.records.pop(self._order.popleft(), None)
-
-    def _update(self, key: str, **changes: Any) -> None:
-        record = self.records.get(key)
-        if record is not None:
-            self.records[key] = record.model_copy(update=changes)
-
-    async def _execute(self, command: DownstreamCommand) -> None:
-        with bind_process_id(command.process_id):
-            delay = self._rng.uniform(self._settings.min_delay, self._settings.max_delay)
-            fails = self._rng.random() < self._settings.failure_rate
-            await self._sleep(delay)
-            payload: dict[str, Any]
-            if fails:
-                payload = {
-                    "status": "failed",
-                    "error": f"simulated failure of {command.command} "
-                    f"(SIMULATOR_FAILURE_RATE={self._settings.failure_rate})",
-                }
-            else:
-                payload = {
-                    "status": "succeeded",
-                    "result": {
-                        "command": command.command,
-                        "executed_at": datetime.now(UTC).isoformat(),
-                        "took_seconds": round(delay, 3),
-                    },
-                }
-            outcome = payload["status"]
-            log.info("%s %s after %.1f s; calling back", command.command, outcome, delay)
-            status, attempts = await self._call_back(command, payload)
-            self._update(
-                command.idempotency_key,
-                outcome=outcome,
-                callback_status=status,
-                callback_attempts=attempts,
+    def _job(
+        self, command: DownstreamCommand, via: Via, fence: Fence | None, refused: str | None = None
+    ) -> Job:
+        if refused is not None:
+            return Job(
+                command=command,
+                via=via,
+                received_at=datetime.now(UTC),
+                fence=fence,
+                refused=refused,
             )
+        return Job(
+            command=command,
+            via=via,
+            received_at=datetime.now(UTC),
+            fence=fence,
+            delay=self._rng.uniform(self._settings.min_delay, self._settings.max_delay),
+            fails=self._rng.random() < self._settings.failure_rate,
+        )
 
-    async def _call_back(
-        self, command: DownstreamCommand, payload: dict[str, Any]
-    ) -> tuple[int | None, int]:
-        """POST the outcome; retry connection errors and 5xx with exponential backoff, bounded."""
+    def _run(self, job: Job) -> None:
+        if job.done or job.key in self._running:
+            return
+        task = asyncio.create_task(self._work(job), name=f"execute {job.key}")
+        self._running[job.key] = task
+        task.add_done_callback(lambda _: self._running.pop(job.key, None))
+
+    async def _work(self, job: Job) -> None:
+        command = job.command
+        with bind_process_id(command.process_id):
+            try:
+                if job.payload is None:
+                    payload = await self._execute(job)
+                    self.book.worked(job.key, payload)
+                await self._call_back(job)
+                self.book.finished(job.key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The job stays unfinished in the journal: a resend or the next start resumes it.
+                log.exception("%s (key %s) stopped on an error", command.command, job.key)
+
+    async def _execute(self, job: Job) -> dict[str, Any]:
+        """Do the simulated work (or not, for a refused command); the callback body."""
+        if job.refused is not None:
+            return {"status": "failed", "error": job.refused}
+        remaining = (job.due - datetime.now(UTC)).total_seconds()
+        if remaining > 0:
+            await self._sleep(remaining)
+        command = job.command.command
+        if job.fails:
+            payload: dict[str, Any] = {
+                "status": "failed",
+                "error": f"simulated failure of {command} "
+                f"(SIMULATOR_FAILURE_RATE={self._settings.failure_rate})",
+            }
+        else:
+            payload = {
+                "status": "succeeded",
+                "result": {
+                    "command": command,
+                    "executed_at": datetime.now(UTC).isoformat(),
+                    "took_seconds": round(job.delay, 3),
+                },
+            }
+        log.info("%s %s after %.1f s; calling back", command, payload["status"], job.delay)
+        return payload
+
+    async def _call_back(self, job: Job) -> None:
+        """POST the outcome; retry connection errors and 5xx with capped backoff, bounded.
+
+        Every attempt is journaled, so the bound holds across restarts too.
+        """
         settings = self._settings
         timeout = aiohttp.ClientTimeout(total=settings.callback_timeout)
-        status: int | None = None
-        for attempt in range(1, settings.callback_attempts + 1):
+        command = job.command
+        detail = ""
+        while job.callback_attempts < settings.callback_attempts:
+            status: int | None
             try:
                 async with self._http.post(
-                    command.callback_url, json=payload, timeout=timeout
+                    command.callback_url, json=job.payload, timeout=timeout
                 ) as response:
                     status = response.status
                     detail = (await response.text())[:200]
             except (aiohttp.ClientError, TimeoutError) as err:
                 status, detail = None, f"{type(err).__name__}: {err}"
+            self.book.attempted(job.key, status)
             if status is not None and status < 400:
                 log.info("callback for %s answered %s", command.command, status)
-                return status, attempt
+                return
             if status is not None and status < 500:
                 # 409 already decided, 410 expired, ...: retrying would not change the answer.
                 log.warning("callback for %s refused: %s %s", command.command, status, detail)
-                return status, attempt
-            if attempt < settings.callback_attempts:
-                wait = settings.callback_backoff * 2 ** (attempt - 1)
+                return
+            if job.callback_attempts < settings.callback_attempts:
+                wait = min(
+                    settings.callback_backoff * 2 ** (job.callback_attempts - 1),
+                    settings.callback_max_backoff,
+                )
                 log.warning(
                     "callback for %s failed (%s), try %d of %d, again in %.1f s",
                     command.command,
                     status or detail,
-                    attempt,
+                    job.callback_attempts,
                     settings.callback_attempts,
                     wait,
                 )
@@ -234,10 +286,9 @@ class Downstream:
         log.error(
             "callback for %s gave up after %d tries (last: %s)",
             command.command,
-            settings.callback_attempts,
-            status or detail,
+            job.callback_attempts,
+            job.callback_status or detail or "none",
         )
-        return status, settings.callback_attempts
 
     # -- command one: SQS -----------------------------------------------------------------------
 
@@ -253,20 +304,31 @@ class Downstream:
         )
 
     def _take_message(self, message: MessageTypeDef) -> None:
+        """Take one message; it is deleted from the queue only after this returns."""
         try:
-            command = DownstreamCommand.model_validate_json(message.get("Body", ""))
-        except ValidationError as err:
+            body = json.loads(message.get("Body", ""))
+            if not isinstance(body, dict):
+                raise ValueError("the body is not a JSON object")
+            command = DownstreamCommand.model_validate(body)
+        except (ValueError, ValidationError) as err:
             # Nothing to call back; a real system would dead-letter it. Dropped, loudly.
             log.error(
                 "dropping malformed command-one message %s: %s", message.get("MessageId"), err
             )
             return
-        attribute = message.get("MessageAttributes", {}).get(IDEMPOTENCY_HEADER)
+        attributes = message.get("MessageAttributes", {})
+        attribute = attributes.get(IDEMPOTENCY_HEADER)
         key = attribute.get("StringValue") if attribute else None
         if key and key != command.idempotency_key:
             log.warning("message attribute key %s differs from body key; using the attribute", key)
             command = command.model_copy(update={"idempotency_key": key})
-        self.accept(command, via="sqs")
+        fence: Fence | None = None
+        malformed: str | None = None
+        try:
+            fence = parse_fence(_attribute_text(attributes), body, "message attribute")
+        except MalformedFence as err:
+            malformed = f"malformed fence: {err}"
+        self.take(command, "sqs", fence, malformed)
 
     # -- command two: HTTP ----------------------------------------------------------------------
 
@@ -274,16 +336,41 @@ class Downstream:
         if request.content_type != "application/json":
             return _problem(415, "send the command as application/json")
         try:
-            command = DownstreamCommand.model_validate_json(await request.read())
+            body = json.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+            command = DownstreamCommand.model_validate(body)
         except ValidationError as err:
             return _problem(400, f"malformed command: {err.error_count()} problem(s)")
+        except ValueError as err:
+            return _problem(400, f"malformed command: {err}")
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if not key:
             return _problem(400, f"the {IDEMPOTENCY_HEADER} header is required")
         if key != command.idempotency_key:
             return _problem(400, f"the {IDEMPOTENCY_HEADER} header differs from the body's key")
-        new = self.accept(command, via="http")
+        fence: Fence | None = None
+        # A resend of a key already taken gets its first answer, whatever its fence says now.
+        if key not in self.book.jobs:
+            try:
+                fence = parse_fence(request.headers, body, "header")
+            except MalformedFence as err:
+                return _problem(400, f"malformed fence: {err}")
+        taken = self.take(command, "http", fence)
+        refused = taken.job.refused if taken.job is not None else None
+        if taken.refusal is not None:
+            refusal = taken.refusal
+            return _problem(
+                409,
+                refusal.message,
+                lock_resource=refusal.resource,
+                lease_id=refusal.lease_id,
+                highest_lease_id=refusal.highest,
+            )
+        if refused is not None:  # a key refused before: the same answer again
+            return _problem(409, refused)
         # A repeat gets the first answer again (as with Stripe-style idempotency keys).
+        new = taken.verdict == "accepted"
         return web.json_response(
             {"accepted": True, "duplicate": not new, "idempotency_key": key},
             status=202 if new else 200,
@@ -291,14 +378,34 @@ class Downstream:
 
     async def handle_list(self, request: web.Request) -> web.Response:
         """The recent commands, newest first, with what became of them."""
-        records = [self.records[key].model_dump(mode="json") for key in reversed(self._order)]
+        records = [
+            CommandRecord.of(job).model_dump(mode="json")
+            for job in self.book.newest(RECENT_COMMANDS)
+        ]
         return web.json_response({"commands": records})
 
 
-def _problem(status: int, detail: str) -> web.Response:
-    """An RFC 9457 problem answer."""
+def _attribute_text(
+    attributes: Mapping[str, MessageAttributeValueOutputTypeDef],
+) -> dict[str, str]:
+    """The fence's message attributes as text, checking their SQS data types."""
+    text: dict[str, str] = {}
+    for name, data_type in ((RESOURCE_HEADER, "String"), (LEASE_HEADER, "Number")):
+        attribute = attributes.get(name)
+        if attribute is None:
+            continue
+        # SQS allows custom suffixes: "Number.int" is a Number too.
+        if attribute.get("DataType", "").split(".", 1)[0] != data_type:
+            raise MalformedFence(f"the {name} message attribute must be of type {data_type}")
+        text[name] = attribute.get("StringValue", "")
+    return text
+
+
+def _problem(status: int, detail: str, **extensions: Any) -> web.Response:
+    """An RFC 9457 problem answer; ``extensions`` are extra members for programs to read."""
     title = HTTPStatus(status).phrase
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body.update(extensions)
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 

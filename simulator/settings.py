@@ -42,11 +42,15 @@ class SimulatorSettings(_AwsSettings):
     max_delay: float = Field(5.0, ge=0)
     # Probability that a command fails (its callback says "failed"); 0 never, 1 always.
     failure_rate: float = Field(0.0, ge=0, le=1)
-    # Callback POSTs are retried on connection errors and 5xx, at most this many tries in all.
-    callback_attempts: int = Field(5, ge=1)
+    # Callback POSTs are retried on connection errors and 5xx, at most this many tries in all,
+    # the pause doubling from callback_backoff up to callback_max_backoff: about 2 minutes with
+    # the defaults, enough to outlast a restart of the callbacks API.
+    callback_attempts: int = Field(10, ge=1)
     callback_backoff: float = Field(0.5, ge=0)
+    callback_max_backoff: float = Field(30.0, ge=0)
     callback_timeout: float = Field(10.0, gt=0)
-    # Idempotency keys already executed, one JSON line each; kept across restarts when set.
+    # The journal of the work taken and the leases seen (simulator/work.py); when set, work
+    # survives a restart and resumes.
     state_path: Path | None = None
     # Seed for the delays and failures, for a repeatable run.
     seed: int | None = None

@@ -14,10 +14,12 @@ import pytest
 from aiohttp import web
 
 from activities.notifications import approval_body, approval_links, approval_subject
-from simulator.downstream import Downstream, DownstreamCommand, ExecutedKeys, create_app
+from simulator.downstream import Downstream, DownstreamCommand, create_app
+from simulator.fence import Fence
 from simulator.inbox import Inbox, InboxMessage, Mailbox, render_page
 from simulator.inbox import create_app as create_inbox_app
 from simulator.settings import InboxSettings, SimulatorSettings
+from simulator.work import Job, WorkBook
 from tests.support.http import serving
 from workflows.messages import PublishApprovalRequest
 
@@ -126,7 +128,7 @@ async def test_callback_retried_on_5xx_until_accepted() -> None:
         body = command(callbacks)
         await post_command(http, base, body)
         await downstream.drain()
-        record = downstream.records[body["idempotency_key"]]
+        record = downstream.book.jobs[body["idempotency_key"]]
     assert len(receiver.received) == 3
     assert (record.callback_status, record.callback_attempts) == (202, 3)
 
@@ -153,7 +155,7 @@ async def test_callback_connection_errors_are_retried() -> None:
         body = command("http://127.0.0.1:9")  # the discard port: nothing listens
         await post_command(http, base, body)
         await downstream.drain()
-        record = downstream.records[body["idempotency_key"]]
+        record = downstream.book.jobs[body["idempotency_key"]]
     assert (record.callback_status, record.callback_attempts) == (None, 2)
 
 
@@ -195,13 +197,53 @@ async def test_sqs_messages_use_the_attribute_key_once() -> None:
     assert [c["status"] for c in receiver.received] == ["succeeded"]
 
 
-def test_executed_keys_survive_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "keys.jsonl"
-    assert ExecutedKeys(path).claim("process-1:command-one")
-    again = ExecutedKeys(path)
-    assert "process-1:command-one" in again
-    assert not again.claim("process-1:command-one")
-    assert again.claim("process-2:command-one")
+def job(key: str, lease: int | None = None) -> Job:
+    return Job(
+        command=DownstreamCommand.model_validate(command("http://api", key)),
+        via="http",
+        received_at=datetime.now(UTC),
+        fence=Fence("resource", lease) if lease is not None else None,
+        delay=3.0,
+    )
+
+
+def test_work_and_leases_survive_a_restart_until_the_callback_is_delivered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    book = WorkBook(path)
+    book.take(job("process-1:command-one", lease=4))
+    book.take(job("process-2:command-one"))
+    book.worked("process-1:command-one", {"status": "succeeded"})
+    book.attempted("process-1:command-one", None)
+    book.finished("process-2:command-one")
+    book.close()
+
+    again = WorkBook(path)
+    [unfinished] = again.unfinished()
+    assert unfinished.key == "process-1:command-one"
+    assert unfinished.payload == {"status": "succeeded"}  # resent as it was made
+    assert (unfinished.callback_attempts, unfinished.delay) == (1, 3.0)
+    assert "process-2:command-one" in again.jobs  # done, and still a known key
+    assert again.fences.highest == {"resource": 4}
+    again.close()
+    # Opening compacts: one line per lease and per job.
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_a_cut_off_last_entry_is_dropped_and_the_journal_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    book = WorkBook(path)
+    book.take(job("process-1:command-one"))
+    book.close()
+    with path.open("ab") as file:
+        file.write(b'{"kind":"done","key":"process-1:comm')  # killed mid-write
+
+    book = WorkBook(path)
+    assert [j.key for j in book.unfinished()] == ["process-1:command-one"]
+    book.finished("process-1:command-one")
+    book.close()
+    assert list(WorkBook(path).unfinished()) == []
 
 
 def test_command_body_matches_what_the_activities_send() -> None:
