@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -37,14 +38,25 @@ class Started:
     run_id: str | None
     approve_url: str | None = None
     reject_url: str | None = None
+    # Named approvers' own links, by approver id.
+    approver_links: dict[str, str] = field(default_factory=dict)
 
 
 async def start_process(
-    client: Client, settings: StarterSettings, requested_by: str, description: str
+    client: Client,
+    settings: StarterSettings,
+    requested_by: str,
+    description: str,
+    options: ProcessOptions | None = None,
 ) -> Started:
-    """Start one ProcessWorkflow; the process id is the workflow id (``process-<uuid>``)."""
+    """Start one ProcessWorkflow; the process id is the workflow id (``process-<uuid>``).
+
+    ``options`` replaces the settings' process options (the CLI's flags have been merged in).
+    """
     process_input = ProcessInput(
-        requested_by=requested_by, description=description, options=settings.process
+        requested_by=requested_by,
+        description=description,
+        options=options if options is not None else settings.process,
     )
     process_id = f"{PROCESS_ID_PREFIX}{uuid.uuid4()}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
@@ -80,4 +92,35 @@ async def wait_for_approval_link(
                 pass  # not up yet, or not there at all: the deadline decides
             if loop.time() + poll_interval > deadline:
                 return None
+            await asyncio.sleep(poll_interval)
+
+
+async def wait_for_approver_links(
+    inbox_url: str,
+    process_id: str,
+    approvers: Sequence[str],
+    wait: float,
+    poll_interval: float = 0.2,
+) -> dict[str, str]:
+    """Each named approver's own approve link, read from their mail in the local inbox.
+
+    Returns the links that arrived within ``wait`` seconds (all of them, or fewer).
+    """
+    url = f"{inbox_url.rstrip('/')}/messages.json"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    found: dict[str, str] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            try:
+                async with http.get(url, params={"process_id": process_id}) as response:
+                    if response.status == 200:
+                        for message in (await response.json()).get("messages", []):
+                            approver = message.get("approver")
+                            if approver in approvers and message.get("approve_url"):
+                                found.setdefault(approver, message["approve_url"])
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass  # not up yet, or not there at all: the deadline decides
+            if set(approvers) <= set(found) or loop.time() + poll_interval > deadline:
+                return {a: found[a] for a in approvers if a in found}
             await asyncio.sleep(poll_interval)

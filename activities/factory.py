@@ -43,6 +43,7 @@ def build_activities(
         processes.create_process,
         processes.update_process_status,
         notifier.publish_approval_request,
+        notifier.notify_approvers,
         commands.send_command_one,
         commands.send_command_two,
         request_lock,

@@ -1,7 +1,14 @@
-"""SNS: the approval request mail, with signed approve/reject links.
+"""SNS: the approval mails, with signed approve/reject links.
 
 The links carry only a signed, expiring token and lead to a confirmation page, so a mail scanner
 that opens them decides nothing; the decision needs the page's POST.
+
+Without named approvers one mail goes to the topic with the shared link (the original). With
+named approvers each gets mails of their own: the request, reminders, an escalation. Their link
+is bound to them (the token's subject), and every mail of theirs carries the same link. Each
+mail carries the SNS message attribute ``approver`` (their id), which is how a real deployment
+routes it: one e-mail subscription per approver with the filter policy
+``{"approver": ["alice@example.com"]}``.
 """
 
 from __future__ import annotations
@@ -13,7 +20,14 @@ from temporalio import activity
 
 from activities.idempotency import IdempotencyStore
 from common.tokens import Purpose, TokenSigner
-from workflows.messages import APPROVAL_CALLBACK, PublishApprovalRequest
+from workflows.messages import (
+    ANYONE,
+    APPROVAL_CALLBACK,
+    Approver,
+    NotifyApprovers,
+    NotifyResult,
+    PublishApprovalRequest,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
@@ -27,9 +41,12 @@ def approval_links(base_url: str, token: str) -> tuple[str, str]:
     return page, f"{page}?decision=reject"
 
 
-def approval_subject(process_id: str) -> str:
+_SUBJECT_PREFIX = {"request": "", "reminder": "Reminder: ", "escalation": "Escalated: "}
+
+
+def approval_subject(process_id: str, kind: str = "request") -> str:
     """One line of at most 100 characters, as SNS requires."""
-    subject = " ".join(f"Approval requested: {process_id}".split())
+    subject = " ".join(f"{_SUBJECT_PREFIX.get(kind, '')}Approval requested: {process_id}".split())
     return subject[:SUBJECT_MAX_CHARS]
 
 
@@ -39,21 +56,46 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def approval_body(request: PublishApprovalRequest, approve_url: str, reject_url: str) -> str:
+def approval_body(
+    request: PublishApprovalRequest | NotifyApprovers,
+    approve_url: str,
+    reject_url: str,
+    to: Approver | None = None,
+) -> str:
+    """The mail: who asks, what for, by when, the two links; for a named approver, to whom."""
     description = request.description.strip() or "(no description)"
+    kind = request.kind if isinstance(request, NotifyApprovers) else "request"
+    opening = {
+        "request": f"{request.requested_by} asks for your approval.",
+        "reminder": f"Reminder: {request.requested_by} is still waiting for your decision.",
+        "escalation": (
+            f"{request.requested_by} asks for your approval; the request was escalated to you "
+            "because it was not decided in time."
+        ),
+    }[kind]
+    header = [f"To: {to.name} <{to.id}>" if to.name else f"To: {to.id}", ""] if to else []
+    standing = (
+        [f"Where it stands: {request.summary}"]
+        if isinstance(request, NotifyApprovers) and request.summary
+        else []
+    )
+    own = ["This link is yours: it records your decision, once, and nobody else's."] if to else []
     return "\n".join(
         [
-            f"{request.requested_by} asks for your approval.",
+            *header,
+            opening,
             "",
             description,
             "",
             f"Process: {request.process_id}",
             f"Requested: {_when(request.requested_at)}",
             f"Decide before: {_when(request.deadline)}",
+            *standing,
             "",
             f"Approve: {approve_url}",
             f"Reject:  {reject_url}",
             "",
+            *own,
             "Each link opens a confirmation page; nothing is decided until you confirm there.",
             "The links stop working after the deadline.",
         ]
@@ -95,3 +137,42 @@ class ApprovalNotifier:
         message_id = response["MessageId"]
         self._idempotency.record(key, {"message_id": message_id})
         return message_id
+
+    @activity.defn(name="notify_approvers")
+    def notify_approvers(self, notice: NotifyApprovers) -> NotifyResult:
+        """Mail each recipient their own link; a retry skips the mails already sent.
+
+        One SNS message per approver, so one approver's mail never shows another's link.
+        """
+        recipients: list[Approver | None] = [*notice.to, *([None] if notice.anyone else [])]
+        sent: dict[str, str] = {}
+        for approver in recipients:
+            approver_id = approver.id if approver else ANYONE
+            key = f"{notice.process_id}:approval:{notice.sequence}:{approver_id}"
+            done = self._idempotency.get(key)
+            if done is not None:
+                sent[approver_id] = str(done["message_id"])
+                continue
+            token = self._signer.sign(
+                notice.process_id,
+                APPROVAL_CALLBACK,
+                Purpose.APPROVAL,
+                notice.deadline,
+                approver=approver.id if approver else None,
+            )
+            approve_url, reject_url = approval_links(self._base_url, token)
+            response = self._sns.publish(
+                TopicArn=self._topic_arn,
+                Subject=approval_subject(notice.process_id, notice.kind),
+                Message=approval_body(notice, approve_url, reject_url, to=approver),
+                MessageAttributes={
+                    "approver": {"DataType": "String", "StringValue": approver_id},
+                    "kind": {"DataType": "String", "StringValue": notice.kind},
+                },
+            )
+            sent[approver_id] = response["MessageId"]
+            self._idempotency.record(key, {"message_id": sent[approver_id]})
+        activity.logger.info(
+            "Approval %s for %s mailed to %s", notice.kind, notice.process_id, ", ".join(sent)
+        )
+        return NotifyResult(message_ids=sent)

@@ -12,7 +12,7 @@ from cli.output import CliError, when
 from cli.queries import describe, process_status_of, query_state
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
-from workflows.messages import PROCESS_ID_PREFIX, ProcessState
+from workflows.messages import PROCESS_ID_PREFIX, ApprovalState, ApproverState, ProcessState
 
 HELP = "one process's state"
 
@@ -65,20 +65,7 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
         ("requested by", f"{state.requested_by}, {when(state.created_at)}"),
         ("description", state.description or "-"),
     ]
-    approval = state.approval
-    if approval.decision:
-        comment = f' "{approval.comment}"' if approval.comment else ""
-        rows.append(
-            (
-                "approval",
-                f"{approval.decision} by {approval.decided_by} at {when(approval.decided_at)}"
-                + comment,
-            )
-        )
-    elif approval.deadline:
-        rows.append(("approval", f"waiting, deadline {when(approval.deadline)}"))
-    else:
-        rows.append(("approval", "not asked yet"))
+    rows += approval_rows(state.approval)
     lock = state.lock
     lock_text: str = lock.status
     if lock.status == "held":
@@ -105,3 +92,53 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
     width = max(len(label) for label, _ in rows)
     body = "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
     return f"{state.process_id}\n{body}"
+
+
+def approval_rows(approval: ApprovalState) -> list[tuple[str, str]]:
+    """The decision, each named approver, and every mail sent: reminders and escalation too."""
+    named = [a for a in approval.approvers if a.role != "anyone"]
+    rows: list[tuple[str, str]] = []
+    if approval.decision:
+        comment = f' "{approval.comment}"' if approval.comment else ""
+        by = f" by {approval.decided_by}" if approval.decided_by else ""
+        decided = f"{approval.decision}{by} at {when(approval.decided_at)}{comment}"
+        rows.append(("approval", decided))
+        if named and approval.summary:
+            rows.append(("", approval.summary))
+    elif approval.deadline:
+        if named and approval.summary:
+            rows.append(("approval", f"{approval.summary}; deadline {when(approval.deadline)}"))
+        else:
+            rows.append(("approval", f"waiting, deadline {when(approval.deadline)}"))
+    else:
+        rows.append(("approval", "not asked yet"))
+    for person in named:
+        label = "escalated to" if person.role == "escalation" else "approver"
+        rows.append((label, _approver(person)))
+    if named or len(approval.notices) > 1:
+        for notice in approval.notices:
+            to = ", ".join(_name_of(approval, i) for i in notice.to)
+            text = f"{when(notice.at)} to {to}"
+            if not notice.sent:
+                text += f": NOT SENT ({notice.error})"
+            rows.append((f"mail: {notice.kind}", text))
+    return rows
+
+
+def _approver(approver: ApproverState) -> str:
+    who = f"{approver.name} <{approver.id}>" if approver.name else approver.id
+    if approver.decision:
+        comment = f' "{approver.comment}"' if approver.comment else ""
+        text = f"{who}: {approver.decision} at {when(approver.decided_at)}{comment}"
+    else:
+        text = f"{who}: waiting"
+        if approver.invited_at:
+            text += f" since {when(approver.invited_at)}"
+    if approver.reminders:
+        text += f", reminded {approver.reminders}x (last {when(approver.last_reminded_at)})"
+    return text
+
+
+def _name_of(approval: ApprovalState, approver_id: str) -> str:
+    approver = approval.approver(approver_id)
+    return approver.display if approver else approver_id

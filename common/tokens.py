@@ -3,6 +3,8 @@
 A token is a JWT (HS256, PyJWT) naming one workflow and one callback. The audience claim binds
 it to its purpose, so an approval token is refused on the command route and the reverse. The
 ``kid`` header picks the verifying key, so keys rotate: the newest signs, every listed key verifies.
+A named approver's link carries their id as the subject: holding the link is the identity, so
+it decides for that approver and nobody else.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class TokenClaims:
     callback: str
     purpose: Purpose
     expires_at: datetime
+    approver: str | None = None  # the named approver this link belongs to (claim ``sub``)
 
 
 class TokenSigner:
@@ -68,11 +71,29 @@ class TokenSigner:
         self._by_kid = {key.kid: key for key in keys}
         self._grace = grace
 
-    def sign(self, workflow_id: str, callback: str, purpose: Purpose, deadline: datetime) -> str:
-        """Sign a token valid until ``deadline`` plus the grace period."""
+    def sign(
+        self,
+        workflow_id: str,
+        callback: str,
+        purpose: Purpose,
+        deadline: datetime,
+        approver: str | None = None,
+    ) -> str:
+        """Sign a token valid until ``deadline`` plus the grace period.
+
+        The same arguments give the same token (no issue time, no nonce), so a reminder mails
+        the very link the request did.
+        """
         key = self._keys[0]
         expires = deadline + self._grace
-        claims = {"wf": workflow_id, "cb": callback, "aud": purpose.value, "exp": expires}
+        claims: dict[str, object] = {
+            "wf": workflow_id,
+            "cb": callback,
+            "aud": purpose.value,
+            "exp": expires,
+        }
+        if approver is not None:
+            claims["sub"] = approver
         return jwt.encode(claims, key.secret, algorithm="HS256", headers={"kid": key.kid})
 
     def verify(self, token: str, purpose: Purpose) -> TokenClaims:
@@ -95,11 +116,15 @@ class TokenSigner:
             raise TokenExpired("token expired") from err
         except jwt.PyJWTError as err:
             raise TokenInvalid(str(err)) from err
+        approver = claims.get("sub")
+        if approver is not None and (not isinstance(approver, str) or not approver):
+            raise TokenInvalid("malformed subject")
         return TokenClaims(
             workflow_id=str(claims["wf"]),
             callback=str(claims["cb"]),
             purpose=purpose,
             expires_at=datetime.fromtimestamp(int(claims["exp"])).astimezone(),
+            approver=approver,
         )
 
 

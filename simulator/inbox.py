@@ -3,7 +3,9 @@
 In production the approval topic has e-mail subscribers. Here the inbox subscribes an SQS queue
 of its own to the topic (the emulator delivers SNS to SQS without a confirmation round trip),
 reads it, and shows each message with its links, newest first, at ``/``. ``/messages.json`` lists
-the same for scripts and tests. ``python -m simulator.inbox``.
+the same for scripts and tests (``?approver=ID`` for one approver's mail). Each mail to a named
+approver says whom it went to: the SNS message attribute ``approver``, which in production routes
+it to that approver's own subscription. ``python -m simulator.inbox``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger("inbox")
 _PROCESS = re.compile(r"\bprocess-[0-9A-Za-z-]+")
 _APPROVAL_LINK = re.compile(r"https?://[^\s<>\"']+/approvals/[^\s<>\"'?]+(?:\?[^\s<>\"']*)?")
 _ANY_LINK = re.compile(r"https?://[^\s<>\"']+")
+_TO_LINE = re.compile(r"\ATo: (.+)$", re.MULTILINE)
 REFRESH_SECONDS = 5
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
@@ -56,6 +59,11 @@ class InboxMessage(BaseModel):
     process_id: str | None = None
     approve_url: str | None = None
     reject_url: str | None = None
+    # Whom a named approver's mail went to: their id ("*" for the shared link), as the mail
+    # names them, and whether it was the request, a reminder or an escalation.
+    approver: str | None = None
+    to: str | None = None
+    kind: str | None = None
 
     @classmethod
     def from_sns(cls, envelope: dict[str, Any]) -> InboxMessage:
@@ -69,6 +77,9 @@ class InboxMessage(BaseModel):
             else:
                 approve = approve or link
         process = _PROCESS.search(subject) or _PROCESS.search(body)
+        attributes = envelope.get("MessageAttributes")
+        attributes = attributes if isinstance(attributes, dict) else {}
+        to_line = _TO_LINE.search(body)
         timestamp = envelope.get("Timestamp")
         try:
             received = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
@@ -82,7 +93,16 @@ class InboxMessage(BaseModel):
             process_id=process.group(0) if process else None,
             approve_url=approve,
             reject_url=reject,
+            approver=_attribute(attributes, "approver"),
+            to=to_line.group(1).strip() if to_line else None,
+            kind=_attribute(attributes, "kind"),
         )
+
+
+def _attribute(attributes: dict[str, Any], name: str) -> str | None:
+    """A string SNS message attribute as delivered to SQS: ``{"Type": ..., "Value": ...}``."""
+    value = attributes.get(name)
+    return str(value["Value"]) if isinstance(value, dict) and "Value" in value else None
 
 
 class Mailbox:
@@ -114,8 +134,15 @@ class Mailbox:
                 file.write(message.model_dump_json() + "\n")
         return True
 
-    def messages(self, process_id: str | None = None) -> list[InboxMessage]:
-        return [m for m in self._messages if process_id is None or m.process_id == process_id]
+    def messages(
+        self, process_id: str | None = None, approver: str | None = None
+    ) -> list[InboxMessage]:
+        return [
+            m
+            for m in self._messages
+            if (process_id is None or m.process_id == process_id)
+            and (approver is None or m.approver == approver)
+        ]
 
 
 class Inbox:
@@ -171,9 +198,10 @@ class Inbox:
     # -- HTTP -------------------------------------------------------------------------------------
 
     async def handle_json(self, request: web.Request) -> web.Response:
-        """``GET /messages.json[?process_id=…]``: newest first."""
+        """``GET /messages.json[?process_id=…][&approver=…]``: newest first."""
         process_id = request.query.get("process_id") or None
-        messages = [m.model_dump(mode="json") for m in self.mailbox.messages(process_id)]
+        approver = request.query.get("approver") or None
+        messages = [m.model_dump(mode="json") for m in self.mailbox.messages(process_id, approver)]
         return web.json_response({"messages": messages})
 
     async def handle_page(self, request: web.Request) -> web.Response:
@@ -198,9 +226,11 @@ def _linkify(text: str) -> str:
 
 def _render_message(message: InboxMessage) -> str:
     received = message.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    to = message.to or message.approver
+    meta = f"to {html.escape(to)}, received {received}" if to else f"received {received}"
     return (
         f"<article>\n<h2>{html.escape(message.subject)}</h2>\n"
-        f'<p class="meta">received {received}</p>\n'
+        f'<p class="meta">{meta}</p>\n'
         f"<pre>{_linkify(message.body)}</pre>\n</article>"
     )
 

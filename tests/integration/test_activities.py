@@ -38,9 +38,11 @@ from tests.support.moto_server import (
 )
 from workflows.messages import (
     APPROVAL_CALLBACK,
+    Approver,
     CommandName,
     CreateProcessRecord,
     FailureReason,
+    NotifyApprovers,
     ProcessStatus,
     PublishApprovalRequest,
     SendCommand,
@@ -519,6 +521,74 @@ def test_approval_mail_has_working_links_and_is_sent_once(aws: Aws) -> None:
     assert text.count(token) == 2  # only inside the two links
 
 
+def test_each_named_approver_gets_their_own_link_and_reminders_repeat_it(aws: Aws) -> None:
+    inbox = _inbox(aws)
+    notifier = ApprovalNotifier(
+        aws.clients.sns,
+        aws.resources.topic_arn,
+        aws.settings.signer,
+        aws.settings.callback_base_url,
+        aws.idempotency,
+    )
+    process_id = _process_id()
+    request = NotifyApprovers(
+        process_id=process_id,
+        requested_by="grace@example.test",
+        description="Rotate the production database credentials",
+        requested_at=datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
+        deadline=datetime.now(UTC) + timedelta(hours=1),
+        kind="request",
+        sequence=0,
+        to=(Approver(id="alice@example.test", name="Alice"), Approver(id="bob@example.test")),
+    )
+
+    first = ActivityEnvironment().run(notifier.notify_approvers, request)
+    again = ActivityEnvironment().run(notifier.notify_approvers, request)  # a retry
+    reminder = request.model_copy(
+        update={"kind": "reminder", "sequence": 1, "to": request.to[1:], "summary": "0 of 1"}
+    )
+    ActivityEnvironment().run(notifier.notify_approvers, reminder)
+
+    assert again == first
+    assert set(first.message_ids) == {"alice@example.test", "bob@example.test"}
+    mails = _received(aws, inbox, 3)
+    by_id = {m["MessageId"]: m for m in mails}
+    links: dict[str, list[str]] = {}
+    for approver_id, message_id in first.message_ids.items():
+        mail = by_id.pop(message_id)
+        assert mail["MessageAttributes"]["approver"]["Value"] == approver_id
+        assert mail["Subject"] == f"Approval requested: {process_id}"
+        text = mail["Message"]
+        assert text.startswith(
+            "To: Alice <alice@example.test>" if approver_id.startswith("alice") else "To: bob@"
+        )
+        links[approver_id] = re.findall(r"https?://\S+", text)
+    (reminded,) = by_id.values()
+    assert reminded["Subject"] == f"Reminder: Approval requested: {process_id}"
+    assert reminded["MessageAttributes"]["kind"]["Value"] == "reminder"
+    assert "Where it stands: 0 of 1" in reminded["Message"]
+    # The reminder carries Bob's very link; Alice's link is another, bound to Alice.
+    assert re.findall(r"https?://\S+", reminded["Message"]) == links["bob@example.test"]
+    for approver_id, (approve, _) in links.items():
+        token = approve.rsplit("/", 1)[1]
+        claims = aws.settings.signer.verify(token, Purpose.APPROVAL)
+        assert (claims.workflow_id, claims.approver) == (process_id, approver_id)
+
+
+def _received(aws: Aws, queue_url: str, count: int) -> list[dict[str, Any]]:
+    """``count`` SNS envelopes from the inbox queue (it holds no more)."""
+    envelopes: list[dict[str, Any]] = []
+    while len(envelopes) < count:
+        response = aws.clients.sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        )
+        envelopes += [json.loads(m["Body"]) for m in response.get("Messages", [])]
+        assert response.get("Messages"), f"only {len(envelopes)} of {count} mails arrived"
+    assert len(envelopes) == count
+    assert not aws.clients.sqs.receive_message(QueueUrl=queue_url).get("Messages")
+    return envelopes
+
+
 def test_approval_subject_stays_within_sns_limits(aws: Aws) -> None:
     notifier = ApprovalNotifier(
         aws.clients.sns,
@@ -592,6 +662,7 @@ async def test_factory_registers_every_activity(aws: Aws, http: aiohttp.ClientSe
         "create_process",
         "update_process_status",
         "publish_approval_request",
+        "notify_approvers",
         "send_command_one",
         "send_command_two",
         "request_lock",

@@ -21,13 +21,17 @@ from cli.lock import render_lock
 from cli.main import build_parser, execute, run
 from cli.output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output, program
 from cli.settings import CliSettings
-from cli.start import render_started
-from cli.status import normalise_process_id, render_state
+from cli.start import process_options, render_started
+from cli.status import approval_rows, normalise_process_id, render_state
 from starter import Started, wait_for_approval_link
 from tests.support.http import serving
 from tests.support.moto_server import free_loopback_port
 from workflows.messages import (
+    ApprovalNotice,
+    ApprovalPolicy,
     ApprovalState,
+    Approver,
+    ApproverState,
     CommandName,
     CommandState,
     FailureReason,
@@ -234,3 +238,143 @@ def test_hints_name_the_cli_as_it_can_be_typed_again(
     started = Started("process-1", None)
     last = render_started(started, CliSettings(inbox_url=None), 0).splitlines()[-1]
     assert last == f"Follow it: {program()} status process-1"
+
+
+# -- the approval policy on the command line --------------------------------------------------
+
+
+async def test_start_takes_the_policy_and_prints_each_approvers_link(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async def messages(request: web.Request) -> web.Response:
+        process_id = request.query["process_id"]
+        mails = [
+            {"process_id": process_id, "approver": who, "approve_url": f"http://api/{who}"}
+            for who in ("a@x", "b@x", "c@x")
+        ]
+        return web.json_response({"messages": mails})
+
+    app = web.Application()
+    app.router.add_get("/messages.json", messages)
+    argv = [
+        "start",
+        "--requested-by",
+        "grace",
+        *("--approver", "a@x=Alice", "--approver", "b@x", "--approver", "c@x=Carol"),
+        *("--required", "2", "--no-reject-vetoes", "--remind-every", "600"),
+        *("--escalate-after", "PT30M", "--escalate-to", "d@x=Dave", "--on-timeout", "reject"),
+    ]
+    async with serving(app) as inbox:
+        settings = CliSettings(inbox_url=inbox)
+        args = build_parser().parse_args([*argv, "--json"])
+        out = io.StringIO()
+        await execute(args, time_env.client, settings, Output(True, out))
+        document = json.loads(out.getvalue())
+        args = build_parser().parse_args(argv)
+        out = io.StringIO()
+        await execute(args, time_env.client, settings, Output(False, out))
+        text = out.getvalue()
+
+    assert document["approval_links"] == {
+        "a@x": "http://api/a@x",
+        "b@x": "http://api/b@x",
+        "c@x": "http://api/c@x",
+    }
+    assert document["approval_link"] is None  # no one link decides for everyone
+    policy = ApprovalPolicy.model_validate(document["approval_policy"])
+    assert (policy.required, policy.reject_vetoes, policy.on_timeout) == (2, False, "reject")
+    assert policy.escalate_to == (Approver(id="d@x", name="Dave"),)
+    assert "  Alice <a@x>  http://api/a@x" in text
+    assert "  b@x          http://api/b@x" in text
+    assert (
+        "Policy: 2 of 3 approvals; rejections are counted; reminders every 0:10:00; "
+        "escalates to Dave <d@x> after 0:30:00; rejects at the deadline" in text
+    )
+    # What started is what the workflow carries.
+    handle = time_env.client.get_workflow_handle(document["process_id"])
+    started = await handle.describe()
+    assert started.workflow_type == "ProcessWorkflow"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--required", "2"], "a quorum (required > 1) needs named approvers"),
+        (["--approver", "a@x", "--required", "2"], "required is 2 but only 1 approvers"),
+        (["--approver", "a@x", "--escalate-to", "b@x"], "escalate_after and escalate_to go"),
+        (
+            ["--approver", "a@x", "--escalate-to", "b@x", "--escalate-after", "PT2H"],
+            "escalate_after must come before approval_timeout",
+        ),
+    ],
+)
+def test_a_bad_policy_is_a_usage_error(argv: list[str], message: str) -> None:
+    args = build_parser().parse_args(["start", "--requested-by", "grace", *argv])
+    with pytest.raises(CliError) as error:
+        process_options(args, CliSettings(inbox_url=None))
+    assert error.value.code == EXIT_USAGE
+    assert str(error.value).startswith("invalid approval policy:")
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("argv", [["--remind-every", "soon"], ["--approver", "a b"]])
+def test_bad_policy_flags_are_refused_by_the_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["start", "--requested-by", "x", *argv])
+    assert exit_.value.code == EXIT_USAGE
+    assert "is not a" in capsys.readouterr().err
+
+
+def test_status_shows_each_approver_reminders_and_escalation() -> None:
+    minute = timedelta(minutes=1)
+    approval = ApprovalState(
+        deadline=T0 + 60 * minute,
+        required=2,
+        approvers=[
+            ApproverState(
+                id="a@x",
+                name="Alice",
+                invited_at=T0,
+                decision="approved",
+                decided_at=T0 + 5 * minute,
+                decided_by="Alice",
+                comment="ok",
+            ),
+            ApproverState(id="b@x", invited_at=T0, reminders=2, last_reminded_at=T0 + 20 * minute),
+            ApproverState(id="d@x", name="Dave", role="escalation", invited_at=T0 + 30 * minute),
+        ],
+        approvals=1,
+        notices=[
+            ApprovalNotice(kind="request", at=T0, to=["a@x", "b@x"]),
+            ApprovalNotice(kind="reminder", at=T0 + 10 * minute, to=["b@x"]),
+            ApprovalNotice(
+                kind="reminder",
+                at=T0 + 20 * minute,
+                to=["b@x"],
+                sent=False,
+                error="SNS unavailable",
+            ),
+            ApprovalNotice(kind="escalation", at=T0 + 30 * minute, to=["d@x"]),
+        ],
+        summary="1 of 2 approvals; waiting for b@x and Dave",
+    )
+    rows = approval_rows(approval)
+    assert rows == [
+        (
+            "approval",
+            "1 of 2 approvals; waiting for b@x and Dave; deadline 2026-01-02 04:04:05 UTC",
+        ),
+        ("approver", 'Alice <a@x>: approved at 2026-01-02 03:09:05 UTC "ok"'),
+        (
+            "approver",
+            "b@x: waiting since 2026-01-02 03:04:05 UTC, reminded 2x "
+            "(last 2026-01-02 03:24:05 UTC)",
+        ),
+        ("escalated to", "Dave <d@x>: waiting since 2026-01-02 03:34:05 UTC"),
+        ("mail: request", "2026-01-02 03:04:05 UTC to Alice, b@x"),
+        ("mail: reminder", "2026-01-02 03:14:05 UTC to b@x"),
+        ("mail: reminder", "2026-01-02 03:24:05 UTC to b@x: NOT SENT (SNS unavailable)"),
+        ("mail: escalation", "2026-01-02 03:34:05 UTC to Dave"),
+    ]

@@ -21,7 +21,7 @@ from simulator.inbox import create_app as create_inbox_app
 from simulator.settings import InboxSettings, SimulatorSettings
 from simulator.work import Job, WorkBook
 from tests.support.http import serving
-from workflows.messages import PublishApprovalRequest
+from workflows.messages import Approver, NotifyApprovers, PublishApprovalRequest
 
 
 async def no_sleep(seconds: float) -> None:
@@ -280,6 +280,54 @@ def test_inbox_reads_links_from_the_approval_mail() -> None:
     assert message.approve_url == "http://127.0.0.1:8080/approvals/abc.def.ghi"
     assert message.reject_url == "http://127.0.0.1:8080/approvals/abc.def.ghi?decision=reject"
     assert message.received_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def named_notification(process_id: str, approver: Approver, message_id: str) -> dict[str, Any]:
+    """A named approver's reminder as the notify_approvers activity publishes it."""
+    now = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    notice = NotifyApprovers(
+        process_id=process_id,
+        requested_by="grace",
+        description="deploy v2",
+        requested_at=now,
+        deadline=now + timedelta(hours=1),
+        kind="reminder",
+        sequence=1,
+        to=(approver,),
+    )
+    approve, reject = approval_links("http://127.0.0.1:8080", f"tok-{approver.id}")
+    return {
+        "Type": "Notification",
+        "MessageId": message_id,
+        "Subject": approval_subject(process_id, "reminder"),
+        "Message": approval_body(notice, approve, reject, to=approver),
+        "Timestamp": "2026-01-02T03:04:05.000Z",
+        "MessageAttributes": {
+            "approver": {"Type": "String", "Value": approver.id},
+            "kind": {"Type": "String", "Value": "reminder"},
+        },
+    }
+
+
+async def test_inbox_shows_which_approver_each_mail_went_to() -> None:
+    inbox = Inbox(InboxSettings(echo=False))
+    inbox.receive(named_notification("process-7", Approver(id="a@x", name="Al <i>"), "m-a"))
+    inbox.receive(named_notification("process-7", Approver(id="b@x"), "m-b"))
+    inbox.receive(approval_notification("process-7", "m-shared"))
+
+    mine = inbox.mailbox.messages("process-7", approver="a@x")
+    assert [(m.approver, m.to, m.kind) for m in mine] == [("a@x", "Al <i> <a@x>", "reminder")]
+    assert mine[0].approve_url == "http://127.0.0.1:8080/approvals/tok-a@x"
+    shared = inbox.mailbox.messages("process-7")[0]  # newest first
+    assert (shared.approver, shared.to) == (None, None)
+    page = render_page(inbox.mailbox.messages())
+    assert "to Al &lt;i&gt; &lt;a@x&gt;, received" in page
+    assert "to b@x, received" in page
+    async with serving(create_inbox_app(inbox)) as base, aiohttp.ClientSession() as http:
+        query = {"process_id": "process-7", "approver": "b@x"}
+        async with http.get(f"{base}/messages.json", params=query) as r:
+            messages = (await r.json())["messages"]
+    assert [(m["approver"], m["kind"]) for m in messages] == [("b@x", "reminder")]
 
 
 def test_mailbox_is_newest_first_without_duplicates_and_kept(tmp_path: Path) -> None:

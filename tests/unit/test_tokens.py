@@ -42,6 +42,32 @@ def test_round_trip() -> None:
     assert claims.expires_at == deadline + GRACE
 
 
+def test_a_named_approvers_token_carries_their_id_and_is_the_same_each_time() -> None:
+    signer = TokenSigner((_key("k1"),), grace=GRACE)
+    deadline = _in(timedelta(hours=1))
+    alice = signer.sign("process-1", "approval", Purpose.APPROVAL, deadline, approver="alice@x")
+    bob = signer.sign("process-1", "approval", Purpose.APPROVAL, deadline, approver="bob@x")
+    shared = signer.sign("process-1", "approval", Purpose.APPROVAL, deadline)
+
+    assert signer.verify(alice, Purpose.APPROVAL).approver == "alice@x"
+    assert signer.verify(bob, Purpose.APPROVAL).approver == "bob@x"
+    assert signer.verify(shared, Purpose.APPROVAL).approver is None
+    # A reminder signs again and mails the very same link.
+    again = signer.sign("process-1", "approval", Purpose.APPROVAL, deadline, approver="alice@x")
+    assert again == alice
+
+
+def test_an_approver_cannot_be_swapped_in_a_token() -> None:
+    signer = TokenSigner((_key("k1"),))
+    token = signer.sign("process-1", "approval", Purpose.APPROVAL, _in(timedelta(hours=1)), "a@x")
+    header, _, signature = token.split(".")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims["sub"] = "b@x"
+    payload = jwt.encode(claims, "x" * 32, algorithm="HS256").split(".")[1]
+    with pytest.raises(TokenInvalid):
+        signer.verify(f"{header}.{payload}.{signature}", Purpose.APPROVAL)
+
+
 def test_tampered_token_is_invalid() -> None:
     key = _key("k1")
     signer = TokenSigner((key,))

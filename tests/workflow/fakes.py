@@ -21,6 +21,8 @@ from workflows.messages import (
     CommandName,
     CreateProcessRecord,
     HolderLiveness,
+    NotifyApprovers,
+    NotifyResult,
     ProcessStatus,
     PublishApprovalRequest,
     RequestLock,
@@ -55,6 +57,9 @@ class Fakes:
     history: dict[str, list[ProcessStatus]] = field(default_factory=lambda: defaultdict(list))
     create_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     approvals: dict[str, PublishApprovalRequest] = field(default_factory=dict)
+    # Every notify_approvers call, per process, in order (requests, reminders, escalations).
+    notices: dict[str, list[NotifyApprovers]] = field(default_factory=lambda: defaultdict(list))
+    notify_down: bool = False
     sends: dict[tuple[str, CommandName], list[Attempt]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -107,6 +112,16 @@ class Fakes:
         self.approvals[request.process_id] = request
         return f"msg-{request.process_id}"
 
+    @activity.defn(name="notify_approvers")
+    async def notify_approvers(self, notice: NotifyApprovers) -> NotifyResult:
+        if self.notify_down:
+            raise RuntimeError("SNS unavailable (scripted)")
+        calls = self.notices[notice.process_id]
+        if not any(c.sequence == notice.sequence for c in calls):  # a retry sends nothing new
+            calls.append(notice)
+        ids = [a.id for a in notice.to] + (["*"] if notice.anyone else [])
+        return NotifyResult(message_ids={i: f"msg-{notice.sequence}-{i}" for i in ids})
+
     @activity.defn(name="send_command_one")
     async def send_command_one(self, command: SendCommand) -> SendResult:
         self._record_send(command)
@@ -147,6 +162,7 @@ class Fakes:
             self.create_process,
             self.update_process_status,
             self.publish_approval_request,
+            self.notify_approvers,
             self.send_command_one,
             self.send_command_two,
             self.request_lock,
@@ -154,6 +170,14 @@ class Fakes:
         ]
 
     # -- helpers for tests ----------------------------------------------------------------------
+
+    def mailed(self, process_id: str, kind: str | None = None) -> list[tuple[str, list[str]]]:
+        """``(kind, approver ids)`` of each notice sent for ``process_id``, in order."""
+        return [
+            (n.kind, [a.id for a in n.to] + (["*"] if n.anyone else []))
+            for n in self.notices[process_id]
+            if kind is None or n.kind == kind
+        ]
 
     def sent(self, process_id: str, command: CommandName) -> bool:
         return bool(self.sends[(process_id, command)])
