@@ -13,24 +13,31 @@
 # Pinned to a patch release; bump it deliberately (or pin the digest, python@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# --- builder: a virtual environment with the runtime dependencies and the project ------------
+# --- builder: a virtual environment with the locked runtime dependencies and the project ------
 FROM ${PYTHON_IMAGE} AS builder
 
+# uv installs exactly what uv.lock names, into /opt/venv, with the Python of the base image.
+# Bytecode is compiled here, once, so no container pays for it at start.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+    UV_NO_CACHE=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-# Only [project].dependencies are installed; the dev extras stay out of the image.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt
+# uv itself, at the version the lock names, into the builder's own Python: it never reaches the
+# final image.
+COPY pyproject.toml uv.lock ./
+RUN pip install "uv==$(python -c "import tomllib; print(next(p['version'] for p in \
+        tomllib.load(open('uv.lock', 'rb'))['package'] if p['name'] == 'uv'))")"
+
+# Dependencies first, in their own layer: rebuilt only when pyproject.toml or uv.lock change.
+# Only [project].dependencies: the dev extra stays out of the image. --locked refuses a lock that
+# is out of step with pyproject.toml (run `make lock`).
+RUN uv sync --locked --no-install-project --no-editable
 
 # Then the project itself (a regular, non-editable install into the venv's site-packages).
 COPY README.md ./
@@ -43,10 +50,8 @@ COPY common ./common
 COPY cli ./cli
 COPY local_stack ./local_stack
 COPY simulator ./simulator
-RUN pip install --no-deps . \
-    && python -m compileall -q /opt/venv/lib
-# Nothing installs packages at run time: take the installers out of the venv.
-RUN pip uninstall --yes pip setuptools
+# A venv made by uv holds no pip or setuptools: nothing can install packages at run time.
+RUN uv sync --locked --no-editable
 
 # --- final: the slim base, the venv and an unprivileged user; no compilers, no pip ------------
 FROM ${PYTHON_IMAGE}

@@ -1,18 +1,37 @@
-# Everything installs from this project's own files into .venv; nothing is downloaded at run time.
+# Everything installs from this project's own files into .venv: exactly the versions in uv.lock,
+# from PyPI. Nothing is downloaded at run time.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv from PATH when there is one; otherwise pip bootstraps it into the venv, at the version the
+# lock names (uv is a dev dependency, so `uv sync` keeps it there afterwards).
+UV := $(or $(shell command -v uv 2>/dev/null),$(BIN)/uv)
+# Install into .venv even when another environment is active, and never fetch a Python.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install lock run test lint typecheck pytest bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$$($(BIN)/python -c \
+	  "import tomllib; print(next(p['version'] for p in tomllib.load(open('uv.lock', 'rb'))['package'] if p['name'] == 'uv'))")"
+
+# --locked: a uv.lock out of step with pyproject.toml stops the install instead of being
+# re-resolved on the fly; run `make lock` after editing dependencies and commit both files.
+$(STAMP): pyproject.toml uv.lock | $(BIN)/python $(UV)
+	$(UV) sync --locked --extra dev --quiet \
+	  || { echo "make: if uv.lock needs to be updated: run 'make lock' and commit uv.lock" >&2; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve uv.lock after editing dependencies in pyproject.toml (keeps unrelated pins as they are).
+lock: | $(BIN)/python $(UV)
+	$(UV) lock
 
 run: $(STAMP)
 	$(BIN)/python -m local_stack

