@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
+    # Worker memory. Runs kept in memory between their tasks:
+    # an evicted run replays its history when its next signal or query arrives.
+    worker_max_cached_workflows: int = Field(1000, ge=0)
+    # The sandbox reloads the workflow modules for every cached run, about half of what a
+    # parked process costs. Shared: loaded once; the sandbox then no longer checks calls made
+    # from workflow code (the tests still run it strictly).
+    worker_share_workflow_modules: bool = False
+
     # Worker Versioning (docs/upgrades.md). Both set: the worker polls as this build of this
     # Worker Deployment and pins each process to the build it started on. Neither: unversioned.
     deployment_name: str | None = None
