@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecution, WorkflowHistory
+from temporalio.common import SearchAttributeKey
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import Replayer
 
@@ -34,6 +35,8 @@ HELP = "replay live histories against the code on disk (before every deploy)"
 DEFAULT_CLOSED_WITHIN = "7d"
 _DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhd]?)")
 _UNITS = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DEPLOYMENT_VERSION = SearchAttributeKey.for_keyword("TemporalWorkerDeploymentVersion")
+_VERSIONING_BEHAVIOR = SearchAttributeKey.for_keyword("TemporalWorkflowVersioningBehavior")
 _ERRORS_ONLY = TelemetryFilter(core_level="ERROR", other_level="ERROR")
 # The core wraps the reason in a Rust debug dump: ``Failure { message: "...", source: ...``.
 _CORE_MESSAGE = re.compile(r'message: "(?P<message>(?:[^"\\]|\\.)*)"')
@@ -75,12 +78,28 @@ class Replayed:
     events: int
     failure: str | None
 
+    @property
+    def versioning(self) -> str:
+        """``pinned approval-flow:local``, ``auto-upgrade …``, or ``unversioned``.
+
+        The server's own search attributes say which build a run is on and how it moves.
+        """
+        attributes = self.execution.typed_search_attributes
+        version = attributes.get(_DEPLOYMENT_VERSION)
+        behavior = attributes.get(_VERSIONING_BEHAVIOR)
+        if not version:
+            return "unversioned"
+        # "Pinned", "AutoUpgrade" -> "pinned", "auto-upgrade"
+        words = re.sub(r"(?<=[a-z])(?=[A-Z])", "-", behavior or "Unspecified").lower()
+        return f"{words} {version}"
+
     def document(self) -> dict[str, Any]:
         return {
             "workflow_id": self.execution.id,
             "run_id": self.execution.run_id,
             "workflow_type": self.execution.workflow_type,
             "status": self.execution.status.name if self.execution.status else None,
+            "versioning": self.versioning,
             "events": self.events,
             "replays": self.failure is None,
             "failure": self.failure,
@@ -91,7 +110,7 @@ class Replayed:
         head = (
             f"{'ok' if self.failure is None else 'BREAKS':<6}  "
             f"{self.execution.id:<{id_width}}  run {self.execution.run_id}  "
-            f"{status:<16} {self.events:>5} events"
+            f"{status:<16} {self.events:>5} events  {self.versioning}"
         )
         return head if self.failure is None else f"{head}: {self.failure}"
 
@@ -154,8 +173,9 @@ async def run(
         return document, f"no processes or mutexes ({scope}) on task queue {settings.task_queue}"
     width = max(len(r.execution.id) for r in results)
     lines = [r.line(width) for r in results]
+    noun = "history" if len(results) == 1 else "histories"
     lines.append(
-        f"{len(results)} histories ({scope}) on task queue {settings.task_queue} replayed "
+        f"{len(results)} {noun} ({scope}) on task queue {settings.task_queue} replayed "
         f"against the code on disk: {len(results) - len(breaks)} ok, {len(breaks)} would break"
     )
     text = "\n".join(lines)

@@ -30,6 +30,7 @@ from local_stack.environment import child_environment, signing_keys
 from local_stack.readiness import http_ok, temporal_ready, wait_until_ready, worker_polling
 from local_stack.settings import LocalStackSettings
 from local_stack.snapshot import Snapshot
+from local_stack.versioning import VersionNotSet, set_current_version, worker_version
 from starter import StarterSettings
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
@@ -118,7 +119,11 @@ class Stack:
             await self._load_tables()
 
             since = time.time()
-            worker_env = {**self._env, "APPROVAL_METRICS_PORT": str(settings.metrics_port)}
+            worker_env = {
+                **self._env,
+                "APPROVAL_METRICS_PORT": str(settings.metrics_port),
+                **worker_version(self._env),
+            }
             worker = await self._start("worker", [python, "-m", "worker"], env=worker_env)
             api = await self._start("api", [python, "-m", "callbacks_api"])
             simulator = await self._start("simulator", [python, "-m", "simulator"])
@@ -137,6 +142,25 @@ class Stack:
                     inbox, lambda: http_ok(http, settings.url(settings.inbox_port, "/healthz"))
                 ),
             )
+            await self._make_current(worker, worker_env)
+
+    async def _make_current(self, worker: Child, env: dict[str, str]) -> None:
+        """Make the worker's build current, as docs/upgrades.md has operators do it."""
+        assert self.app_settings is not None
+        deployment, build_id = env["APPROVAL_DEPLOYMENT_NAME"], env["APPROVAL_BUILD_ID"]
+        try:
+            took = await set_current_version(
+                self.settings.bin_dir / "temporal",
+                self.settings.temporal_address,
+                self.app_settings.temporal_namespace,
+                deployment,
+                build_id,
+                self.settings.ready_timeout,
+                env=self._env,
+            )
+        except VersionNotSet as err:
+            raise ChildFailed(worker, str(err)) from None
+        self.say(f"worker build {build_id} of deployment {deployment} is current ({took:.1f} s)")
 
     async def _load_tables(self) -> None:
         assert self.app_settings is not None

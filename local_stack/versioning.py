@@ -11,12 +11,23 @@ import asyncio
 import time
 from pathlib import Path
 
+# make run's worker, unless APPROVAL_DEPLOYMENT_NAME / APPROVAL_BUILD_ID say otherwise.
+LOCAL_DEPLOYMENT = "approval-flow"
+LOCAL_BUILD_ID = "local"
 POLL_INTERVAL = 0.5
 ATTEMPT_TIMEOUT = 15.0
 
 
 class VersionNotSet(Exception):
     """The version could not be made current in time; the message is the CLI's last word."""
+
+
+def worker_version(env: dict[str, str]) -> dict[str, str]:
+    """The worker's deployment and build: the user's if given, else ``approval-flow``/``local``."""
+    return {
+        "APPROVAL_DEPLOYMENT_NAME": env.get("APPROVAL_DEPLOYMENT_NAME") or LOCAL_DEPLOYMENT,
+        "APPROVAL_BUILD_ID": env.get("APPROVAL_BUILD_ID") or LOCAL_BUILD_ID,
+    }
 
 
 def set_current_version_argv(

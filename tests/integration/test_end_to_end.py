@@ -245,6 +245,16 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
         code, out, err = await cli(stack, "lock", "--json")
         assert code == 0, err
         assert json.loads(out)["state"]["holder"] is None
+        # make run's worker is build "local": the process stayed pinned to it, the mutex
+        # auto-upgrades, and both histories replay on the code on disk.
+        code, out, err = await cli(stack, "replay", "--json")
+        assert code == 0, err
+        replayed = {h["workflow_id"]: h for h in json.loads(out)["histories"]}
+        assert replayed[process_id]["versioning"] == "pinned approval-flow:local"
+        assert (
+            replayed["mutex-approval-commands"]["versioning"] == "auto-upgrade approval-flow:local"
+        )
+        assert all(h["replays"] for h in replayed.values())
 
         # Errors are one line on stderr and an exit code, never a traceback.
         code, out, err = await cli(stack, "status", "process-does-not-exist")

@@ -392,6 +392,21 @@ def test_the_search_attribute_is_registered(services: dict[str, dict[str, Any]])
     assert wanted in registered
 
 
+def test_the_worker_build_is_made_current(services: dict[str, dict[str, Any]]) -> None:
+    # Until a version is current nothing runs on a versioned worker: the one-shot makes the
+    # worker's own build current, once the worker answers (docs/upgrades.md).
+    worker = environment(services["worker"])
+    one_shot = services["worker-version"]
+    env = environment(one_shot)
+    assert worker["APPROVAL_DEPLOYMENT_NAME"] and worker["APPROVAL_BUILD_ID"]
+    for name in ("APPROVAL_DEPLOYMENT_NAME", "APPROVAL_BUILD_ID", "TEMPORAL_ADDRESS"):
+        assert env[name] == worker[name], name
+    assert env["TEMPORAL_NAMESPACE"] == worker["TEMPORAL_NAMESPACE"]
+    assert one_shot["depends_on"]["worker"]["condition"] == "service_healthy"
+    assert one_shot["command"] == ["/scripts/set-current-version.sh"]
+    assert (ROOT / "deploy" / "temporal" / "set-current-version.sh").is_file()
+
+
 # --- the Temporal Cloud override ------------------------------------------------------------------
 
 
@@ -417,6 +432,11 @@ def test_the_temporal_cloud_override(tmp_path: Path) -> None:
             settings = Settings()
         assert settings.temporal_tls
         assert settings.temporal_api_key is not None
+    # The one-shot's temporal CLI reaches Cloud with the same address, namespace, key and TLS.
+    one_shot = environment(services["worker-version"])
+    for name, value in {**CLOUD_ENV, "TEMPORAL_TLS": "true"}.items():
+        assert one_shot[name] == value, name
+    assert set(services["worker-version"]["depends_on"]) <= set(services)
 
 
 def test_the_temporal_cloud_override_needs_the_connection(tmp_path: Path) -> None:
