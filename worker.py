@@ -29,6 +29,7 @@ from common.dropped_signals import counting_dropped_signals
 from common.logging import configure as configure_logging
 from common.settings import Settings, load_settings
 from common.temporal import TemporalUnavailable, connect, exit_process, metrics_runtime
+from common.tracing import configure as configure_tracing
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
 from workflows.versioning import AutoUpgradeMutexWorkflow
@@ -141,6 +142,7 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     settings = load_settings(Settings, "worker")
     configure_logging(settings)
+    configure_tracing("worker")  # before the client, which carries it to the worker
     try:
         asyncio.run(run(settings))
     except TemporalUnavailable as err:

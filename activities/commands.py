@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.idempotency import IdempotencyStore
+from common import tracing
 from common.tokens import Purpose, TokenSigner
 from workflows.messages import CommandName, SendCommand, SendResult
 
@@ -87,7 +88,10 @@ class CommandActivities:
         message: SendMessageRequestTypeDef = {
             "QueueUrl": self._queue_url,
             "MessageBody": json.dumps(self._payload(command, key)),
-            "MessageAttributes": {IDEMPOTENCY_HEADER: {"DataType": "String", "StringValue": key}},
+            "MessageAttributes": {
+                IDEMPOTENCY_HEADER: {"DataType": "String", "StringValue": key},
+                **tracing.sqs_attributes(),  # traceparent, as W3C propagation over SQS
+            },
         }
         if self._queue_url.endswith(".fifo"):
             # A FIFO queue itself drops a resend that comes within 5 minutes.
@@ -109,7 +113,7 @@ class CommandActivities:
         async with self._session().post(
             self._command_url,
             json=self._payload(command, key),
-            headers={IDEMPOTENCY_HEADER: key},
+            headers={IDEMPOTENCY_HEADER: key, **tracing.carrier()},  # + traceparent
             timeout=self._http_timeout,
             allow_redirects=False,
         ) as response:
@@ -128,7 +132,11 @@ class CommandActivities:
 
     def _payload(self, command: SendCommand, key: str) -> dict[str, str]:
         token = self._signer.sign(
-            command.process_id, command.command.value, Purpose.COMMAND, command.deadline
+            command.process_id,
+            command.command.value,
+            Purpose.COMMAND,
+            command.deadline,
+            trace_parent=tracing.current_traceparent(),  # the callback continues this trace
         )
         deadline = command.deadline
         if deadline.tzinfo is None:

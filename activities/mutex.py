@@ -6,6 +6,7 @@ from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from common import tracing
 from workflows.messages import (
     LOCK_REQUEST_SIGNAL,
     HolderLiveness,
@@ -21,6 +22,13 @@ MUTEX_WORKFLOW_TYPE = "MutexWorkflow"
 @activity.defn(name="request_lock")
 async def request_lock(request: RequestLock) -> None:
     """Join the resource's FIFO queue, starting the mutex workflow if it is not running."""
+    # The mutex outlives every process: it stays out of this process's trace (the grant still
+    # shows in it, as the process's HandleSignal:lock_granted).
+    with tracing.outside_process_trace():
+        await _join_queue(request)
+
+
+async def _join_queue(request: RequestLock) -> None:
     await activity.client().start_workflow(
         MUTEX_WORKFLOW_TYPE,
         MutexInput(resource=request.resource, options=request.mutex_options),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from temporalio import activity
 
 from activities.idempotency import IdempotencyStore
+from common import tracing
 from common.tokens import Purpose, TokenSigner
 from workflows.messages import (
     ANYONE,
@@ -126,7 +127,11 @@ class ApprovalNotifier:
             activity.logger.info("Approval request for %s already sent", request.process_id)
             return str(done["message_id"])
         token = self._signer.sign(
-            request.process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, request.deadline
+            request.process_id,
+            APPROVAL_CALLBACK,
+            Purpose.APPROVAL,
+            request.deadline,
+            trace_parent=tracing.current_traceparent(),  # the approval continues this trace
         )
         approve_url, reject_url = approval_links(self._base_url, token)
         response = self._sns.publish(

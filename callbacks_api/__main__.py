@@ -14,6 +14,7 @@ from callbacks_api.app import RedactingAccessLogger, create_app
 from common.logging import configure as configure_logging
 from common.settings import Settings, load_settings
 from common.temporal import connect, exit_process
+from common.tracing import configure as configure_tracing
 
 logger = logging.getLogger("callbacks_api")
 
@@ -34,6 +35,7 @@ async def build_app(settings: Settings) -> web.Application:
 def main() -> None:
     settings = load_settings(Settings, "callbacks_api")
     configure_logging(settings)
+    configure_tracing("api", program="callbacks_api")  # before the client, which carries it
     # run_app stops gracefully on SIGINT and SIGTERM. The access log names route patterns, never
     # paths: a path holds a bearer token.
     web.run_app(

@@ -22,7 +22,10 @@ from callbacks_api.callbacks import callbacks_app
 from callbacks_api.health import Health
 from callbacks_api.metrics import Metrics, route_name
 from callbacks_api.processes import Processes
+from callbacks_api.tracing import tracing_middlewares
 from common.settings import Settings
+from common.tracing import Tracing
+from common.tracing import installed as installed_tracing
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -50,15 +53,24 @@ def create_app(
     *,
     decision_wait: timedelta = timedelta(seconds=2),
     temporal_timeout: timedelta = timedelta(seconds=5),
+    tracing: Tracing | None = None,
 ) -> web.Application:
-    """The application; ``client`` must use the pydantic data converter, as the worker does."""
+    """The application; ``client`` must use the pydantic data converter, as the worker does.
+
+    ``tracing`` defaults to what the program configured; when on, ``client`` should carry it too
+    (``common.temporal.connect`` does), so the signals continue each request's span.
+    """
     metrics = Metrics()
     processes = Processes(client, temporal_timeout, signals=metrics.signals)
     health = Health(processes)
     # The root's error middleware answers programs: health, metrics and unknown paths. Each
     # sub-app renders its own refusals (aiohttp's 404 and 405 under its prefix included).
     app = web.Application(
-        middlewares=[metrics.middleware, problems.error_middleware(problems.problem_response)],
+        middlewares=[
+            *tracing_middlewares(tracing or installed_tracing(), settings.signer),
+            metrics.middleware,
+            problems.error_middleware(problems.problem_response),
+        ],
         client_max_size=settings.max_callback_bytes,
     )
     app.on_response_prepare.append(_security_headers)

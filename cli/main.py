@@ -33,6 +33,7 @@ from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, CommandF
 from cli.settings import CliSettings
 from common.settings import describe_error
 from common.temporal import TemporalUnavailable, connect, exit_process
+from common.tracing import configure as configure_tracing
 
 
 class Command(Protocol):
@@ -104,6 +105,7 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
     except ValidationError as err:
         print(f"approval-flow: {describe_error(err, CliSettings)}", file=sys.stderr)
         return EXIT_USAGE
+    configure_tracing("cli", program="approval-flow")  # before connecting: the client carries it
     try:
         asyncio.run(run_async(args, settings, out))
     except TemporalUnavailable as err:

@@ -11,6 +11,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from common.settings import Settings
+from common.tracing import Tracing
+from common.tracing import installed as installed_tracing
+from common.tracing import shutdown as shutdown_tracing
 
 
 class TemporalUnavailable(Exception):
@@ -24,12 +27,20 @@ def metrics_runtime(host: str, port: int) -> Runtime:
     )
 
 
-async def connect(settings: Settings, runtime: Runtime | None = None, lazy: bool = False) -> Client:
+async def connect(
+    settings: Settings,
+    runtime: Runtime | None = None,
+    lazy: bool = False,
+    tracing: Tracing | None = None,
+) -> Client:
     """Connect with the pydantic data converter (every message here is a pydantic model).
 
     ``lazy`` defers the connection to the first call, for services that must start (and
-    answer health checks) while Temporal is still down.
+    answer health checks) while Temporal is still down. ``tracing`` defaults to what the
+    program configured (``common.tracing.configure``); a worker inherits it from its client.
     """
+    if tracing is None:
+        tracing = installed_tracing()
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     try:
         return await Client.connect(
@@ -40,6 +51,7 @@ async def connect(settings: Settings, runtime: Runtime | None = None, lazy: bool
             tls=settings.temporal_tls or bool(api_key),
             runtime=runtime,
             lazy=lazy,
+            interceptors=tracing.client_interceptors(),
         )
     except RuntimeError as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -55,7 +67,9 @@ def exit_process(code: int) -> None:
     The SDK's native threads can abort finalisation (sdk-python issue 300), which would replace
     our exit status with a crash; flushing and leaving with ``os._exit`` keeps the status true.
     A reader that stopped reading (``| head``) is no failure of ours: its flush is skipped.
+    Buffered spans are exported first: skipping finalisation skips the SDK's atexit hook too.
     """
+    shutdown_tracing()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BrokenPipeError, ValueError):
             stream.flush()

@@ -61,6 +61,8 @@ class TokenClaims:
     purpose: Purpose
     expires_at: datetime
     approver: str | None = None  # the named approver this link belongs to (claim ``sub``)
+    # The W3C traceparent of the span that made the link: a reply continues the process's trace.
+    trace_parent: str | None = None
 
 
 class TokenSigner:
@@ -78,6 +80,8 @@ class TokenSigner:
         purpose: Purpose,
         deadline: datetime,
         approver: str | None = None,
+        *,
+        trace_parent: str | None = None,
     ) -> str:
         """Sign a token valid until ``deadline`` plus the grace period.
 
@@ -94,6 +98,8 @@ class TokenSigner:
         }
         if approver is not None:
             claims["sub"] = approver
+        if trace_parent:
+            claims["tp"] = trace_parent
         return jwt.encode(claims, key.secret, algorithm="HS256", headers={"kid": key.kid})
 
     def verify(self, token: str, purpose: Purpose) -> TokenClaims:
@@ -125,7 +131,34 @@ class TokenSigner:
             purpose=purpose,
             expires_at=datetime.fromtimestamp(int(claims["exp"])).astimezone(),
             approver=approver,
+            trace_parent=_trace_parent(claims),
         )
+
+    def trace_parent(self, token: str) -> str | None:
+        """The traceparent a well-signed token carries, for any purpose, even expired; else None.
+
+        Only for placing a request's span in its process's trace, before the route verifies the
+        token fully. The signature is still checked, so a forged link cannot write into a trace.
+        """
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._by_kid.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                return None
+            claims = jwt.decode(
+                token,
+                key.secret,
+                algorithms=["HS256"],
+                options={"verify_aud": False, "verify_exp": False},
+            )
+        except jwt.PyJWTError:
+            return None
+        return _trace_parent(claims)
+
+
+def _trace_parent(claims: dict[str, object]) -> str | None:
+    value = claims.get("tp")
+    return value if isinstance(value, str) else None
 
 
 def fingerprint(token: str) -> str:

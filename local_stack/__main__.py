@@ -8,6 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from common.temporal import exit_process
+from common.tracing import configure as configure_tracing
 from local_stack.settings import LocalStackSettings
 from local_stack.supervisor import run
 
@@ -21,6 +22,8 @@ def main() -> None:
         print(f"make run: invalid {name}: {problem['msg']}", file=sys.stderr)
         exit_process(2)
         return
+    # The demo process is started from here: its trace begins in this program.
+    configure_tracing("local-stack", program="make run")
     try:
         code = asyncio.run(run(settings))
     except KeyboardInterrupt:  # before the signal handlers were in place

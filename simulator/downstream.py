@@ -28,6 +28,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from common.logging import bind_process_id
+from common.tracing import TRACE_HEADERS, TRACEPARENT
 from simulator.aws import consume_queue
 from simulator.fence import (
     LEASE_HEADER,
@@ -71,6 +72,8 @@ class CommandRecord(BaseModel):
     callback_status: int | None = None
     callback_attempts: int = 0
     duplicates: int = 0
+    # The trace the command belongs to, to find it in a tracing backend.
+    traceparent: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> CommandRecord:
@@ -88,6 +91,7 @@ class CommandRecord(BaseModel):
             callback_status=job.callback_status,
             callback_attempts=job.callback_attempts,
             duplicates=job.duplicates,
+            traceparent=command.trace_context.get(TRACEPARENT),
         )
 
 
@@ -255,7 +259,10 @@ class Downstream:
             status: int | None
             try:
                 async with self._http.post(
-                    command.callback_url, json=job.payload, timeout=timeout
+                    command.callback_url,
+                    json=job.payload,
+                    timeout=timeout,
+                    headers=command.trace_context,  # the process's trace continues there
                 ) as response:
                     status = response.status
                     detail = (await response.text())[:200]
@@ -328,6 +335,12 @@ class Downstream:
             fence = parse_fence(_attribute_text(attributes), body, "message attribute")
         except MalformedFence as err:
             malformed = f"malformed fence: {err}"
+        trace_context = {
+            name: str(attributes[name].get("StringValue", ""))
+            for name in TRACE_HEADERS
+            if name in attributes
+        }
+        command = command.model_copy(update={"trace_context": trace_context})
         self.take(command, "sqs", fence, malformed)
 
     # -- command two: HTTP ----------------------------------------------------------------------
@@ -356,6 +369,8 @@ class Downstream:
                 fence = parse_fence(request.headers, body, "header")
             except MalformedFence as err:
                 return _problem(400, f"malformed fence: {err}")
+        trace_context = {n: request.headers[n] for n in TRACE_HEADERS if n in request.headers}
+        command = command.model_copy(update={"trace_context": trace_context})
         taken = self.take(command, "http", fence)
         refused = taken.job.refused if taken.job is not None else None
         if taken.refusal is not None:

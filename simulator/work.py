@@ -43,6 +43,9 @@ class DownstreamCommand(BaseModel):
     callback_url: str = Field(pattern=r"^https?://")
     idempotency_key: str = Field(min_length=1)
     deadline: datetime | None = None
+    # The W3C trace context that came with the command (HTTP headers or SQS message attributes,
+    # set by the receiver, never read from the body); passed on with the callback.
+    trace_context: dict[str, str] = Field(default_factory=dict)
 
 
 class Job(BaseModel):

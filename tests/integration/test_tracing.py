@@ -1,0 +1,296 @@
+"""One process, one trace: from ``start`` through the approval to the last callback.
+
+Everything runs for real in this test process, so one in-memory exporter sees every span: the
+dev server, the AWS emulator, the worker with its real activities, the callbacks API and the
+downstream simulator on loopback ports, talking over real HTTP and SQS. The approval is posted
+as a browser would, with no ``traceparent`` header; the simulator passes on the one it got.
+
+A second test runs the CLI as a real program with only ``OTEL_*`` variables set, and a small
+OTLP/HTTP receiver stands in for the collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from temporalio.testing import WorkflowEnvironment
+
+from activities.aws import AwsClients
+from activities.factory import build_activities
+from callbacks_api.app import create_app
+from common import tracing
+from common.aws_resources import ensure_resources
+from common.temporal import connect
+from simulator import downstream as simulator
+from simulator.inbox import InboxMessage
+from simulator.settings import SimulatorSettings
+from starter import StarterSettings, start_process
+from tests.support.http import serving
+from tests.support.moto_server import MotoServer, moto_settings, running_moto_server
+from worker import ACTIVITY_THREADS, build_worker
+from workflows.messages import ProcessOptions
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOW_TIMEOUT = 60.0
+ACTIVITIES = (
+    "create_process",
+    "publish_approval_request",
+    "request_lock",
+    "update_process_status",
+    "send_command_one",
+    "send_command_two",
+)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    with running_moto_server() as server:
+        yield server
+
+
+def _approval_queue(clients: AwsClients, topic_arn: str, name: str) -> str:
+    """An SQS queue subscribed to the approval topic: the approver's mailbox."""
+    queue_url = clients.sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = clients.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    clients.sns.subscribe(
+        TopicArn=topic_arn, Protocol="sqs", Endpoint=arn["Attributes"]["QueueArn"]
+    )
+    return queue_url
+
+
+async def _approval_link(clients: AwsClients, queue_url: str, within: float) -> str:
+    """The approve link of the first mail to arrive, waiting (long polls) up to ``within``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        received = await asyncio.to_thread(
+            clients.sqs.receive_message, QueueUrl=queue_url, WaitTimeSeconds=1
+        )
+        for message in received.get("Messages", []):
+            link = InboxMessage.from_sns(json.loads(message["Body"])).approve_url
+            if link:
+                return link
+    pytest.fail(f"no approval mail within {within:g} s")
+
+
+async def _approve_as_a_browser(http: aiohttp.ClientSession, link: str) -> None:
+    """Open the page, then post its form: no trace headers, as from a person's browser."""
+    async with http.get(link) as page:
+        assert page.status == 200
+        html = await page.text()
+    check = re.search(r'name="check" value="([^"]*)"', html)
+    assert check is not None
+    form = {"decision": "approve", "name": "tracer", "check": check.group(1)}
+    async with http.post(link, data=form) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+def _named(spans: list[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+def _one(spans: list[ReadableSpan], name: str) -> ReadableSpan:
+    found = _named(spans, name)
+    assert len(found) == 1, f"{name}: {len(found)} spans ({sorted({s.name for s in spans})})"
+    return found[0]
+
+
+def _span_id_in(traceparent: str | None) -> int:
+    assert traceparent is not None
+    return int(traceparent.split("-")[2], 16)
+
+
+async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: MotoServer) -> None:
+    exporter = InMemorySpanExporter()
+    traced = tracing.from_environment("test", processors=(SimpleSpanProcessor(exporter),))
+    suffix = uuid.uuid4().hex[:10]
+    base = moto_settings(
+        moto,
+        task_queue=f"tracing-{suffix}",
+        temporal_address=dev_env.client.service_client.config.target_host,
+    )
+    clients = AwsClients.from_settings(base)
+    resources = ensure_resources(base, clients)
+    mailbox = _approval_queue(clients, resources.topic_arn, f"mailbox-{suffix}")
+
+    async with AsyncExitStack() as stack:
+        client = await connect(base, tracing=traced)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        api_url = await stack.enter_async_context(serving(create_app(base, client, tracing=traced)))
+        downstream = simulator.Downstream(
+            SimulatorSettings.model_validate(
+                {
+                    "SIMULATOR_QUEUE_URL": base.command_queue_url,
+                    "AWS_ENDPOINT_URL": moto.endpoint_url,
+                    "min_delay": 0,
+                    "max_delay": 0.05,
+                }
+            ),
+            http,
+        )
+        simulator_url = await stack.enter_async_context(
+            serving(simulator.create_app(downstream, "/commands/two"))
+        )
+        consumer = asyncio.create_task(downstream.consume_queue(clients.sqs))
+        stack.callback(consumer.cancel)
+        settings = StarterSettings(
+            **{
+                **base.model_dump(),
+                "signing_keys": base.signing_keys,
+                "callback_base_url": api_url,
+                "command_url": f"{simulator_url}/commands/two",
+                "process": ProcessOptions(lock_resource=f"tracing-{suffix}"),
+            }
+        )
+        executor = stack.enter_context(ThreadPoolExecutor(ACTIVITY_THREADS))
+        worker = build_worker(client, settings, build_activities(settings, clients, http), executor)
+        await stack.enter_async_context(worker)
+
+        started = await start_process(client, settings, "tracer", "one process, one trace")
+        link = await _approval_link(clients, mailbox, within=FLOW_TIMEOUT)
+        await _approve_as_a_browser(http, link)
+        handle = client.get_workflow_handle(started.process_id)
+        result = await asyncio.wait_for(handle.result(), FLOW_TIMEOUT)
+        assert result["commands"] and all(c["status"] == "succeeded" for c in result["commands"])
+        # Both callbacks answered: their server spans have ended, so they are exported.
+        await asyncio.wait_for(downstream.drain(), FLOW_TIMEOUT)
+
+    spans = list(exporter.get_finished_spans())
+    names = sorted(s.name for s in spans)
+
+    # One trace, begun by the start: every span of the process is in it.
+    root = _one(spans, "StartWorkflow:ProcessWorkflow")
+    assert root.parent is None and root.kind is SpanKind.CLIENT
+    assert root.attributes and root.attributes["temporalWorkflowID"] == started.process_id
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}, names
+
+    # The workflow, each activity and each signal it took.
+    for name in (
+        "RunWorkflow:ProcessWorkflow",
+        "CompleteWorkflow:ProcessWorkflow",
+        "HandleSignal:approval_decision",
+        "HandleSignal:lock_granted",
+        *(f"RunActivity:{activity}" for activity in ACTIVITIES),
+    ):
+        assert _named(spans, name), f"no {name} span in {names}"
+    assert len(_named(spans, "HandleSignal:command_callback")) == 2
+
+    # The approval, posted with no trace header, continues the trace from its signed link.
+    publish = _one(spans, "RunActivity:publish_approval_request")
+    for name in ("GET /approvals/{token}", "POST /approvals/{token}"):
+        page = _one(spans, name)
+        assert page.kind is SpanKind.SERVER and page.parent is not None
+        assert page.parent.span_id == publish.context.span_id
+    decision = _one(spans, "SignalWorkflow:approval_decision")
+    assert decision.parent is not None
+    assert decision.parent.span_id == _one(spans, "POST /approvals/{token}").context.span_id
+
+    # Each command carried the trace to the simulator (SQS attribute, HTTP header), which passed
+    # it on with its callback: each callback's server span is a child of the send.
+    sends = {
+        job.via: job.command.trace_context.get("traceparent")
+        for job in downstream.book.jobs.values()
+        if job.command.process_id == started.process_id
+    }
+    one = _one(spans, "RunActivity:send_command_one")
+    two = _one(spans, "RunActivity:send_command_two")
+    assert _span_id_in(sends["sqs"]) == one.context.span_id
+    assert _span_id_in(sends["http"]) == two.context.span_id
+    callbacks = _named(spans, "POST /callbacks/{token}")
+    assert sorted(c.parent.span_id for c in callbacks if c.parent) == sorted(
+        [one.context.span_id, two.context.span_id]
+    )
+    assert all(c.attributes and c.attributes["http.response.status_code"] == 202 for c in callbacks)
+    assert len(_named(spans, "SignalWorkflow:command_callback")) == 2
+
+    # The shared mutex stays out of the process's trace, and no span holds a link's token.
+    assert not [name for name in names if "Mutex" in name]
+    token = link.rsplit("/", 1)[1]
+    assert not [s.name for s in spans if token in json.dumps(dict(s.attributes or {})) + s.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI as a real program, configured by OTEL_* alone
+# ---------------------------------------------------------------------------------------------
+
+
+async def _collector() -> tuple[web.Application, list[ExportTraceServiceRequest]]:
+    """A stand-in OTLP/HTTP collector: keeps every export request it is sent."""
+    received: list[ExportTraceServiceRequest] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        received.append(ExportTraceServiceRequest.FromString(await request.read()))
+        return web.Response(content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    return app, received
+
+
+async def test_cli_exports_its_start_span_to_the_configured_collector(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    app, received = await _collector()
+    async with serving(app) as collector:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("APPROVAL_", "OTEL_"))}
+        env.update(
+            {
+                "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+                "APPROVAL_TASK_QUEUE": f"tracing-cli-{uuid.uuid4().hex[:10]}",
+                "APPROVAL_INBOX_URL": "",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+            }
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli",
+            "start",
+            "--requested-by",
+            "tracer",
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), FLOW_TIMEOUT)
+    assert process.returncode == 0, err.decode()
+    process_id = json.loads(out)["process_id"]
+    # Exported before the CLI exited (it skips interpreter finalisation, and atexit with it).
+    spans: list[dict[str, Any]] = []
+    for request in received:
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}.get(
+                "service.name"
+            )
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    attributes = {a.key: a.value.string_value for a in span.attributes}
+                    spans.append({"service": service, "name": span.name, **attributes})
+    assert {
+        "service": "approval-flow-cli",
+        "name": "StartWorkflow:ProcessWorkflow",
+        "temporalWorkflowID": process_id,
+    } in spans
