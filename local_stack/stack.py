@@ -29,12 +29,14 @@ from local_stack.children import Child, ChildFailed
 from local_stack.environment import child_environment, signing_keys
 from local_stack.readiness import http_ok, temporal_ready, wait_until_ready, worker_polling
 from local_stack.settings import LocalStackSettings
-from local_stack.snapshot import Snapshot
+from local_stack.snapshot import import_snapshot
 from local_stack.versioning import VersionNotSet, set_current_version, worker_version
 from starter import StarterSettings
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
 SERVERS = frozenset({"temporal", "moto"})
+# The emulator's DynamoDB writes, in the data folder (local_stack/aws_emulator.py).
+DYNAMODB_JOURNAL = "dynamodb-journal.jsonl"
 
 
 class Stack:
@@ -54,7 +56,6 @@ class Stack:
         self.app_settings: StarterSettings | None = None
         self._on_start = on_start
         self._env: dict[str, str] = {}
-        self._snapshot: Snapshot | None = None
 
     def say(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -103,7 +104,17 @@ class Stack:
         )
         moto = await self._start(
             "moto",
-            [str(bin_dir / "moto_server"), "-H", settings.host, "-p", str(settings.moto_port)],
+            [
+                python,
+                "-m",
+                "local_stack.aws_emulator",
+                "-H",
+                settings.host,
+                "-p",
+                str(settings.moto_port),
+                "--journal",
+                str(settings.data_dir / DYNAMODB_JOURNAL),
+            ],
             echo=False,  # one line per request: see .data/logs/moto.log
         )
         timeout = aiohttp.ClientTimeout(total=2)
@@ -116,7 +127,7 @@ class Stack:
                 self._ready(moto, lambda: http_ok(http, f"{settings.moto_url}/moto-api/", True)),
             )
             await self._run_once("aws-setup", [python, "-m", "common.aws_resources"])
-            await self._load_tables()
+            await self._import_snapshot()
 
             since = time.time()
             worker_env = {
@@ -162,17 +173,17 @@ class Stack:
             raise ChildFailed(worker, str(err)) from None
         self.say(f"worker build {build_id} of deployment {deployment} is current ({took:.1f} s)")
 
-    async def _load_tables(self) -> None:
+    async def _import_snapshot(self) -> None:
         assert self.app_settings is not None
-        self._snapshot = Snapshot(
+        loaded = await asyncio.to_thread(
+            import_snapshot,
             self.settings.moto_url,
             (self._env["AWS_ACCESS_KEY_ID"], self._env["AWS_SECRET_ACCESS_KEY"]),
             [self.app_settings.process_table, self.app_settings.idempotency_table],
             self.settings.data_dir,
         )
-        loaded = await self._snapshot.load()
         if loaded:
-            self.say(f"restored {loaded} table items saved at the last stop")
+            self.say(f"imported {loaded} table items from the snapshot of an earlier version")
 
     async def _connect_temporal(self) -> bool:
         if self.client is None:
@@ -233,21 +244,7 @@ class Stack:
         clients = [c for c in self.children if c.name not in SERVERS]
         backends = [c for c in self.children if c.name in SERVERS]
         await self._stop_all(clients, kill)
-        if not kill:
-            await self._save_tables()
         await self._stop_all(backends, kill)
-
-    async def _save_tables(self) -> None:
-        moto = next((c for c in self.children if c.name == "moto"), None)
-        if moto is None or moto.returncode is not None or self._snapshot is None:
-            return
-        try:
-            saved = await self._snapshot.save()
-        except Exception as err:  # e.g. stopped before the tables were made
-            self.say(f"tables not saved: {err}")
-            return
-        if saved is not None:
-            self.say(f"saved {saved} table items for the next start")
 
     async def _stop_all(self, children: Iterable[Child], kill: bool) -> None:
         async def stop(child: Child) -> None:

@@ -81,7 +81,6 @@ def test_a_part_that_dies_is_named_and_the_rest_stopped(tmp_path: Path) -> None:
     broken = bin_dir / "temporal"
     broken.write_text("#!/bin/sh\necho 'cannot open the database'\nexit 3\n")
     broken.chmod(0o755)
-    (bin_dir / "moto_server").symlink_to(Path(sys.executable).parent / "moto_server")
 
     result = run_stack(stack_env(tmp_path / "data", LOCAL_STACK_BIN_DIR=str(bin_dir)))
 

@@ -1,0 +1,205 @@
+"""``make run``'s AWS emulator keeps every DynamoDB write it acknowledged through a kill -9.
+
+Writers hammer the emulator (a real process) with puts, updates and deletes, each writer on its
+own items so the acknowledged order is known; the emulator is killed mid-stream, started again
+on the same journal, and every acknowledged write must be there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from local_stack.children import Child
+from tests.support.moto_server import free_loopback_port
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+WRITERS = 4
+ACKNOWLEDGED_BEFORE_KILL = 200
+COMPACT_AFTER = 50  # small, so the journal is compacted several times while the writers run
+
+
+@dataclass
+class Emulator:
+    child: Child
+    port: int
+
+    def client(self) -> Any:
+        return boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{self.port}",
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            # One try each: a call that returned is acknowledged, one that raised is not.
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+        )
+
+    async def kill(self) -> None:
+        """kill -9, as a crash or the OOM killer would."""
+        self.child.kill()
+        await self.child.exited()
+
+
+@asynccontextmanager
+async def emulator(journal: Path, log: Path) -> AsyncIterator[Emulator]:
+    """``python -m local_stack.aws_emulator`` on a free port, answering."""
+    port = free_loopback_port()
+    child = Child(
+        "moto",
+        [
+            sys.executable,
+            "-m",
+            "local_stack.aws_emulator",
+            "-p",
+            str(port),
+            "--journal",
+            str(journal),
+            "--compact-after",
+            str(COMPACT_AFTER),
+        ],
+        {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+        log,
+        sys.stderr,
+        echo=False,
+    )
+    await child.start()
+    running = Emulator(child, port)
+
+    async def answering() -> bool:
+        if child.returncode is not None:
+            raise AssertionError("emulator exited:\n" + "\n".join(child.tail()))
+        try:
+            await asyncio.to_thread(running.client().list_tables)
+        except Exception:
+            return False
+        return True
+
+    try:
+        await eventually(answering, "the emulator answers")
+        yield running
+    finally:
+        await child.stop(grace=10)
+
+
+@dataclass
+class Acknowledged:
+    """What each writer was told succeeded."""
+
+    puts: dict[str, int] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+    last: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, key: str, n: int) -> None:
+        with self.lock:
+            self.puts[key] = n
+            self.count += 1
+
+    def updated(self, writer: int, n: int) -> None:
+        with self.lock:
+            self.last[writer] = n
+            self.count += 1
+
+    def deleted(self, key: str) -> None:
+        with self.lock:
+            self.deletes.add(key)
+            self.count += 1
+
+
+def write_until_refused(
+    client: Any, table: str, writer: int, acked: Acknowledged, stop: threading.Event
+) -> None:
+    """Put item n, set this writer's last = n, delete item n-1 every other time; until an error."""
+    n = 0
+    try:
+        while not stop.is_set():
+            key = f"w{writer}-{n}"
+            client.put_item(TableName=table, Item={"k": {"S": key}, "v": {"N": str(n)}})
+            acked.put(key, n)
+            client.update_item(
+                TableName=table,
+                Key={"k": {"S": f"w{writer}-last"}},
+                UpdateExpression="SET v = :n",
+                ExpressionAttributeValues={":n": {"N": str(n)}},
+            )
+            acked.updated(writer, n)
+            if n % 2 == 0 and n > 0:
+                gone = f"w{writer}-{n - 1}"
+                client.delete_item(TableName=table, Key={"k": {"S": gone}})
+                acked.deleted(gone)
+            n += 1
+    except Exception:
+        return  # the emulator was killed: what was acknowledged so far is the record
+
+
+async def test_every_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
+    journal, log = tmp_path / "dynamodb-journal.jsonl", tmp_path / "moto.log"
+    table = "processes"
+    acked = Acknowledged()
+    stop = threading.Event()
+
+    async with emulator(journal, log) as running:
+        setup = running.client()
+        setup.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        setup.update_time_to_live(
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+        )
+        writers = [
+            threading.Thread(
+                target=write_until_refused,
+                args=(running.client(), table, i, acked, stop),
+                daemon=True,
+            )
+            for i in range(WRITERS)
+        ]
+        for thread in writers:
+            thread.start()
+        await eventually(
+            lambda: acked.count >= ACKNOWLEDGED_BEFORE_KILL, "writes acknowledged", within=60
+        )
+        await running.kill()  # while the writers are still writing
+        stop.set()
+        for thread in writers:
+            await asyncio.to_thread(thread.join, 15)
+
+    # Compaction ran while the writes came in, so it is covered too.
+    assert "journal compacted" in await asyncio.to_thread(log.read_text)
+    with acked.lock:
+        puts, deletes, last = dict(acked.puts), set(acked.deletes), dict(acked.last)
+
+    async with emulator(journal, tmp_path / "moto-again.log") as running:
+        reader = running.client()
+        items: dict[str, int] = {}
+        pages = reader.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+        for page in pages:
+            for item in page["Items"]:
+                items[item["k"]["S"]] = int(item["v"]["N"])
+        ttl = reader.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+
+    assert ttl["TimeToLiveStatus"] == "ENABLED"
+    missing = {k: v for k, v in puts.items() if k not in deletes and items.get(k) != v}
+    assert missing == {}, f"{len(missing)} acknowledged puts lost"
+    assert deletes.isdisjoint(items), "an acknowledged delete came back"
+    for writer, n in last.items():
+        # The update after the last acknowledged one may have landed without its answer.
+        assert items[f"w{writer}-last"] in (n, n + 1)
