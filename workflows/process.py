@@ -23,6 +23,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.mutex import request_lock
     from activities.notifications import ApprovalNotifier
     from activities.process_table import ProcessTableActivities
+    from workflows.approval import ApprovalRound
+    from workflows.asking import APPROVAL_POLICY_PATCH, AskForApproval
     from workflows.messages import (
         APPROVAL_DECISION_SIGNAL,
         COMMAND_CALLBACK_SIGNAL,
@@ -33,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         PROCESS_STATUS_ATTRIBUTE,
         STATE_QUERY,
         ApprovalDecision,
-        ApprovalState,
         CommandCallback,
         CommandName,
         CommandOutcome,
@@ -115,8 +116,8 @@ class ProcessWorkflow:
         self._created_at = now
         self._updated_at = now
         self._finished_at: datetime | None = None
-        self._approval = ApprovalState()
-        self._decision: ApprovalDecision | None = None
+        # Who may decide, who has, and whether that settles it (workflows/approval.py).
+        self._round = ApprovalRound(input.options.approval)
         self._lock = LockState(resource=input.options.lock_resource)
         self._lock_revoked: LockRevoked | None = None
         self._commands = {name: CommandState(command=name) for name in CommandName}
@@ -150,23 +151,22 @@ class ProcessWorkflow:
 
     @workflow.signal(name=APPROVAL_DECISION_SIGNAL)
     def approval_decision(self, decision: ApprovalDecision) -> None:
-        """The first decision wins; later ones are logged and ignored."""
-        if self._decision is not None or self._stage in (Stage.COMPLETED, Stage.FAILED):
+        """Counted by the approval policy; repeats, strangers and late ones are logged, ignored.
+
+        Without named approvers the first decision settles it, as in the original.
+        """
+        if self._stage in (Stage.COMPLETED, Stage.FAILED):
+            refusal: str | None = self._stage.value
+        else:
+            refusal = self._round.record(decision, workflow.now())
+        if refusal is not None:
             workflow.logger.info(
-                "approval decision by %s ignored: already %s",
+                "approval decision by %s (approver %s) ignored: %s",
                 decision.decided_by,
-                self._approval.decision or self._stage.value,
+                decision.approver_id or "-",
+                refusal,
             )
             return
-        self._decision = decision
-        self._approval = self._approval.model_copy(
-            update={
-                "decision": "approved" if decision.approved else "rejected",
-                "decided_by": decision.decided_by,
-                "decided_at": workflow.now(),
-                "comment": decision.comment,
-            }
-        )
         self._touch()
 
     @workflow.signal(name=COMMAND_CALLBACK_SIGNAL)
@@ -216,7 +216,7 @@ class ProcessWorkflow:
             status=self._status,
             created_at=self._created_at,
             updated_at=self._updated_at,
-            approval=self._approval,
+            approval=self._round.state(),
             lock=self._lock,
             commands=dict(self._commands),
             failure_reason=self._failure.reason if self._failure else None,
@@ -241,9 +241,28 @@ class ProcessWorkflow:
 
     async def _ask_for_approval(self) -> None:
         self._stage = Stage.AWAITING_APPROVAL
-        deadline = workflow.now() + self._options.approval_timeout
-        self._approval = self._approval.model_copy(update={"deadline": deadline})
+        now = workflow.now()
+        deadline = now + self._options.approval_timeout
+        self._round.open(now, deadline)
         self._touch()
+        if workflow.patched(APPROVAL_POLICY_PATCH):
+            # The policy: named approvers' own links, quorum, reminders, escalation.
+            await AskForApproval(
+                self._round,
+                self._process_id,
+                self._input,
+                self._created_at,
+                linear_retry(self._options.aws_retry),
+                self._touch,
+            ).run()
+        else:
+            # Started before the policy: the original's one mail and one wait, as recorded.
+            await self._ask_once(deadline)
+        failure = self._round.failure()
+        if failure is not None:
+            raise ProcessFailure(*failure)
+
+    async def _ask_once(self, deadline: datetime) -> None:
         await workflow.execute_activity_method(
             ApprovalNotifier.publish_approval_request,
             PublishApprovalRequest(
@@ -255,17 +274,8 @@ class ProcessWorkflow:
             ),
             **self._aws_call(),
         )
-        if not await self._wait_until(lambda: self._decision is not None, deadline):
-            raise ProcessFailure(
-                FailureReason.APPROVAL_TIMEOUT,
-                f"no approval decision within {self._options.approval_timeout}",
-            )
-        assert self._decision is not None
-        if not self._decision.approved:
-            comment = f": {self._decision.comment}" if self._decision.comment else ""
-            raise ProcessFailure(
-                FailureReason.REJECTED, f"rejected by {self._decision.decided_by}{comment}"
-            )
+        if not await self._wait_until(lambda: self._round.settled, deadline):
+            self._round.expire(workflow.now())
 
     async def _wait_for_lock(self) -> None:
         """Queue for the resource; FIFO, no polling: the mutex signals when it is our turn."""
@@ -475,7 +485,7 @@ class ProcessWorkflow:
             UpdateProcessStatus(
                 process_id=self._process_id,
                 status=status,
-                approved_by=self._approval.decided_by
+                approved_by=self._round.state().decided_by
                 if status is ProcessStatus.IN_PROGRESS
                 else None,
                 at=workflow.now(),

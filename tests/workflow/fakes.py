@@ -59,7 +59,11 @@ class Fakes:
     approvals: dict[str, PublishApprovalRequest] = field(default_factory=dict)
     # Every notify_approvers call, per process, in order (requests, reminders, escalations).
     notices: dict[str, list[NotifyApprovers]] = field(default_factory=lambda: defaultdict(list))
-    notify_down: bool = False
+    # Scripted: notices (by sequence) that always fail, and gates that hold a notice in flight
+    # (time does not skip while an activity runs: a held reminder freezes workflow time).
+    notify_failures: set[int] = field(default_factory=set)
+    notify_gates: dict[int, asyncio.Event] = field(default_factory=dict)
+    notify_reached: set[int] = field(default_factory=set)
     sends: dict[tuple[str, CommandName], list[Attempt]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -114,11 +118,15 @@ class Fakes:
 
     @activity.defn(name="notify_approvers")
     async def notify_approvers(self, notice: NotifyApprovers) -> NotifyResult:
-        if self.notify_down:
+        if notice.sequence in self.notify_failures:
             raise RuntimeError("SNS unavailable (scripted)")
         calls = self.notices[notice.process_id]
         if not any(c.sequence == notice.sequence for c in calls):  # a retry sends nothing new
             calls.append(notice)
+        gate = self.notify_gates.get(notice.sequence)
+        if gate is not None:  # mailed, but the activity has not returned yet
+            self.notify_reached.add(notice.sequence)
+            await gate.wait()
         ids = [a.id for a in notice.to] + (["*"] if notice.anyone else [])
         return NotifyResult(message_ids={i: f"msg-{notice.sequence}-{i}" for i in ids})
 

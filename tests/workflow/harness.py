@@ -72,6 +72,25 @@ class Harness:
             ProcessWorkflow.approval_decision, ApprovalDecision(approved=approved, decided_by=by)
         )
 
+    async def decide_as(
+        self,
+        handle: WorkflowHandle,
+        approver_id: str,
+        approved: bool = True,
+        comment: str | None = None,
+    ) -> None:
+        """Decide as a named approver, once their link was mailed (the id is the token's)."""
+        await eventually(
+            lambda: any(approver_id in to for _, to in self.fakes.mailed(handle.id)),
+            what=f"mail to {approver_id}",
+        )
+        await handle.signal(
+            ProcessWorkflow.approval_decision,
+            ApprovalDecision(
+                approved=approved, decided_by=approver_id, approver_id=approver_id, comment=comment
+            ),
+        )
+
     async def call_back(
         self, handle: WorkflowHandle, command: CommandName | str, status: str = "succeeded"
     ) -> None:
