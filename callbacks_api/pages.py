@@ -18,8 +18,11 @@ from workflows.messages import ApprovalState, ProcessState
 _STYLE = (
     "body{font-family:system-ui,sans-serif;line-height:1.5;max-width:42rem;margin:2rem auto;"
     "padding:0 1rem;color:#1b1b1b;background:#fff}"
-    "dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}dt{font-weight:600}"
-    "dd{margin:0}fieldset{margin:1rem 0;padding:.75rem 1rem}legend{font-weight:600}"
+    # minmax(0,1fr) and overflow-wrap: a long process id or description wraps at phone width
+    # instead of pushing the page sideways.
+    "dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.25rem 1rem}"
+    "dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}"
+    "fieldset{margin:1rem 0;padding:.75rem 1rem}legend{font-weight:600}"
     "label{display:block;margin:.5rem 0 .25rem}input[type=text],textarea{width:100%;"
     "box-sizing:border-box;font:inherit;padding:.4rem}"
     "input[type=radio]+label{display:inline;margin:0 1.5rem 0 .25rem}"
