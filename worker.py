@@ -36,7 +36,9 @@ from workflows.versioning import AutoUpgradeMutexWorkflow
 
 log = logging.getLogger("worker")
 
-# boto3 calls are blocking; they run on this many threads.
+# boto3 calls are blocking; they run on this many threads: the sync activities, and the boto3
+# calls of the async ones (sends). Each activity uses at most one thread at a time, so as many
+# threads as concurrent activities means no activity ever queues for a thread.
 ACTIVITY_THREADS = 32
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 
@@ -121,7 +123,8 @@ async def run(settings: Settings) -> None:
         ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="activity") as executor,
     ):
         async with aiohttp.ClientSession() as http:
-            worker = build_worker(client, settings, build_activities(settings, aws, http), executor)
+            activities = build_activities(settings, aws, http, executor)
+            worker = build_worker(client, settings, activities, executor)
             async with worker:
                 log.info(
                     "worker polling task queue %s on %s as %s (metrics: %s)",

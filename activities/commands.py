@@ -2,32 +2,50 @@
 
 Each send carries a signed callback URL the downstream system answers on, and an idempotency key.
 A send is recorded once it succeeded, so a retried activity does not send again.
+
+Each send also carries the fence (docs/downstream.md): the lock resource it runs under and its
+lease id, a fencing token that only grows. A downstream system keeps the highest lease it has
+seen per resource and refuses a lower one, so a send from a holder whose lease was revoked cannot
+land after the next holder's. Over HTTP the fence is in the ``Lock-Resource`` and ``Lock-Lease``
+headers, over SQS in message attributes of the same names, and in both bodies as
+``lock_resource`` and ``lease_id``. A send of a process started before the fence existed carries
+none of them. Both sends heartbeat, so a cancel reaches them (activities/heartbeat.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import while_heartbeating
 from activities.idempotency import IdempotencyStore
 from common import tracing
 from common.tokens import Purpose, TokenSigner
 from workflows.messages import CommandName, SendCommand, SendResult
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import SendMessageRequestTypeDef
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, SendMessageRequestTypeDef
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The fence, as HTTP headers and SQS message attributes (String and Number).
+LOCK_RESOURCE_HEADER = "Lock-Resource"
+LOCK_LEASE_HEADER = "Lock-Lease"
+# What a downstream system answers to a send whose lease is older than one it has seen.
+FENCED_STATUS = 409
 # Response bodies up to this size are kept in the result (and the workflow's history).
 MAX_RESPONSE_DETAIL_BYTES = 4096
 # Below the 30 s activity attempt timeout, so a hung server fails as a retryable network error.
@@ -66,8 +84,13 @@ class CommandActivities:
         callback_base_url: str,
         idempotency: IdempotencyStore,
         http_timeout: aiohttp.ClientTimeout = DEFAULT_HTTP_TIMEOUT,
+        executor: Executor | None = None,
     ) -> None:
-        """``http`` is a session made inside the worker's event loop, or a factory for one."""
+        """``http`` is a session made inside the worker's event loop, or a factory for one.
+
+        ``executor`` runs the blocking boto3 calls: the worker's sized thread pool, whose size
+        the boto3 connection pools match (None: the event loop's default pool, for tests).
+        """
         self._sqs = sqs
         self._queue_url = queue_url
         self._http = http
@@ -76,44 +99,61 @@ class CommandActivities:
         self._base_url = callback_base_url.rstrip("/")
         self._idempotency = idempotency
         self._http_timeout = http_timeout
+        self._executor = executor
 
     @activity.defn(name="send_command_one")
-    def send_command_one(self, command: SendCommand) -> SendResult:
-        """Send command one as an SQS message, once."""
+    async def send_command_one(self, command: SendCommand) -> SendResult:
+        """Send command one as an SQS message, once; a cancel waits for the send in flight."""
         _expect(command, CommandName.ONE)
-        key = idempotency_key(command)
-        done = self._idempotency.get(key)
-        if done is not None:
-            return _result(command, key, duplicate=True, detail=done)
-        message: SendMessageRequestTypeDef = {
-            "QueueUrl": self._queue_url,
-            "MessageBody": json.dumps(self._payload(command, key)),
-            "MessageAttributes": {
-                IDEMPOTENCY_HEADER: {"DataType": "String", "StringValue": key},
-                **tracing.sqs_attributes(),  # traceparent, as W3C propagation over SQS
-            },
-        }
-        if self._queue_url.endswith(".fifo"):
-            # A FIFO queue itself drops a resend that comes within 5 minutes.
-            message["MessageGroupId"] = command.process_id
-            message["MessageDeduplicationId"] = key
-        response = self._sqs.send_message(**message)
-        detail = {"message_id": response["MessageId"]}
-        self._idempotency.record(key, detail)
-        return _result(command, key, duplicate=False, detail=detail)
+        return await while_heartbeating(self._send_one(command))
 
     @activity.defn(name="send_command_two")
     async def send_command_two(self, command: SendCommand) -> SendResult:
         """POST command two, once; only the statuses the caller lists are retried."""
         _expect(command, CommandName.TWO)
+        return await while_heartbeating(self._send_two(command))
+
+    async def _send_one(self, command: SendCommand) -> SendResult:
         key = idempotency_key(command)
-        done = await asyncio.to_thread(self._idempotency.get, key)
+        done = await self._blocking(self._idempotency.get, key)
         if done is not None:
             return _result(command, key, duplicate=True, detail=done)
+        attributes: dict[str, MessageAttributeValueTypeDef] = {
+            IDEMPOTENCY_HEADER: {"DataType": "String", "StringValue": key},
+            **tracing.sqs_attributes(),  # traceparent, as W3C propagation over SQS
+        }
+        lease = fence(command)
+        if lease is not None:
+            attributes[LOCK_RESOURCE_HEADER] = {"DataType": "String", "StringValue": lease[0]}
+            attributes[LOCK_LEASE_HEADER] = {"DataType": "Number", "StringValue": str(lease[1])}
+        message: SendMessageRequestTypeDef = {
+            "QueueUrl": self._queue_url,
+            "MessageBody": json.dumps(self._payload(command, key)),
+            "MessageAttributes": attributes,
+        }
+        if self._queue_url.endswith(".fifo"):
+            # A FIFO queue itself drops a resend that comes within 5 minutes.
+            message["MessageGroupId"] = command.process_id
+            message["MessageDeduplicationId"] = key
+        response = await self._blocking(functools.partial(self._sqs.send_message, **message))
+        detail = {"message_id": response["MessageId"]}
+        await self._blocking(self._idempotency.record, key, detail)
+        return _result(command, key, duplicate=False, detail=detail)
+
+    async def _send_two(self, command: SendCommand) -> SendResult:
+        key = idempotency_key(command)
+        done = await self._blocking(self._idempotency.get, key)
+        if done is not None:
+            return _result(command, key, duplicate=True, detail=done)
+        headers = {IDEMPOTENCY_HEADER: key, **tracing.carrier()}
+        lease = fence(command)
+        if lease is not None:
+            headers[LOCK_RESOURCE_HEADER] = lease[0]
+            headers[LOCK_LEASE_HEADER] = str(lease[1])
         async with self._session().post(
             self._command_url,
             json=self._payload(command, key),
-            headers={IDEMPOTENCY_HEADER: key, **tracing.carrier()},  # + traceparent
+            headers=headers,  # + traceparent
             timeout=self._http_timeout,
             allow_redirects=False,
         ) as response:
@@ -127,10 +167,15 @@ class CommandActivities:
         if body:
             with contextlib.suppress(ValueError):  # a malformed body is just not kept
                 detail["response"] = json.loads(body)
-        await asyncio.to_thread(self._idempotency.record, key, detail)
+        await self._blocking(self._idempotency.record, key, detail)
         return _result(command, key, duplicate=False, detail=detail)
 
-    def _payload(self, command: SendCommand, key: str) -> dict[str, str]:
+    async def _blocking(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a blocking (boto3) call on the worker's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(call, *args))
+
+    def _payload(self, command: SendCommand, key: str) -> dict[str, Any]:
         token = self._signer.sign(
             command.process_id,
             command.command.value,
@@ -141,13 +186,17 @@ class CommandActivities:
         deadline = command.deadline
         if deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
-        return {
+        payload: dict[str, Any] = {
             "process_id": command.process_id,
             "command": command.command.value,
             "callback_url": f"{self._base_url}/callbacks/{token}",
             "idempotency_key": key,
             "deadline": deadline.astimezone(UTC).isoformat(),
         }
+        lease = fence(command)
+        if lease is not None:
+            payload["lock_resource"], payload["lease_id"] = lease
+        return payload
 
     def _session(self) -> aiohttp.ClientSession:
         if not isinstance(self._http, aiohttp.ClientSession):
@@ -157,6 +206,13 @@ class CommandActivities:
 
 def idempotency_key(command: SendCommand) -> str:
     return f"{command.process_id}:{command.command.value}"
+
+
+def fence(command: SendCommand) -> tuple[str, int] | None:
+    """The resource and lease id a send carries; None for a process from before the fence."""
+    if command.lease_id is None or command.lock_resource is None:
+        return None
+    return command.lock_resource, command.lease_id
 
 
 async def _small_body(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
@@ -194,8 +250,16 @@ def _result(
 def _status_error(
     command: SendCommand, status: int, url: str, headers: Mapping[str, str]
 ) -> ApplicationError:
-    """Retryable for the listed statuses (honouring ``Retry-After``); final for any other."""
+    """Retryable for the listed statuses (honouring ``Retry-After``); final for any other.
+
+    A 409 to a fenced send means "fenced": the downstream system has seen a newer lease for the
+    resource, so this holder's lease is no longer the current one and no retry can change that.
+    """
     message = f"HTTP {status} from POST {url}"
+    lease = fence(command)
+    if status == FENCED_STATUS and lease is not None:
+        message += f": fenced (lease {lease[1]} on {lease[0]} is older than one it has seen)"
+        return ApplicationError(message, status, type="HttpStatusError", non_retryable=True)
     if status in command.http_retry_statuses:
         delay = retry_after(headers.get("Retry-After"))
         if delay is not None:

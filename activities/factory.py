@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,16 @@ from common.settings import Settings
 
 
 def build_activities(
-    settings: Settings, clients: AwsClients, http: aiohttp.ClientSession
+    settings: Settings,
+    clients: AwsClients,
+    http: aiohttp.ClientSession,
+    executor: Executor,
 ) -> list[Callable[..., Any]]:
-    """``http`` must be made inside the worker's event loop, before this is called."""
+    """``http`` must be made inside the worker's event loop, before this is called.
+
+    ``executor`` is the thread pool the worker gives its sync activities; the async ones run
+    their blocking calls on it too, so one sized pool bounds every boto3 call of the worker.
+    """
     signer = settings.signer
     idempotency = IdempotencyStore(clients.dynamodb, settings.idempotency_table)
     processes = ProcessTableActivities(clients.dynamodb, settings.process_table)
@@ -38,6 +46,7 @@ def build_activities(
         signer,
         settings.callback_base_url,
         idempotency,
+        executor=executor,
     )
     return [
         processes.create_process,

@@ -105,32 +105,32 @@ class ProcessTableActivities:
                 ),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
+                # On a failed condition DynamoDB returns the record as the condition saw it, in
+                # the same call: no second read that could see another state.
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self._dynamodb.exceptions.ConditionalCheckFailedException as err:
-            old = err.response.get("Item")  # ALL_OLD: the record as the condition saw it
-            current = old if isinstance(old, dict) else self._read(update.process_id)
-            return self._refused(update, current)
-        return StatusUpdateResult(applied=True, status=update.status)
-
-    def _read(self, process_id: str) -> dict[str, Any] | None:
-        response = self._dynamodb.get_item(
-            TableName=self._table,
-            Key={"process_id": {"S": process_id}},
-            ConsistentRead=True,
-        )
-        return response.get("Item")
+            old = err.response.get("Item")
+            seen: dict[str, Any] | None = old if isinstance(old, dict) and old else None
+        else:
+            return StatusUpdateResult(applied=True, status=update.status)
+        # Explained outside the ``except``: an error raised there would carry the boto error as
+        # its cause, and the workflow reports the innermost cause, which is no explanation.
+        return self._refused(update, seen)
 
     def _refused(
         self, update: UpdateProcessStatus, item: dict[str, Any] | None
     ) -> StatusUpdateResult:
-        """Explain a failed condition: an earlier attempt of this update, a final state, a bug."""
+        """Explain a failed condition: no record, an earlier attempt of this update, a final state.
+
+        No old record (ALL_OLD empty) means the condition failed on ``attribute_exists``.
+        """
         if item is None:
             raise ApplicationError(
                 f"process record {update.process_id} does not exist",
                 type="ProcessNotFound",
                 non_retryable=True,
-            )
+            ) from None
         current = ProcessStatus(item["status"]["S"])
         stored_reason = item.get("reason", {}).get("S")
         wanted_reason = update.reason.value if update.reason else None

@@ -2,10 +2,12 @@
 
 Temporal's retry policy is exponential. The original waited ``delay x attempt``; this interceptor
 reproduces that from the calling workflow's own ``RetryPolicy``, so each call site states its delay
-in one place. The workflow side copies the policy's initial interval into a header of the activity
-call (not every server hands the policy to the activity: the time-skipping server does not); the
-activity side turns a retryable error into one with ``next_retry_delay = interval x attempt``.
-An error that already names its delay (``Retry-After``) or is non-retryable passes through.
+in one place. The workflow side copies the initial interval of a policy without backoff
+(coefficient 1.0) into a header of the activity call (not every server hands the policy to the
+activity: the time-skipping server does not); the activity side turns a retryable error into
+one with ``next_retry_delay = interval x attempt``. Only calls with that header are touched:
+exponential policies keep their backoff. An error that already names its delay
+(``Retry-After``) or is non-retryable passes through.
 """
 
 from __future__ import annotations
@@ -30,17 +32,19 @@ from temporalio.worker import (
 RETRY_INTERVAL_HEADER = "linear-retry-interval-seconds"
 
 
-def linear_delay_error(err: BaseException, interval: timedelta | None = None) -> BaseException:
+def linear_delay_error(err: BaseException, interval: timedelta | None) -> BaseException:
     """The error to raise instead of ``err`` so the next attempt waits ``interval x attempt``.
 
-    ``interval`` defaults to the retry policy the server handed the activity, if any.
+    ``interval`` is the header the calling workflow sets for a linear policy only. Without it the
+    error passes untouched and the server's own backoff applies: an exponential policy stays
+    exponential. (Falling back to the policy's initial interval, as this once did, turned every
+    exponential policy linear on a server that hands the policy to the activity, so a cleanup
+    meant to outlast an outage of minutes gave up within one.)
     """
-    info = activity.info()
-    policy = info.retry_policy
-    if interval is None and policy is not None:
-        interval = policy.initial_interval
     if interval is None or isinstance(err, asyncio.CancelledError):
         return err
+    info = activity.info()
+    policy = info.retry_policy
     if isinstance(err, ApplicationError) and (err.non_retryable or err.next_retry_delay):
         return err
     if policy is not None and policy.maximum_attempts and info.attempt >= policy.maximum_attempts:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from temporalio import activity
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -29,6 +35,7 @@ from activities.process_table import ProcessTableActivities
 from common.aws_resources import ProvisionedResources, ensure_resources
 from common.settings import Settings
 from common.tokens import Purpose
+from tests.support.http import serving
 from tests.support.moto_server import (
     MotoServer,
     free_loopback_port,
@@ -36,6 +43,7 @@ from tests.support.moto_server import (
     moto_settings,
     running_moto_server,
 )
+from tests.workflow.fakes import eventually
 from workflows.messages import (
     APPROVAL_CALLBACK,
     Approver,
@@ -207,10 +215,18 @@ def test_retry_of_an_applied_update_reports_applied(aws: Aws) -> None:
 
 
 def test_update_of_a_missing_record_is_not_retried(aws: Aws) -> None:
+    process_id = _process_id()
     with pytest.raises(ApplicationError) as raised:
-        _update(aws, _process_id(), ProcessStatus.IN_PROGRESS)
+        _update(aws, process_id, ProcessStatus.IN_PROGRESS)
     assert raised.value.type == "ProcessNotFound"
     assert raised.value.non_retryable
+    # What the workflow reports is the innermost cause of the failure Temporal records: it must
+    # be this message, not DynamoDB's "The conditional request failed".
+    assert raised.value.message == f"process record {process_id} does not exist"
+    failure = Failure()
+    converter = DataConverter.default
+    converter.failure_converter.to_failure(raised.value, converter.payload_converter, failure)
+    assert not failure.HasField("cause"), failure.cause.message
 
 
 def test_skipping_a_step_is_refused(aws: Aws) -> None:
@@ -260,7 +276,12 @@ def _command(command: CommandName, **fields: Any) -> SendCommand:
     return SendCommand(process_id=_process_id(), command=command, deadline=deadline, **fields)
 
 
-def _commands(aws: Aws, http: Any, command_url: str = "http://127.0.0.1:1/") -> CommandActivities:
+def _commands(
+    aws: Aws,
+    http: Any,
+    command_url: str = "http://127.0.0.1:1/",
+    executor: Executor | None = None,
+) -> CommandActivities:
     return CommandActivities(
         aws.clients.sqs,
         aws.resources.queue_url,
@@ -269,17 +290,22 @@ def _commands(aws: Aws, http: Any, command_url: str = "http://127.0.0.1:1/") -> 
         aws.settings.signer,
         aws.settings.callback_base_url,
         aws.idempotency,
+        executor=executor,
     )
 
 
-def test_command_one_is_sent_once(aws: Aws) -> None:
+async def _send_one(activities: CommandActivities, command: SendCommand, attempt: int = 1) -> Any:
+    env = ActivityEnvironment()
+    env.info = replace(env.info, attempt=attempt)
+    return await env.run(activities.send_command_one, command)
+
+
+async def test_command_one_is_sent_once(aws: Aws) -> None:
     activities = _commands(aws, http=lambda: None)
     command = _command(CommandName.ONE)
 
-    first = ActivityEnvironment().run(activities.send_command_one, command)
-    env = ActivityEnvironment()
-    env.info = replace(env.info, attempt=2)
-    second = env.run(activities.send_command_one, command)
+    first = await _send_one(activities, command)
+    second = await _send_one(activities, command, attempt=2)
 
     assert not first.duplicate
     assert second.duplicate
@@ -304,10 +330,10 @@ def test_command_one_is_sent_once(aws: Aws) -> None:
     assert (claims.workflow_id, claims.callback) == (command.process_id, "command-one")
 
 
-def test_command_one_refuses_command_two(aws: Aws) -> None:
+async def test_command_one_refuses_command_two(aws: Aws) -> None:
     activities = _commands(aws, http=lambda: None)
     with pytest.raises(ApplicationError) as raised:
-        ActivityEnvironment().run(activities.send_command_one, _command(CommandName.TWO))
+        await _send_one(activities, _command(CommandName.TWO))
     assert raised.value.non_retryable
     assert _queued(aws, aws.resources.queue_url) == 0
 
@@ -459,6 +485,139 @@ async def test_command_two_network_error_is_retryable(
     closed = f"http://127.0.0.1:{free_loopback_port()}/commands"
     with pytest.raises(aiohttp.ClientConnectionError):
         await _send_two(_commands(aws, http, closed), _command(CommandName.TWO))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fence: resource and lease id on every command of a process that holds a lease
+# ---------------------------------------------------------------------------------------------
+
+FENCED = {"lock_resource": "approval-commands", "lease_id": 41}
+
+
+async def test_command_one_carries_the_fence(aws: Aws) -> None:
+    command = _command(CommandName.ONE, **FENCED)
+    await _send_one(_commands(aws, http=lambda: None), command)
+    message = aws.clients.sqs.receive_message(
+        QueueUrl=aws.resources.queue_url, MessageAttributeNames=["All"]
+    )["Messages"][0]
+    attributes = message["MessageAttributes"]
+    assert attributes["Lock-Resource"] == {"StringValue": "approval-commands", "DataType": "String"}
+    assert attributes["Lock-Lease"] == {"StringValue": "41", "DataType": "Number"}
+    body = json.loads(message["Body"])
+    assert (body["lock_resource"], body["lease_id"]) == ("approval-commands", 41)
+
+
+async def test_command_one_without_a_lease_carries_no_fence(aws: Aws) -> None:
+    await _send_one(_commands(aws, http=lambda: None), _command(CommandName.ONE))
+    message = aws.clients.sqs.receive_message(
+        QueueUrl=aws.resources.queue_url, MessageAttributeNames=["All"]
+    )["Messages"][0]
+    assert set(message["MessageAttributes"]) == {"Idempotency-Key"}
+    assert not {"lock_resource", "lease_id"} & set(json.loads(message["Body"]))
+
+
+async def test_command_two_carries_the_fence(
+    aws: Aws, http: aiohttp.ClientSession, command_server: CommandServer
+) -> None:
+    activities = _commands(aws, http, f"{command_server.base_url}/status/200")
+    await _send_two(activities, _command(CommandName.TWO, **FENCED))
+    ((headers, body),) = command_server.requests
+    assert (headers["Lock-Resource"], headers["Lock-Lease"]) == ("approval-commands", "41")
+    assert (body["lock_resource"], body["lease_id"]) == ("approval-commands", 41)
+
+
+async def test_command_two_without_a_lease_carries_no_fence(
+    aws: Aws, http: aiohttp.ClientSession, command_server: CommandServer
+) -> None:
+    activities = _commands(aws, http, f"{command_server.base_url}/status/200")
+    await _send_two(activities, _command(CommandName.TWO))
+    ((headers, body),) = command_server.requests
+    assert not {"Lock-Resource", "Lock-Lease"} & set(headers)
+    assert not {"lock_resource", "lease_id"} & set(body)
+
+
+async def test_command_two_refused_by_the_fence_is_final(
+    aws: Aws, http: aiohttp.ClientSession, command_server: CommandServer
+) -> None:
+    activities = _commands(aws, http, f"{command_server.base_url}/status/409")
+    # Even a caller that lists 409 as retryable: a newer lease exists, no retry can help.
+    command = _command(CommandName.TWO, http_retry_statuses=(409, 503), **FENCED)
+    with pytest.raises(ApplicationError) as raised:
+        await _send_two(activities, command)
+    assert raised.value.type == "HttpStatusError"
+    assert raised.value.non_retryable
+    assert "409" in raised.value.message and "fenced" in raised.value.message
+    assert "lease 41" in raised.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Sends under cancellation, and on the worker's thread pool
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_cancel_lets_the_request_in_flight_finish(
+    aws: Aws, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled mid-POST, the send reports the cancel only once the POST has been answered."""
+    arrived, answer = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.json()
+        seen.append("request received")
+        arrived.set()
+        await answer.wait()
+        seen.append("answered")
+        return web.json_response({"accepted": True})
+
+    app = web.Application()
+    app.router.add_post("/commands", slow)
+    async with serving(app) as base_url:
+        activities = _commands(aws, http, f"{base_url}/commands")
+        env = ActivityEnvironment()
+        env.info = replace(env.info, heartbeat_timeout=timedelta(seconds=3))
+        beats: list[Any] = []
+        env.on_heartbeat = lambda *details: beats.append(details)
+        with caplog.at_level(logging.INFO, logger="temporalio.activity"):
+            send = asyncio.ensure_future(
+                env.run(activities.send_command_two, _command(CommandName.TWO, **FENCED))
+            )
+            await asyncio.wait_for(arrived.wait(), timeout=10)
+            env.cancel()
+            await eventually(
+                lambda: "letting the in-flight request finish" in caplog.text,
+                what="the cancel to reach the send",
+            )
+            assert not send.done(), "the send gave up on its request in flight"
+            answer.set()
+            with pytest.raises(asyncio.CancelledError):
+                await send
+            seen.append("send ended")
+    assert seen == ["request received", "answered", "send ended"]
+    assert beats, "the send never heartbeated, so no cancel could have reached it"
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(2, thread_name_prefix="worker-pool")
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_sends_run_their_blocking_calls_on_the_workers_pool(
+    aws: Aws, http: aiohttp.ClientSession, command_server: CommandServer
+) -> None:
+    with CountingExecutor() as executor:
+        activities = _commands(aws, http, f"{command_server.base_url}/status/200", executor)
+        await _send_one(activities, _command(CommandName.ONE))
+        assert executor.calls == 3  # idempotency read, SQS send, idempotency record
+        await _send_two(activities, _command(CommandName.TWO))
+        assert executor.calls == 5  # idempotency read and record around the POST
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,7 +815,8 @@ def test_provisioning_command_runs_twice(moto: MotoServer) -> None:
 
 
 async def test_factory_registers_every_activity(aws: Aws, http: aiohttp.ClientSession) -> None:
-    registered = build_activities(aws.settings, aws.clients, http)
+    with ThreadPoolExecutor(1) as executor:
+        registered = build_activities(aws.settings, aws.clients, http, executor)
     names = {activity._Definition.must_from_callable(fn).name for fn in registered}
     assert names == {
         "create_process",

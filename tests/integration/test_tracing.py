@@ -163,7 +163,8 @@ async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: Moto
             }
         )
         executor = stack.enter_context(ThreadPoolExecutor(ACTIVITY_THREADS))
-        worker = build_worker(client, settings, build_activities(settings, clients, http), executor)
+        activities = build_activities(settings, clients, http, executor)
+        worker = build_worker(client, settings, activities, executor)
         await stack.enter_async_context(worker)
 
         started = await start_process(client, settings, "tracer", "one process, one trace")

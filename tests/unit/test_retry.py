@@ -17,11 +17,19 @@ from activities.retry import linear_delay_error
 TWO_MINUTES = timedelta(minutes=2)
 
 
-def _replace(err: BaseException, attempt: int, policy: RetryPolicy | None = None) -> BaseException:
-    """``linear_delay_error(err)`` as seen from the given attempt of an activity."""
+def _replace(
+    err: BaseException,
+    attempt: int,
+    policy: RetryPolicy | None = None,
+    interval: timedelta | None = TWO_MINUTES,
+) -> BaseException:
+    """``linear_delay_error`` as seen from the given attempt of an activity.
+
+    ``interval`` is what the workflow's header carries (None: no header was sent).
+    """
     env = ActivityEnvironment()
     env.info = replace(env.info, attempt=attempt, retry_policy=policy)
-    return env.run(linear_delay_error, err)
+    return env.run(linear_delay_error, err, interval)
 
 
 def _policy() -> RetryPolicy:
@@ -65,10 +73,16 @@ def test_maximum_interval_caps_the_delay() -> None:
     assert replaced.next_retry_delay == timedelta(minutes=3)
 
 
+def test_without_the_header_an_exponential_policy_stays_exponential() -> None:
+    """The server hands the policy to the activity; its interval alone must not linearise it."""
+    exponential = RetryPolicy(initial_interval=TWO_MINUTES, backoff_coefficient=2.0)
+    err = RuntimeError("dynamodb is down")
+    assert _replace(err, 3, exponential, interval=None) is err
+
+
 @pytest.mark.parametrize(
     ("err", "attempt", "policy"),
     [
-        pytest.param(RuntimeError("x"), 1, None, id="no-retry-policy"),
         pytest.param(RuntimeError("x"), 3, _policy(), id="last-attempt"),
         pytest.param(
             ApplicationError("bad request", non_retryable=True), 1, _policy(), id="non-retryable"
