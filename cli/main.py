@@ -2,6 +2,7 @@
 
     approval-flow start --requested-by alice --description "deploy v2"
     approval-flow status process-…
+    approval-flow cancel process-… [--wait]
     approval-flow list [--status failed]
     approval-flow lock
     approval-flow replay [--closed-within 7d]
@@ -27,8 +28,8 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from cli import cancel, lock, replay, start, status
 from cli import list as listing
-from cli import lock, replay, start, status
 from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, CommandFailed, Output
 from cli.settings import CliSettings
 from common.settings import describe_error
@@ -52,6 +53,7 @@ class Command(Protocol):
 COMMANDS: dict[str, Command] = {
     "start": start,
     "status": status,
+    "cancel": cancel,
     "list": listing,
     "lock": lock,
     "replay": replay,
