@@ -74,6 +74,25 @@ REQUIRED = {
 }
 
 
+# The approval policy (patch "approval-policy"), recorded on its own with
+# ``record_histories v2 --only process_policy_``: every process started since takes this path.
+REQUIRED.setdefault("v2", []).extend(
+    [
+        "process_policy_default_completed",
+        "process_policy_default_timeout",
+        "process_policy_quorum_approved",
+        "process_policy_vetoed",
+        "process_policy_quorum_unreachable",
+        "process_policy_reminders",
+        "process_policy_escalated",
+        "process_policy_timeout_fail",
+        "process_policy_timeout_reject",
+        "process_policy_reminder_failed",
+        "process_policy_cancelled_while_mailing",
+    ]
+)
+
+
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()
 

@@ -16,5 +16,7 @@ branch of ProcessWorkflow and MutexWorkflow in real time with second-long timeou
 covered the branch its name says, and writes one file per workflow run (every run of a
 continue-as-new chain too). It refuses a version folder that already holds histories unless
 ``--force`` is given; ``--force`` overwrites the files it records and keeps the others (the
-``ts_*`` files of v1 came from the time-skipping server and are kept as recorded).
+``ts_*`` files of v1 came from the time-skipping server and are kept as recorded). ``--only
+PREFIX`` records just the scenarios named so, beside the files already in the folder: two
+changes released together can each record their own (``--only process_policy_``).
 """

@@ -15,20 +15,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.support.temporal import start_dev_server
-from tests.workflow.record_histories import mutex_scenarios, process_scenarios
+from tests.workflow.record_histories import mutex_scenarios, policy_scenarios, process_scenarios
 from tests.workflow.record_histories.recording import Recording
 
 HISTORIES = Path(__file__).resolve().parents[2] / "histories"
 Scenario = Callable[[Recording], Awaitable[None]]
-SCENARIOS: list[Scenario] = [*process_scenarios.SCENARIOS, *mutex_scenarios.SCENARIOS]
+SCENARIOS: list[Scenario] = [
+    *process_scenarios.SCENARIOS,
+    *policy_scenarios.SCENARIOS,
+    *mutex_scenarios.SCENARIOS,
+]
 # Scenarios run side by side (each on its own task queue and lock resource); a few at a time
 # keep a two-core machine responsive enough for second-long timeouts.
 CONCURRENCY = 6
 SCENARIO_DEADLINE = 120.0
 
 
-async def record(staging: Path) -> tuple[dict[str, int], list[str]]:
-    """Run every scenario on one dev server; the histories, and what went wrong."""
+async def record(
+    staging: Path, scenarios: list[Scenario] = SCENARIOS
+) -> tuple[dict[str, int], list[str]]:
+    """Run the scenarios on one dev server; the histories, and what went wrong."""
     async with await start_dev_server() as env:
         recording = Recording(env.client, staging)
         limit = asyncio.Semaphore(CONCURRENCY)
@@ -37,10 +43,10 @@ async def record(staging: Path) -> tuple[dict[str, int], list[str]]:
             async with limit, asyncio.timeout(SCENARIO_DEADLINE):
                 await scenario(recording)
 
-        outcomes = await asyncio.gather(*(run(s) for s in SCENARIOS), return_exceptions=True)
+        outcomes = await asyncio.gather(*(run(s) for s in scenarios), return_exceptions=True)
     failures = [
         f"{scenario.__name__}:\n{''.join(traceback.format_exception(outcome))}"
-        for scenario, outcome in zip(SCENARIOS, outcomes, strict=True)
+        for scenario, outcome in zip(scenarios, outcomes, strict=True)
         if isinstance(outcome, BaseException)
     ]
     return recording.saved, failures
@@ -55,11 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="overwrite the recorded files of an existing folder"
     )
+    parser.add_argument(
+        "--only",
+        metavar="PREFIX",
+        default="",
+        help="record only the scenarios named PREFIX... (e.g. process_policy_), adding their "
+        "files to a folder that may hold others; still never over a file of the same name",
+    )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"v[0-9]+", args.version):
         parser.error(f"version must look like v2, not {args.version!r}")
     folder = HISTORIES / args.version
-    if any(folder.glob("*.json")) and not args.force:
+    scenarios = [s for s in SCENARIOS if s.__name__.startswith(args.only)]
+    if not scenarios:
+        parser.error(f"no scenario is named {args.only}...")
+    if args.only and not args.force and any(folder.glob(f"{args.only}*.json")):
+        parser.error(f"{folder} already holds {args.only}* histories (--force to overwrite)")
+    if any(folder.glob("*.json")) and not args.force and not args.only:
         parser.error(
             f"{folder} already holds histories: record a changed workflow into a new version "
             "folder, never over the histories it must still replay (--force to overwrite)"
@@ -72,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # A failed scenario leaves the version folder as it was: files move in only if all passed.
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-recording-", dir=HISTORIES))
     try:
-        saved, failures = asyncio.run(record(staging))
+        saved, failures = asyncio.run(record(staging, scenarios))
         if failures:
             print("recording failed, nothing written:", *failures, sep="\n", file=sys.stderr)
             return 1
