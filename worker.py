@@ -22,9 +22,9 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker, WorkerDeploymentConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.aws import AwsClients
 from activities.factory import build_activities
 from activities.retry import LinearRetryInterceptor
+from common.aws import AwsClients
 from common.dropped_signals import counting_dropped_signals
 from common.logging import configure as configure_logging
 from common.settings import Settings, load_settings

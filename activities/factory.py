@@ -8,12 +8,12 @@ from typing import Any
 
 import aiohttp
 
-from activities.aws import AwsClients
 from activities.commands import CommandActivities
 from activities.idempotency import IdempotencyStore
 from activities.mutex import describe_workflow, request_lock
 from activities.notifications import ApprovalNotifier
 from activities.process_table import ProcessTableActivities
+from common.aws import AwsClients
 from common.settings import Settings
 
 

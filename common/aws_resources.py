@@ -18,7 +18,7 @@ from common.tokens import SigningKey
 if TYPE_CHECKING:
     from mypy_boto3_sqs.literals import QueueAttributeNameType
 
-    from activities.aws import AwsClients
+    from common.aws import AwsClients
 
 IDEMPOTENCY_TTL_ATTRIBUTE = "expires_at"
 
@@ -92,7 +92,7 @@ def main() -> int:
     from botocore.exceptions import BotoCoreError, ClientError
     from pydantic import ValidationError
 
-    from activities.aws import AwsClients
+    from common.aws import AwsClients
 
     # Provisioning signs nothing, so it must not need (or see) the signing keys.
     placeholder = (SigningKey(kid="unused", secret="-" * SigningKey.MIN_SECRET_BYTES),)

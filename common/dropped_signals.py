@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from temporalio.common import MetricMeter
 
-from workflows.messages import PROCESS_ID_PREFIX
+from common.ids import PROCESS_ID_PREFIX
 
 # Where temporalio 1.35 logs the drop, and how (worker/_workflow_instance.py,
 # _process_signal_job). tests/integration/test_versioned_worker.py sends a real undecodable

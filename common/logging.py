@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from workflows.messages import PROCESS_ID_PREFIX
+from common.ids import PROCESS_ID_PREFIX
 
 _process_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "approval_process_id", default=None

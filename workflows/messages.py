@@ -18,12 +18,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.ids import MUTEX_ID_PREFIX as MUTEX_ID_PREFIX
+from common.ids import PROCESS_ID_PREFIX as PROCESS_ID_PREFIX
+
 # ---------------------------------------------------------------------------------------------
-# Names shared by every party
+# Names shared by every party (and the workflow id prefixes, kept in common.ids for logging)
 # ---------------------------------------------------------------------------------------------
 
-PROCESS_ID_PREFIX = "process-"
-MUTEX_ID_PREFIX = "mutex-"
 DEFAULT_LOCK_RESOURCE = "approval-commands"
 PROCESS_STATUS_ATTRIBUTE = "ProcessStatus"
 APPROVAL_CALLBACK = "approval"

@@ -26,12 +26,12 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.aws import AwsClients
 from activities.commands import CommandActivities
 from activities.factory import build_activities
 from activities.idempotency import IdempotencyStore
 from activities.notifications import ApprovalNotifier
 from activities.process_table import ProcessTableActivities
+from common.aws import AwsClients
 from common.aws_resources import ProvisionedResources, ensure_resources
 from common.settings import Settings
 from common.tokens import Purpose

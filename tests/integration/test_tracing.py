@@ -33,10 +33,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from temporalio.testing import WorkflowEnvironment
 
-from activities.aws import AwsClients
 from activities.factory import build_activities
 from callbacks_api.app import create_app
 from common import tracing
+from common.aws import AwsClients
 from common.aws_resources import ensure_resources
 from common.temporal import connect
 from simulator import downstream as simulator

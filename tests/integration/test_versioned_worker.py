@@ -172,7 +172,7 @@ async def worker(
 
 
 def _aws_clients(settings: Any) -> Any:
-    from activities.aws import AwsClients
+    from common.aws import AwsClients
 
     return AwsClients.from_settings(settings)
 
