@@ -28,7 +28,13 @@ from common.aws import AwsClients
 from common.dropped_signals import counting_dropped_signals
 from common.logging import configure as configure_logging
 from common.settings import Settings, load_settings
-from common.temporal import TemporalUnavailable, connect, exit_process, metrics_runtime
+from common.temporal import (
+    TemporalAddressInvalid,
+    TemporalUnavailable,
+    connect,
+    exit_process,
+    metrics_runtime,
+)
 from common.tracing import configure as configure_tracing
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
@@ -148,6 +154,9 @@ def main() -> None:
     configure_tracing("worker")  # before the client, which carries it to the worker
     try:
         asyncio.run(run(settings))
+    except TemporalAddressInvalid as err:
+        print(f"worker: {err}", file=sys.stderr)
+        exit_process(2)
     except TemporalUnavailable as err:
         print(f"worker: {err}", file=sys.stderr)
         exit_process(1)

@@ -19,6 +19,7 @@ from temporalio.client import Client
 from callbacks_api import pages, problems
 from callbacks_api.approvals import approvals_app
 from callbacks_api.callbacks import callbacks_app
+from callbacks_api.deliveries import DEFAULT_CAPACITY, RecentDeliveries
 from callbacks_api.health import Health
 from callbacks_api.metrics import Metrics, route_name
 from callbacks_api.processes import Processes
@@ -54,14 +55,19 @@ def create_app(
     decision_wait: timedelta = timedelta(seconds=2),
     temporal_timeout: timedelta = timedelta(seconds=5),
     tracing: Tracing | None = None,
+    remembered_links: int = DEFAULT_CAPACITY,
 ) -> web.Application:
     """The application; ``client`` must use the pydantic data converter, as the worker does.
 
     ``tracing`` defaults to what the program configured; when on, ``client`` should carry it too
     (``common.temporal.connect`` does), so the signals continue each request's span.
+    ``decision_wait`` bounds how long the page shown after a decision waits for a worker to
+    answer the state query before it says "being recorded"; ``remembered_links`` bounds the
+    memory that answers repeated posts on one link without signalling again.
     """
     metrics = Metrics()
     processes = Processes(client, temporal_timeout, signals=metrics.signals)
+    deliveries = RecentDeliveries(remembered_links)
     health = Health(processes)
     # The root's error middleware answers programs: health, metrics and unknown paths. Each
     # sub-app renders its own refusals (aiohttp's 404 and 405 under its prefix included).
@@ -74,8 +80,8 @@ def create_app(
         client_max_size=settings.max_callback_bytes,
     )
     app.on_response_prepare.append(_security_headers)
-    app.add_subapp("/approvals", approvals_app(settings, processes, decision_wait))
-    app.add_subapp("/callbacks", callbacks_app(settings, processes))
+    app.add_subapp("/approvals", approvals_app(settings, processes, deliveries, decision_wait))
+    app.add_subapp("/callbacks", callbacks_app(settings, processes, deliveries))
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", metrics.handle)

@@ -1,34 +1,49 @@
 """Approval pages, for people: open the mailed link, see the request, confirm a decision.
 
 A GET never signals: mail scanners open links before people do. Only the form the page shows
-records a decision, and every answer is checked against the process's ``state`` query first, so
-the page says what is true: recorded, already decided, closed, unknown, or invalid. Refusals are
-pages too (this sub-app's error middleware), since a person reads them.
+records a decision, in post/redirect/get: the POST signals the decision at once (a signal needs
+no worker and is durable once the server accepts it) and answers 303 to the link's page, marked
+with a check that only this API can make after delivering that decision. The page reads the
+process's ``state`` once and says what is true: recorded, already decided by someone else,
+still being recorded (no worker answered), closed, unknown, or invalid. Refusals are pages too
+(this sub-app's error middleware), since a person reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from aiohttp import web
 from pydantic import ValidationError
+from temporalio.client import WorkflowExecutionStatus
 
 from callbacks_api import links, pages, problems
 from callbacks_api.bodies import read_body, require_content_type
+from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, fingerprint
-from workflows.messages import ApprovalDecision, FailureReason, ProcessState, Stage
+from workflows.messages import (
+    APPROVAL_CALLBACK,
+    ApprovalDecision,
+    FailureReason,
+    ProcessState,
+    Stage,
+)
 
 logger = logging.getLogger(__name__)
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# The query parameter of the page a decision redirects to.
+SUBMITTED = "submitted"
 # A decision can land before the workflow has marked itself as waiting (the mail goes out from
 # the activity that precedes the wait), so "creating" still takes one.
 APPROVAL_OPEN_STAGES = frozenset({Stage.CREATING, Stage.AWAITING_APPROVAL})
@@ -37,15 +52,26 @@ APPROVAL_OPEN_STAGES = frozenset({Stage.CREATING, Stage.AWAITING_APPROVAL})
 class Approvals:
     """The two handlers of ``/approvals/{token}``: show the page, take its form."""
 
-    def __init__(self, settings: Settings, processes: Processes, decision_wait: timedelta) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        processes: Processes,
+        deliveries: RecentDeliveries,
+        decision_wait: timedelta,
+    ) -> None:
         self._settings = settings
         self._processes = processes
+        self._deliveries = deliveries
         self._decision_wait = decision_wait
 
     async def show(self, request: web.Request) -> web.Response:
-        """The confirmation page. Reads state only: opening a link never decides anything."""
+        """The confirmation page, or after a decision its outcome. Reads state only: opening a
+        link never decides anything."""
         token = request.match_info["token"]
         claims = links.verify(self._settings.signer, token, Purpose.APPROVAL)
+        submitted = read_submitted(request.query.get(SUBMITTED), token, self._settings.signing_keys)
+        if submitted is not None:
+            return await self._outcome(claims.workflow_id, token, submitted)
         state = await self._processes.state(claims.workflow_id)
         refusal = approval_refusal(state)
         if refusal is not None:
@@ -60,12 +86,12 @@ class Approvals:
         return html(200, pages.confirmation_page(state, check, preselect))
 
     async def decide(self, request: web.Request) -> web.Response:
-        """Record a decision, then report the decision that won.
+        """Signal the decision, then send the browser to the page that shows what came of it.
 
-        The state is read before signalling so a later click hears the truth (409, with the
-        earlier decision). After signalling, the state is polled for up to ``decision_wait``
-        until the workflow shows a decision: when two first clicks race, the workflow keeps one
-        and this tells the loser so instead of claiming success. Unconfirmed by then: 202.
+        Nothing is read before signalling: the workflow keeps the first decision and ignores
+        the rest, so a signal is always safe. A second, different decision on a link this API
+        already delivered one through is refused here (409) and not sent; a repeat of the
+        delivered one is redirected like the first.
         """
         token = request.match_info["token"]
         claims = links.verify(self._settings.signer, token, Purpose.APPROVAL)
@@ -75,35 +101,73 @@ class Approvals:
         body = await read_body(request, self._settings.max_callback_bytes)
         decision = read_decision(body, token, self._settings.signing_keys)
 
-        state = await self._processes.state(process_id)
-        if state.approval.decision is not None and _is_ours(state, decision):
-            # The same decision again (a double click, a retry after a 503): it is the one
-            # recorded, so say so rather than "someone else decided".
-            return html(200, pages.recorded_page(state))
+        delivery = Delivered(digest_of(decision), describe_decision(decision), claims.expires_at)
+        outcome, first = await self._deliveries.deliver(
+            (process_id, APPROVAL_CALLBACK),
+            delivery,
+            lambda: self._processes.signal(process_id, decision),
+        )
+        if outcome is Outcome.CONFLICT:
+            raise Problem(
+                409,
+                "already-decided",
+                "Already decided",
+                f"A decision was already sent through this link: {first.label}. Only the "
+                "first decision counts; yours was not sent.",
+            )
+        if outcome is Outcome.SENT:
+            logger.info(
+                "Approval decision sent token=%s approved=%s decided_by=%r",
+                fingerprint(token),
+                decision.approved,
+                decision.decided_by,
+                extra={"process_id": process_id},
+            )
+        mark = submitted_mark(self._settings.signing_keys[0].secret, token, decision)
+        # A reference relative to this URL: the same page, wherever a proxy mounts the API.
+        # Returned, not raised, so the metrics middleware counts a 303.
+        return web.Response(status=303, headers={"Location": f"?{urlencode({SUBMITTED: mark})}"})
+
+    async def _outcome(self, process_id: str, token: str, submitted: Submitted) -> web.Response:
+        """The page after a decision was delivered: read the state once and tell the outcome."""
+        try:
+            state = await self._processes.state(process_id, within=self._decision_wait)
+        except Problem as problem:
+            if problem.status != 503:
+                raise  # unknown process (purged since), or a broken query
+            return await self._unconfirmed(process_id, problem)
+        if state.approval.decision is not None:
+            if submitted.matches(token, recorded_decision(state)):
+                return html(200, pages.recorded_page(state))
+            refusal = approval_refusal(state, raced=True)
+            assert refusal is not None  # a decision is recorded
+            raise refusal
         refusal = approval_refusal(state)
         if refusal is not None:
             raise refusal
-        # Only a process still open for a decision is signalled, so repeated posts cannot
-        # grow its history.
-        await self._processes.signal(process_id, decision, approval_refusal)
-        logger.info(
-            "Approval decision sent token=%s approved=%s decided_by=%r",
-            fingerprint(token),
-            decision.approved,
-            decision.decided_by,
-            extra={"process_id": process_id},
-        )
+        return html(202, pages.pending_page(state))
 
-        seen, settled = await self._processes.wait_for(
-            process_id, lambda s: approval_refusal(s) is not None, within=self._decision_wait
+    async def _unconfirmed(self, process_id: str, problem: Problem) -> web.Response:
+        """The state could not be read; the decision was delivered all the same."""
+        if problem.kind == "no-worker-answer":
+            try:
+                description = await self._processes.describe(process_id)
+            except Problem as gone:
+                if gone.status != 503:
+                    raise
+            else:
+                if description.status == WorkflowExecutionStatus.RUNNING:
+                    # The usual case: no worker is running. The decision waits in the process's
+                    # history and is handled as soon as one runs.
+                    return html(202, pages.pending_page(None))
+        raise Problem(
+            503,
+            "outcome-unknown",
+            "Decision sent",
+            "Your decision was delivered, but what became of it cannot be read right now. "
+            "Open this link again in a minute to see the outcome.",
+            headers={"Retry-After": "5"},
         )
-        if seen is None or not settled:
-            return html(202, pages.pending_page(seen or state))
-        if seen.approval.decision is not None and _is_ours(seen, decision):
-            return html(200, pages.recorded_page(seen))
-        refusal = approval_refusal(seen, raced=True)
-        assert refusal is not None  # settled means a refusal exists
-        raise refusal
 
 
 def approval_refusal(state: ProcessState, *, raced: bool = False) -> Problem | None:
@@ -192,13 +256,61 @@ def form_check(secret: str, token: str) -> str:
     ).hexdigest()
 
 
-def _is_ours(state: ProcessState, decision: ApprovalDecision) -> bool:
+def describe_decision(decision: ApprovalDecision) -> str:
+    return f"{'approved' if decision.approved else 'rejected'} by {decision.decided_by}"
+
+
+def recorded_decision(state: ProcessState) -> ApprovalDecision | None:
+    """The decision the process recorded, as the signal that carried it."""
     approval = state.approval
-    return (
-        approval.decision == ("approved" if decision.approved else "rejected")
-        and approval.decided_by == decision.decided_by
-        and approval.comment == decision.comment
+    if approval.decision is None:
+        return None
+    return ApprovalDecision(
+        approved=approval.decision == "approved",
+        decided_by=approval.decided_by or pages.DEFAULT_APPROVER,
+        comment=approval.comment,
     )
+
+
+def _mac(secret: str, purpose: bytes, *parts: str) -> str:
+    message = b"\x00".join([purpose, *(part.encode() for part in parts)])
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def submitted_mark(secret: str, token: str, decision: ApprovalDecision) -> str:
+    """The mark on the page a delivered decision redirects to: ``<decision>.<delivered>``.
+
+    The first half is a keyed digest of the decision, so the page can tell whether the one the
+    process recorded is this one without the name or comment in the URL. The second half vouches
+    that this API delivered it, so a hand-made URL cannot make the page say "being recorded".
+    """
+    content = json.dumps([decision.approved, decision.decided_by, decision.comment])
+    ours = _mac(secret, b"approval-decision", token, content)
+    return f"{ours}.{_mac(secret, b'approval-delivered', token, ours)}"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A verified mark: this API delivered a decision through the link, under ``secret``."""
+
+    secret: str
+    mark: str
+
+    def matches(self, token: str, decision: ApprovalDecision | None) -> bool:
+        if decision is None:
+            return False
+        return hmac.compare_digest(submitted_mark(self.secret, token, decision), self.mark)
+
+
+def read_submitted(mark: str | None, token: str, keys: Sequence[SigningKey]) -> Submitted | None:
+    """The mark if one of our keys vouches for it; anything else shows the plain page."""
+    if not mark or mark.count(".") != 1:
+        return None
+    ours, delivered = mark.split(".")
+    for key in keys:  # any listed key: a redirect may straddle a key rotation
+        if hmac.compare_digest(_mac(key.secret, b"approval-delivered", token, ours), delivered):
+            return Submitted(key.secret, mark)
+    return None
 
 
 def _malformed_form(detail: str) -> Problem:
@@ -215,10 +327,13 @@ def problem_page(problem: Problem) -> web.Response:
 
 
 def approvals_app(
-    settings: Settings, processes: Processes, decision_wait: timedelta
+    settings: Settings,
+    processes: Processes,
+    deliveries: RecentDeliveries,
+    decision_wait: timedelta,
 ) -> web.Application:
     """The sub-app mounted at ``/approvals``; every refusal under it is a page."""
-    approvals = Approvals(settings, processes, decision_wait)
+    approvals = Approvals(settings, processes, deliveries, decision_wait)
     app = web.Application(middlewares=[problems.error_middleware(problem_page)])
     app.router.add_get("/{token}", approvals.show)
     app.router.add_post("/{token}", approvals.decide)

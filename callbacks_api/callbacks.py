@@ -1,8 +1,11 @@
 """Command callbacks, for programs: a downstream system posts the result of one command.
 
 The token in the path names the process and the command, so the body carries only the result.
-Answers are JSON and refusals ``application/problem+json`` (this sub-app's error middleware);
-a retry of a result already recorded gets the first answer again.
+The result is signalled at once, with no look at the process first: a signal needs no worker, so
+results keep arriving through a worker outage or a deploy, and the workflow (which keeps the
+first result per command and ignores the rest) takes them when it runs again. Repeats on one link
+are answered from ``RecentDeliveries`` without signalling again. Answers are JSON and refusals
+``application/problem+json`` (this sub-app's error middleware).
 """
 
 from __future__ import annotations
@@ -15,17 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callbacks_api import links, problems
 from callbacks_api.bodies import read_body, require_content_type
+from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
 from common.settings import Settings
 from common.tokens import Purpose, fingerprint
-from workflows.messages import CommandCallback, CommandName, ProcessState
+from workflows.messages import CommandCallback, CommandName
 
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json"
-COMMAND_WAITING = frozenset({"sending", "sent"})
-COMMAND_REPORTED = frozenset({"succeeded", "failed"})
 
 
 class CallbackBody(BaseModel):
@@ -42,12 +44,15 @@ class CallbackBody(BaseModel):
 class CommandCallbacks:
     """The handler of ``/callbacks/{token}``."""
 
-    def __init__(self, settings: Settings, processes: Processes) -> None:
+    def __init__(
+        self, settings: Settings, processes: Processes, deliveries: RecentDeliveries
+    ) -> None:
         self._settings = settings
         self._processes = processes
+        self._deliveries = deliveries
 
     async def report(self, request: web.Request) -> web.Response:
-        """A downstream system's result for one command; 202 once the signal is delivered."""
+        """A downstream system's result for one command; 202 once the server holds it."""
         token = request.match_info["token"]
         claims = links.verify(self._settings.signer, token, Purpose.COMMAND)
         process_id = claims.workflow_id
@@ -65,20 +70,23 @@ class CommandCallbacks:
             result=payload.result,
             error=payload.error,
         )
+        delivery = Delivered(digest_of(callback), payload.status, claims.expires_at)
+        try:
+            outcome, first = await self._deliveries.deliver(
+                (process_id, command.value),
+                delivery,
+                lambda: self._processes.signal(process_id, callback),
+            )
+        except Problem as problem:
+            if problem.kind in ("closed", "unknown-process"):
+                problem.extra["command"] = command.value
+            raise
         accepted = {"status": "accepted", "process_id": process_id, "command": command.value}
-        state = await self._processes.state(process_id)
-        current = state.commands.get(command)
-        if current is not None and (current.status, current.result, current.error) == (
-            payload.status,
-            payload.result,
-            payload.error,
-        ):
-            # A retry of the result already recorded gets the first answer again (idempotent).
+        if outcome is Outcome.CONFLICT:
+            raise already_reported(command, first)
+        if outcome is Outcome.REPEAT:
+            # A retry of the result already delivered gets the first answer again (idempotent).
             return web.json_response({**accepted, "duplicate": True}, status=202)
-        refusal = command_refusal(state, command)
-        if refusal is not None:
-            raise refusal
-        await self._processes.signal(process_id, callback, lambda s: command_refusal(s, command))
         logger.info(
             "Command callback sent token=%s command=%s status=%s",
             fingerprint(token),
@@ -89,36 +97,16 @@ class CommandCallbacks:
         return web.json_response(accepted, status=202)
 
 
-def command_refusal(state: ProcessState, command: CommandName) -> Problem | None:
-    """Why a command's result cannot be taken now, or None while the process waits for it."""
-    current = state.commands.get(command)
-    status = current.status if current is not None else "not-started"
-    if status in COMMAND_REPORTED:
-        return Problem(
-            409,
-            "already-reported",
-            "Result already recorded",
-            f"{command.value} already reported {status}; only the first result counts.",
-            extra={"command": command.value, "recorded_status": status},
-        )
-    if state.status.is_final or status in ("timed-out", "send-failed"):
-        return Problem(
-            410,
-            "closed",
-            "No longer waiting",
-            f"The process stopped waiting for {command.value} (command {status}, "
-            f"process {state.status.value}).",
-            extra={"command": command.value, "command_status": status},
-        )
-    if status not in COMMAND_WAITING:
-        return Problem(
-            409,
-            "not-sent",
-            "Command not sent",
-            f"{command.value} has not been sent yet, so no result is expected.",
-            extra={"command": command.value, "command_status": status},
-        )
-    return None
+def already_reported(command: CommandName, first: Delivered) -> Problem:
+    """A different result on a link that already delivered one: only the first counts."""
+    return Problem(
+        409,
+        "already-reported",
+        "Result already delivered",
+        f"A different result for {command.value} ({first.label}) was already delivered through "
+        "this link; only the first result counts, so this one was not sent.",
+        extra={"command": command.value, "delivered_status": first.label},
+    )
 
 
 def _invalid_callback(err: ValidationError) -> Problem:
@@ -140,9 +128,11 @@ def _invalid_callback(err: ValidationError) -> Problem:
     )
 
 
-def callbacks_app(settings: Settings, processes: Processes) -> web.Application:
+def callbacks_app(
+    settings: Settings, processes: Processes, deliveries: RecentDeliveries
+) -> web.Application:
     """The sub-app mounted at ``/callbacks``; every refusal under it is a problem document."""
-    callbacks = CommandCallbacks(settings, processes)
+    callbacks = CommandCallbacks(settings, processes, deliveries)
     app = web.Application(middlewares=[problems.error_middleware(problems.problem_response)])
     app.router.add_post("/{token}", callbacks.report)
     return app

@@ -20,8 +20,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def route_name(request: web.BaseRequest) -> str:
-    """The matched route's pattern; unmatched paths share one label so cardinality stays flat."""
-    match_info = getattr(request, "match_info", None)
+    """The matched route's pattern; unmatched paths share one label so cardinality stays flat.
+
+    A request aiohttp could not parse never reached the router: its ``match_info`` asserts.
+    """
+    try:
+        match_info = request.match_info  # type: ignore[attr-defined]  # web.Request only
+    except (AttributeError, AssertionError):
+        return "unmatched"
     route = getattr(match_info, "route", None)
     canonical = route.resource.canonical if route is not None and route.resource else None
     return canonical or "unmatched"

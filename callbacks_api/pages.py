@@ -145,13 +145,17 @@ def recorded_page(state: ProcessState) -> str:
     return _document("Decision recorded", body)
 
 
-def pending_page(state: ProcessState) -> str:
+def pending_page(state: ProcessState | None) -> str:
+    """After a delivered decision that the process has not handled yet (no worker running)."""
     body = (
-        "<p>Your decision was delivered to the process, but it had not confirmed it when this "
-        "page was made. The first decision the process receives wins; open the link again in a "
-        "minute to see which one that was.</p>\n" + _process_facts(state)
+        "<p>Your decision was delivered to the process and is being recorded. The process has "
+        "not handled it yet (no worker answered just now); it will as soon as one runs, and "
+        "nothing more is needed from you. The first decision the process receives wins: open "
+        "this link again later to see which one that was.</p>\n"
     )
-    return _document("Decision sent", body)
+    if state is not None:
+        body += _process_facts(state)
+    return _document("Decision being recorded", body)
 
 
 def problem_page(problem: Problem) -> str:

@@ -109,6 +109,41 @@ def temporal_unavailable() -> Problem:
     )
 
 
+def no_worker_answer() -> Problem:
+    """The server took the state query, but no worker answered it in time (a worker outage)."""
+    return Problem(
+        503,
+        "no-worker-answer",
+        "Service temporarily unavailable",
+        "The process could not be read just now (no worker answered in time). Nothing was "
+        "recorded; try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def process_closed(status: str) -> Problem:
+    """The process has ended, so a signal to it was refused: nothing was recorded."""
+    return Problem(
+        410,
+        "closed",
+        "This process has ended",
+        f"The process has ended (status {status}); nothing more can be recorded for it, "
+        "and this was not recorded.",
+        extra={"process_status": status},
+    )
+
+
+def bad_request() -> Problem:
+    """A request aiohttp could not parse: a request line or header over 8 KB, or not HTTP."""
+    return Problem(
+        400,
+        "bad-request",
+        "Bad request",
+        "The request could not be read: its request line or a header is longer than 8 KB, "
+        "or it is not valid HTTP.",
+    )
+
+
 def delivery_unknown() -> Problem:
     """A signal the server did not acknowledge in time: it may or may not have arrived."""
     return Problem(

@@ -1,7 +1,13 @@
-"""The API's only contact with Temporal: read a process's state and signal it.
+"""The API's only contact with Temporal: signal a process, describe it, read its state.
+
+Signals come first and need no worker: the server makes a signal durable as soon as it accepts
+it, and the workflow handles it whenever a worker runs. Only a signal the server refuses as
+NOT_FOUND is looked into, with ``describe`` (answered by the server too), to tell a closed process
+from one that never existed. The ``state`` query needs a running worker, so it serves only what a
+person reads (the approval pages), never the path that records anything.
 
 Every Temporal failure becomes a ``Problem`` here, so handlers never see an RPC error and the
-client never sees a stack trace. Signals sent are counted by outcome.
+client never sees a stack trace. Signals are counted by outcome.
 """
 
 from __future__ import annotations
@@ -13,25 +19,37 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from prometheus_client import Counter
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+)
+from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from callbacks_api import problems
 from callbacks_api.problems import Problem
-from workflows.messages import ApprovalDecision, CommandCallback, ProcessState
+from workflows.messages import (
+    PROCESS_STATUS_ATTRIBUTE,
+    ApprovalDecision,
+    CommandCallback,
+    ProcessState,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_QUERY = "state"
 APPROVAL_SIGNAL = "approval_decision"
 COMMAND_SIGNAL = "command_callback"
+_STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
 
 
 class Processes:
-    """Queries and signals ProcessWorkflows, bounding every call by ``call_timeout``.
+    """Signals, describes and queries ProcessWorkflows, bounding every call by ``call_timeout``.
 
     The SDK retries an unreachable server for a while, and a query waits for a worker; a person
-    at a browser should hear "try again" after a few seconds instead.
+    at a browser or a downstream system should hear "try again" after a few seconds instead.
     """
 
     def __init__(
@@ -45,65 +63,47 @@ class Processes:
         # Labelled (signal, outcome): "sent", or the kind of the refusal.
         self._signals = signals
 
-    async def state(self, process_id: str) -> ProcessState:
-        handle = self._client.get_workflow_handle(process_id)
-        async with self._call("query", process_id):
-            state: ProcessState = await handle.query(
-                STATE_QUERY, result_type=ProcessState, rpc_timeout=self._timeout
-            )
-        return state
+    async def signal(self, process_id: str, message: ApprovalDecision | CommandCallback) -> None:
+        """Deliver ``message``; once this returns, the server holds it durably.
 
-    async def signal(
-        self,
-        process_id: str,
-        message: ApprovalDecision | CommandCallback,
-        refusal_for: Callable[[ProcessState], Problem | None],
-    ) -> None:
-        """Signal, telling "closed meanwhile" apart from "unknown" when the server refuses.
-
-        ``refusal_for`` says what the state, read again after a NOT_FOUND, means to the caller.
+        Refusals: 404 ``unknown-process``, 410 ``closed`` (told apart by ``describe``), 503 when
+        the server did not confirm (the signal may or may not have arrived).
         """
         name = APPROVAL_SIGNAL if isinstance(message, ApprovalDecision) else COMMAND_SIGNAL
         handle = self._client.get_workflow_handle(process_id)
         try:
-            async with self._call("signal", process_id, problems.delivery_unknown):
-                await handle.signal(name, message, rpc_timeout=self._timeout)
+            try:
+                async with self._call("signal", process_id, problems.delivery_unknown):
+                    await handle.signal(name, message, rpc_timeout=self._timeout)
+            except Problem as problem:
+                # NOT_FOUND says "no such workflow" and "already completed" alike.
+                if problem.kind == "unknown-process":
+                    raise await self._why_not_found(process_id) from None
+                raise
         except Problem as problem:
             self._count(name, problem.kind)
-            if problem.kind != "unknown-process":
-                raise
-            # The process closed between the state query and the signal (NOT_FOUND either way).
-            state = await self.state(process_id)
-            raise refusal_for(state) or problem from None
+            raise
         self._count(name, "sent")
 
-    async def wait_for(
-        self,
-        process_id: str,
-        settled: Callable[[ProcessState], bool],
-        within: timedelta,
-        interval: timedelta = timedelta(milliseconds=25),
-    ) -> tuple[ProcessState | None, bool]:
-        """Query until ``settled(state)``, for at most ``within``: (last state seen, settled?).
+    async def describe(self, process_id: str) -> WorkflowExecutionDescription:
+        """The server's description (no worker needed); 404 ``unknown-process`` if none."""
+        handle = self._client.get_workflow_handle(process_id)
+        async with self._call("describe", process_id):
+            return await handle.describe(rpc_timeout=self._timeout)
 
-        A signal is durable once sent, but only a query shows what the workflow made of it. Any
-        failure here only means "not confirmed yet": the signal has already been delivered.
+    async def state(self, process_id: str, within: timedelta | None = None) -> ProcessState:
+        """The ``state`` query, answered by a worker within ``within`` (the call timeout).
+
+        No worker answering in time is 503 ``no-worker-answer``; callers that know more (a
+        decision was just delivered) say more.
         """
-        last: ProcessState | None = None
-        pause = interval.total_seconds()
-        try:
-            async with asyncio.timeout(within.total_seconds()):
-                while True:
-                    last = await self.state(process_id)
-                    if settled(last):
-                        return last, True
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 0.2)
-        except TimeoutError:
-            pass
-        except Problem as problem:
-            logger.warning("Could not confirm the outcome: %s", problem, extra=_about(process_id))
-        return last, False
+        wait = within or self._timeout
+        handle = self._client.get_workflow_handle(process_id)
+        async with self._call("query", process_id, problems.no_worker_answer, wait):
+            state: ProcessState = await handle.query(
+                STATE_QUERY, result_type=ProcessState, rpc_timeout=wait
+            )
+        return state
 
     async def ready(self) -> bool:
         """Whether the Temporal frontend answers a health check right now."""
@@ -113,6 +113,17 @@ class Processes:
         except (RPCError, RuntimeError, TimeoutError) as err:
             logger.warning("Temporal is not ready: %s", err)
             return False
+
+    async def _why_not_found(self, process_id: str) -> Problem:
+        """After a NOT_FOUND signal: 410 if the process ran and closed, else 404."""
+        try:
+            description = await self.describe(process_id)
+        except Problem as problem:
+            return problem  # unknown-process, or the server went away meanwhile (503)
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            # Closed and started again under the same id between the two calls: ask for a retry.
+            return problems.delivery_unknown()
+        return problems.process_closed(_status_of(description))
 
     def _count(self, signal: str, outcome: str) -> None:
         if self._signals is not None:
@@ -124,21 +135,24 @@ class Processes:
         what: str,
         process_id: str,
         unanswered: Callable[[], Problem] = problems.temporal_unavailable,
+        within: timedelta | None = None,
     ) -> AsyncIterator[None]:
         """Map Temporal failures to answers; ``unanswered`` is the one for "no reply in time"
-        (for a signal that means "may have arrived", not "nothing happened")."""
+        (for a signal that means "may have arrived"; for a query, "no worker answered")."""
         try:
-            async with asyncio.timeout(self._timeout.total_seconds()):
+            async with asyncio.timeout((within or self._timeout).total_seconds()):
                 yield
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                # A signal to a closed workflow says NOT_FOUND too: callers that signal look at
-                # the state again after this refusal to tell "closed" from "unknown".
                 raise problems.unknown_process() from err
-            logger.warning("Temporal %s failed: %s", what, err, extra=_about(process_id))
+            if err.status == RPCStatusCode.DEADLINE_EXCEEDED:
+                # The server's own deadline: for a query, no worker took it in time.
+                logger.info("Temporal %s not answered in time: %s", what, err.message)
+            else:
+                logger.warning("Temporal %s failed: %s", what, err, extra=_about(process_id))
             raise unanswered() from err
         except TimeoutError as err:
-            logger.warning("Temporal %s timed out", what, extra=_about(process_id))
+            logger.info("Temporal %s timed out", what, extra=_about(process_id))
             raise unanswered() from err
         except WorkflowQueryFailedError as err:
             logger.error("State query failed: %s", err, extra=_about(process_id))
@@ -148,6 +162,14 @@ class Processes:
             # nothing reached the server.
             logger.warning("Temporal %s could not connect: %s", what, err, extra=_about(process_id))
             raise problems.temporal_unavailable() from err
+
+
+def _status_of(description: WorkflowExecutionDescription) -> str:
+    """The process's own status if it set one (``failed``...), else Temporal's (``TERMINATED``)."""
+    status = description.typed_search_attributes.get(_STATUS_KEY)
+    if status:
+        return str(status)
+    return description.status.name.lower() if description.status else "closed"
 
 
 def _about(process_id: str) -> dict[str, str]:

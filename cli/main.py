@@ -6,6 +6,7 @@
     approval-flow list [--status failed]
     approval-flow lock
     approval-flow replay [--closed-within 7d]
+    approval-flow keys
 
 Every command takes ``--json`` for scripts. The connection comes from the same environment as
 the worker (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ...); the defaults reach ``make run``.
@@ -22,18 +23,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Any, Protocol, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli import cancel, lock, replay, start, status
+from cli import cancel, keys, lock, replay, start, status
 from cli import list as listing
 from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, CommandFailed, Output
 from cli.settings import CliSettings
 from common.settings import describe_error
-from common.temporal import TemporalUnavailable, connect, exit_process
+from common.temporal import TemporalAddressInvalid, TemporalUnavailable, connect, exit_process
 from common.tracing import configure as configure_tracing
 
 
@@ -49,6 +50,18 @@ class Command(Protocol):
     ) -> tuple[dict[str, Any], str]: ...
 
 
+class LocalCommand(Protocol):
+    """A command that needs no Temporal: it reads the settings only."""
+
+    HELP: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(
+        self, args: argparse.Namespace, settings: CliSettings
+    ) -> tuple[dict[str, Any], str]: ...
+
+
 # In the order ``--help`` lists them.
 COMMANDS: dict[str, Command] = {
     "start": start,
@@ -58,17 +71,26 @@ COMMANDS: dict[str, Command] = {
     "lock": lock,
     "replay": replay,
 }
+LOCAL_COMMANDS: dict[str, LocalCommand] = {"keys": keys}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, saying a usage error in one line (it would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="approval-flow",
         description="Start approval processes and inspect them on Temporal.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    every: list[tuple[str, Command | LocalCommand]] = [*COMMANDS.items(), *LOCAL_COMMANDS.items()]
+    for name, module in every:
         module.add_arguments(commands.add_parser(name, parents=[common], help=module.HELP))
     return parser
 
@@ -109,7 +131,13 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
         return EXIT_USAGE
     configure_tracing("cli", program="approval-flow")  # before connecting: the client carries it
     try:
-        asyncio.run(run_async(args, settings, out))
+        if args.command in LOCAL_COMMANDS:
+            out.emit(*LOCAL_COMMANDS[args.command].run(args, settings))
+        else:
+            asyncio.run(run_async(args, settings, out))
+    except TemporalAddressInvalid as err:
+        print(f"approval-flow: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except TemporalUnavailable as err:
         reason = str(err)
         if "ConnectionRefused" in reason:  # the usual case; the transport's details add nothing

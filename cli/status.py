@@ -18,7 +18,16 @@ HELP = "one process's state"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("process_id", metavar="ID", help="process id (process-<uuid>)")
+    parser.add_argument(
+        "process_id", metavar="ID", type=process_id_argument, help="process id (process-<uuid>)"
+    )
+
+
+def process_id_argument(text: str) -> str:
+    """An empty id would reach the server as a refused RPC; it is a usage error here."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a process id is needed (process-<uuid>)")
+    return text
 
 
 def normalise_process_id(text: str) -> str:

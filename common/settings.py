@@ -178,6 +178,14 @@ class Settings(BaseSettings):
                 "set APPROVAL_DEPLOYMENT_NAME and APPROVAL_BUILD_ID together, or neither"
             )
         return build_id
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        # The SDK would refuse it only at connect time, with a traceback; say so at start-up.
+        host, _, port = value.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, with a port from 1 to 65535")
+        return value.strip()
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -209,7 +217,12 @@ def describe_error(err: ValidationError, model: type[BaseSettings] = Settings) -
         name = env_name(model, field) if field in model.model_fields else field or "settings"
         # A nested field is one variable of its own: APPROVAL_PROCESS__APPROVAL_TIMEOUT.
         name += "".join(f"__{part}".upper() for part in error["loc"][1:] if isinstance(part, str))
-        message = "is not set" if error["type"] in ("missing", "too_short") else error["msg"]
+        # pydantic prefixes a validator's own words with "Value error, "; they read alone.
+        message = (
+            "is not set"
+            if error["type"] in ("missing", "too_short")
+            else error["msg"].removeprefix("Value error, ")
+        )
         problems.append(f"{name} {message}")
     return "invalid settings: " + "; ".join(problems)
 

@@ -20,6 +20,10 @@ class TemporalUnavailable(Exception):
     """Temporal could not be reached; the message says where and why, in one line."""
 
 
+class TemporalAddressInvalid(TemporalUnavailable):
+    """The SDK refused the address itself: a setting to fix, not a server to wait for."""
+
+
 def metrics_runtime(host: str, port: int) -> Runtime:
     """A runtime exporting the SDK's own metrics for Prometheus on ``host:port``."""
     return Runtime(
@@ -53,6 +57,10 @@ async def connect(
             lazy=lazy,
             interceptors=tracing.client_interceptors(),
         )
+    except ValueError as err:  # "invalid target URL: ..." from the SDK's core
+        raise TemporalAddressInvalid(
+            f"invalid settings: TEMPORAL_ADDRESS {settings.temporal_address!r}: {err}"
+        ) from err
     except RuntimeError as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise TemporalUnavailable(

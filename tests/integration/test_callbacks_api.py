@@ -11,27 +11,32 @@ tokens' expiry is checked against.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import secrets
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from callbacks_api.app import RedactingAccessLogger, create_app
 from callbacks_api.approvals import form_check
-from callbacks_api.pages import CONTENT_SECURITY_POLICY
+from callbacks_api.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
 from tests.support.moto_server import free_loopback_port
@@ -52,6 +57,7 @@ from workflows.process import ProcessWorkflow
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
 FORM = "application/x-www-form-urlencoded"
 PROBLEM = "application/problem+json"
 
@@ -75,8 +81,8 @@ class Stack:
 
     # -- processes ------------------------------------------------------------------------------
 
-    async def start_process(self, **options: Any) -> str:
-        """A process parked at approval, its approval request captured."""
+    async def start_process(self, task_queue: str | None = None, **options: Any) -> str:
+        """A process parked at approval, its approval request captured (once a worker runs)."""
         process_id = f"process-{uuid.uuid4()}"
         await self.client.start_workflow(
             ProcessWorkflow.run,
@@ -87,7 +93,7 @@ class Stack:
                 options=ProcessOptions(lock_resource=f"test-{uuid.uuid4().hex[:8]}", **options),
             ),
             id=process_id,
-            task_queue=self.task_queue,
+            task_queue=task_queue or self.task_queue,
         )
         await eventually(
             lambda: self.state(process_id), lambda s: process_id in self.stubs.approvals
@@ -100,9 +106,9 @@ class Stack:
         )
         return state
 
-    async def approved_and_sent(self) -> str:
+    async def approved_and_sent(self, task_queue: str | None = None) -> str:
         """A process past approval and the lock, both commands sent and awaiting callbacks."""
-        process_id = await self.start_process()
+        process_id = await self.start_process(task_queue)
         response = await self.decide(process_id, "approve", name="Ada")
         assert response.status == 200
         await eventually(
@@ -146,6 +152,27 @@ class Stack:
 
     async def callback(self, token: str, body: dict[str, Any]) -> ClientResponse:
         return await self.http.post(f"/callbacks/{token}", json=body)
+
+    async def closed(self, process_id: str) -> None:
+        """Wait until the workflow has closed, not only shown a final status."""
+        handle = self.client.get_workflow_handle(process_id)
+        await eventually(handle.describe, lambda d: d.status != WorkflowExecutionStatus.RUNNING)
+
+    def worker(self, task_queue: str) -> Worker:
+        return Worker(
+            self.client,
+            task_queue=task_queue,
+            workflows=[ProcessWorkflow, MutexWorkflow],
+            activities=self.stubs.activities(),
+        )
+
+    async def signals(self, process_id: str, name: str) -> int:
+        """How many signals called ``name`` the process's history holds."""
+        count = 0
+        async for event in self.client.get_workflow_handle(process_id).fetch_history_events():
+            if event.HasField("workflow_execution_signaled_event_attributes"):
+                count += event.workflow_execution_signaled_event_attributes.signal_name == name
+        return count
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +224,11 @@ def hidden_check(html: str) -> str:
     match = re.search(r'name="check" value="([0-9a-f]+)"', html)
     assert match, html
     return match.group(1)
+
+
+def assert_security_headers(response: ClientResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value, name
 
 
 def assert_page_headers(response: ClientResponse) -> None:
@@ -263,7 +295,9 @@ async def test_opening_the_link_ten_times_changes_nothing_then_approve_moves_on(
     # the access log shows the route pattern.
     messages = [record.getMessage() for record in caplog.records]
     assert any(getattr(record, "process_id", None) == process_id for record in caplog.records)
-    assert any("POST /approvals/{token} 200" in message for message in messages)
+    # Post/redirect/get: the POST answers 303 and the page it leads to shows the outcome.
+    assert any("POST /approvals/{token} 303" in message for message in messages)
+    assert any("GET /approvals/{token} 200" in message for message in messages)
     assert all(token not in message for message in messages)
 
 
@@ -314,7 +348,7 @@ async def test_second_decision_is_refused_with_the_first_one(stack: Stack) -> No
     html = await second.text()
     assert second.status == 409
     assert_page_headers(second)
-    assert "already approved by Ada" in html
+    assert "approved by Ada" in html and "yours was not sent" in html
     state = await stack.state(process_id)
     assert (state.approval.decision, state.approval.decided_by) == ("approved", "Ada")
     # Opening the link again tells the same story.
@@ -366,7 +400,7 @@ async def test_closed_process_is_gone(stack: Stack) -> None:
     process_id = await stack.start_process(approval_timeout=timedelta(seconds=1))
     token = stack.approval_token(process_id)  # still valid: deadline plus grace
     check = hidden_check_for(stack, token)
-    await eventually(lambda: stack.state(process_id), lambda s: s.status.is_final)
+    await stack.closed(process_id)
 
     response, html = await stack.page(token)
     assert response.status == 410
@@ -394,6 +428,57 @@ async def test_unknown_process_is_not_found(stack: Stack) -> None:
         f"/approvals/{token}", data={"check": check, "decision": "approve"}
     )
     assert response.status == 404
+
+
+async def test_a_mark_the_api_did_not_make_shows_the_plain_page(stack: Stack) -> None:
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+
+    for mark in ("0" * 32 + "." + "0" * 32, "garbage", ""):
+        response = await stack.http.get(f"/approvals/{token}", params={"submitted": mark})
+        html = await response.text()
+        assert response.status == 200, mark
+        assert "Approval requested" in html and "being recorded" not in html
+    assert unchanged_approval(await stack.state(process_id))
+
+
+async def test_an_approval_posted_while_no_worker_runs_is_pending_then_recorded(
+    stack: Stack,
+) -> None:
+    task_queue = f"no-worker-{uuid.uuid4()}"
+    async with stack.worker(task_queue):
+        process_id = await stack.start_process(task_queue)
+    token = stack.approval_token(process_id)
+
+    # No worker polls the task queue now: the decision is signalled and the page says so. (An
+    # app of its own waits 1 s for the worker, not the 10 s the shared one allows a busy host.)
+    app = create_app(stack.settings, stack.client, decision_wait=timedelta(seconds=1))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+        response = await http.post(
+            f"/approvals/{token}",
+            data={"check": hidden_check_for(stack, token), "decision": "approve", "name": "Ada"},
+            allow_redirects=False,
+        )
+        assert response.status == 303
+        assert_security_headers(response)
+        outcome = response.headers["Location"]
+        assert outcome.startswith("?submitted=")
+        response = await http.get(f"/approvals/{token}{outcome}")
+        html = await response.text()
+    assert response.status == 202, html
+    assert_page_headers(response)
+    assert "Decision being recorded" in html and "no worker answered" in html
+    # The server holds the decision: one signal, in the history.
+    assert await stack.signals(process_id, "approval_decision") == 1
+
+    async with stack.worker(task_queue):
+        state = await eventually(
+            lambda: stack.state(process_id), lambda s: s.approval.decision is not None
+        )
+        assert (state.approval.decision, state.approval.decided_by) == ("approved", "Ada")
+        response = await stack.http.get(f"/approvals/{token}{outcome}")
+        assert response.status == 200
+        assert "Decision recorded" in await response.text()
 
 
 def hidden_check_for(stack: Stack, token: str) -> str:
@@ -521,13 +606,14 @@ async def test_failure_callback_fails_the_process_and_later_ones_are_gone(stack:
     assert state.failure_reason is FailureReason.COMMAND_FAILED
     assert state.commands[CommandName.TWO].status == "failed"
     assert state.commands[CommandName.TWO].error == "disk full"
+    await stack.closed(process_id)
 
-    # The process stopped waiting for command one: its late result is gone.
+    # The process has ended: a late result for command one is refused, told apart by describe.
     late = await stack.callback(
         stack.command_token(process_id, CommandName.ONE), {"status": "succeeded"}
     )
     body = await problem(late, 410, "closed")
-    assert body["command"] == "command-one"
+    assert (body["command"], body["process_status"]) == ("command-one", "failed")
     assert (await stack.state(process_id)).commands[CommandName.ONE].status == "not-awaited"
 
 
@@ -543,12 +629,57 @@ async def test_a_different_repeated_callback_is_a_conflict(stack: Stack) -> None
     again = await stack.callback(token, {"status": "failed", "error": "oops"})
 
     body = await problem(again, 409, "already-reported")
-    assert body["recorded_status"] == "succeeded"
+    assert body["delivered_status"] == "succeeded"
     assert (await stack.state(process_id)).commands[CommandName.ONE].status == "succeeded"
     # A retry of the very result already recorded is answered as the first time.
     replay = await stack.callback(token, {"status": "succeeded"})
     assert replay.status == 202
     assert (await replay.json())["duplicate"] is True
+
+
+async def test_command_callbacks_need_no_worker(stack: Stack) -> None:
+    task_queue = f"worker-outage-{uuid.uuid4()}"
+    async with stack.worker(task_queue):
+        process_id = await stack.approved_and_sent(task_queue)
+    # The worker has stopped: nothing polls the task queue, so no query could be answered.
+
+    for command in CommandName:
+        response = await stack.callback(
+            stack.command_token(process_id, command), {"status": "succeeded"}
+        )
+        assert response.status == 202, await response.text()
+        assert (await response.json())["status"] == "accepted"
+
+    async with stack.worker(task_queue):
+        handle = stack.client.get_workflow_handle(process_id)
+        await asyncio.wait_for(handle.result(), 60)
+        state = await stack.state(process_id)
+    assert state.status is ProcessStatus.COMPLETED
+    assert all(c.status == "succeeded" for c in state.commands.values())
+
+
+async def test_repeats_on_one_link_are_not_signalled_again(stack: Stack) -> None:
+    process_id = await stack.approved_and_sent()
+    token = stack.command_token(process_id, CommandName.ONE)
+    # Key order differs; the content is the same result.
+    same = [{"status": "succeeded", "result": {"a": 1, "b": 2}}] * 20
+    same += [{"result": {"b": 2, "a": 1}, "status": "succeeded"}] * 20
+    other = [{"status": "failed", "error": "late"}] * 10
+
+    answers = await asyncio.gather(*(stack.callback(token, body) for body in same + other))
+    answers += [await stack.callback(token, body) for body in same + other]
+
+    statuses = [answer.status for answer in answers]
+    assert statuses.count(202) == 2 * len(same)
+    assert statuses.count(409) == 2 * len(other)
+    duplicates = [(await a.json()).get("duplicate", False) for a in answers if a.status == 202]
+    assert duplicates.count(False) == 1  # exactly one post was sent
+    assert await stack.signals(process_id, "command_callback") == 1
+    state = await eventually(
+        lambda: stack.state(process_id),
+        lambda s: s.commands[CommandName.ONE].status == "succeeded",
+    )
+    assert state.commands[CommandName.ONE].result == {"a": 1, "b": 2}
 
 
 async def test_tokens_only_work_on_their_own_route(stack: Stack) -> None:
@@ -566,17 +697,6 @@ async def test_tokens_only_work_on_their_own_route(stack: Stack) -> None:
 
     assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
     assert unchanged_approval(await stack.state(other))
-
-
-async def test_callback_before_the_command_was_sent_is_a_conflict(stack: Stack) -> None:
-    process_id = await stack.start_process()
-    deadline = datetime.now(UTC) + timedelta(hours=1)
-    token = stack.signer.sign(process_id, CommandName.ONE.value, Purpose.COMMAND, deadline)
-
-    body = await problem(await stack.callback(token, {"status": "succeeded"}), 409, "not-sent")
-
-    assert body["command_status"] == "not-started"
-    assert unchanged_approval(await stack.state(process_id))
 
 
 async def test_bad_callback_bodies_are_refused(stack: Stack) -> None:
@@ -664,3 +784,65 @@ async def test_temporal_unreachable_is_a_clear_503() -> None:
         assert "did not answer" in html
         assert "Traceback" not in html
         assert response.headers["Retry-After"]
+        command = settings.signer.sign(
+            f"process-{uuid.uuid4()}",
+            CommandName.ONE.value,
+            Purpose.COMMAND,
+            datetime.now(UTC) + timedelta(hours=1),
+        )
+        response = await http.post(f"/callbacks/{command}", json={"status": "succeeded"})
+        body = await problem(response, 503, "temporal-unavailable")
+        assert "Nothing was recorded" in body["detail"]
+
+
+async def test_an_overlong_request_line_gets_our_400(tmp_path: Path) -> None:
+    """``python -m callbacks_api`` as deployed: aiohttp's own refusal would bypass our headers."""
+    port = free_loopback_port()
+    key = SigningKey(kid="k", secret=secrets.token_urlsafe(32))
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{free_loopback_port()}",  # lazy: never reached here
+        "APPROVAL_SIGNING_KEYS": f"{key.kid}:{key.secret}",
+        "APPROVAL_API_PORT": str(port),
+    }
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        api = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "callbacks_api", cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+
+        async def healthy() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                assert api.returncode is None, log_path.read_text()
+                return False
+            writer.close()
+            return True
+
+        await eventually(healthy, bool, within=30)
+        secret_part = "eyJ" + "A" * 9000  # as a token would be, too long for one line
+        for request in (
+            f"GET /approvals/{secret_part} HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {secret_part}\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request.encode())
+            raw = await asyncio.wait_for(reader.read(), 10)  # the API closes the connection
+            writer.close()
+            head, _, body = raw.decode().partition("\r\n\r\n")
+            status_line, *header_lines = head.split("\r\n")
+            headers = dict(line.split(": ", 1) for line in header_lines)
+            assert status_line.split()[1] == "400", raw
+            assert headers["Content-Type"] == PROBLEM
+            for name, value in SECURITY_HEADERS.items():
+                assert headers[name] == value, name
+            document = json.loads(body)
+            assert document["type"].endswith(":bad-request") and "8 KB" in document["detail"]
+    finally:
+        api.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(api.wait(), 30) == 0
+    output = log_path.read_text()
+    assert "Refused an unreadable request" in output
+    assert "Traceback" not in output and "AAAA" not in output

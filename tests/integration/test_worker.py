@@ -58,6 +58,15 @@ def test_unreachable_temporal_is_one_line_and_exit_1() -> None:
     assert lines[0].startswith(f"worker: cannot reach Temporal at 127.0.0.1:{port}")
 
 
+def test_malformed_temporal_address_is_one_line_and_exit_2() -> None:
+    env = {**_base_env(), "APPROVAL_SIGNING_KEYS": KEY, "TEMPORAL_ADDRESS": "localhost:99999"}
+    result = _run_worker(env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "worker: invalid settings: TEMPORAL_ADDRESS must be host:port, with a port from 1 to 65535"
+    ]
+
+
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
     with running_moto_server() as server:

@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 
 from callbacks_api import pages
-from callbacks_api.approvals import approval_refusal, form_check
-from callbacks_api.callbacks import command_refusal
+from callbacks_api.approvals import (
+    approval_refusal,
+    form_check,
+    read_submitted,
+    recorded_decision,
+    submitted_mark,
+)
 from callbacks_api.problems import Problem
+from common.tokens import SigningKey
 from workflows.messages import (
+    ApprovalDecision,
     ApprovalState,
     CommandName,
     CommandState,
@@ -49,12 +56,6 @@ def decided(decision: str = "approved", by: str = HOSTILE) -> ApprovalState:
     return ApprovalState(decision=decision, decided_by=by, decided_at=NOW, comment=HOSTILE)
 
 
-def with_command(command_status: str, **changes: Any) -> ProcessState:
-    commands = {name: CommandState(command=name) for name in CommandName}
-    commands[CommandName.ONE] = CommandState(command=CommandName.ONE, status=command_status)
-    return make_state(**{"commands": commands, "stage": Stage.RUNNING_COMMANDS, **changes})
-
-
 def test_pages_escape_everything_from_outside() -> None:
     problem = Problem(
         409, "already-decided", HOSTILE, HOSTILE, state=make_state(approval=decided())
@@ -67,6 +68,11 @@ def test_pages_escape_everything_from_outside() -> None:
     ):
         assert "<script>" not in html
         assert "&lt;script&gt;" in html
+
+
+def test_the_pending_page_without_state_shows_no_facts() -> None:
+    html = pages.pending_page(None)
+    assert "being recorded" in html and "The request" not in html
 
 
 def test_the_inline_style_is_the_one_the_policy_allows() -> None:
@@ -120,23 +126,32 @@ def test_a_lost_race_says_another_decision_came_first() -> None:
     assert refusal.extra["decided_by"] == "Bob"
 
 
-@pytest.mark.parametrize(
-    ("state", "status", "kind"),
-    [
-        (with_command("sent"), None, None),
-        (with_command("sending"), None, None),  # the result can beat the send's bookkeeping
-        (with_command("succeeded"), 409, "already-reported"),
-        (with_command("failed"), 409, "already-reported"),
-        (with_command("not-started"), 409, "not-sent"),
-        (with_command("timed-out"), 410, "closed"),
-        (with_command("send-failed"), 410, "closed"),
-        (with_command("sent", status=ProcessStatus.FAILED, stage=Stage.FAILED), 410, "closed"),
-    ],
-)
-def test_command_answers(state: ProcessState, status: int | None, kind: str | None) -> None:
-    refusal = command_refusal(state, CommandName.ONE)
-    assert (refusal.status if refusal else None) == status
-    assert (refusal.kind if refusal else None) == kind
+def test_the_outcome_page_knows_its_own_decision_and_no_other() -> None:
+    old, new = SigningKey("old", "o" * 32), SigningKey("new", "n" * 32)
+    ada = ApprovalDecision(approved=True, decided_by="Ada", comment="ok")
+    mark = submitted_mark(old.secret, "a.b.c", ada)
+
+    submitted = read_submitted(mark, "a.b.c", [new, old])  # across a key rotation
+    assert submitted is not None
+    state = make_state(
+        approval=ApprovalState(decision="approved", decided_by="Ada", decided_at=NOW, comment="ok")
+    )
+    assert submitted.matches("a.b.c", recorded_decision(state))
+    for other in (
+        ada.model_copy(update={"approved": False}),
+        ada.model_copy(update={"decided_by": "Bob"}),
+        ada.model_copy(update={"comment": None}),
+        None,
+    ):
+        assert not submitted.matches("a.b.c", other)
+    # Only our keys vouch for a mark, and only for its own link.
+    assert read_submitted(mark, "a.b.d", [old]) is None
+    assert read_submitted(mark, "a.b.c", [new]) is None
+    forged = mark.split(".")[0] + "." + "0" * 32
+    for bad in (forged, "x", "", None, mark + ".x"):
+        assert read_submitted(bad, "a.b.c", [old]) is None
+    # The name and the comment never appear in the mark (it goes in the URL).
+    assert "Ada" not in mark and "ok" not in mark
 
 
 def test_form_check_is_bound_to_token_and_key() -> None:

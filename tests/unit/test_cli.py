@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
 
+from cli.keys import link_lives, spoken
 from cli.list import list_query
 from cli.lock import render_lock
 from cli.main import build_parser, execute, run
@@ -39,10 +40,12 @@ from workflows.messages import (
     LockRequest,
     LockState,
     MutexState,
+    ProcessOptions,
     ProcessState,
     ProcessStatus,
     Stage,
 )
+from workflows.process import send_budget
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +141,81 @@ def test_unreachable_server_is_one_line_and_exit_3(
         f"approval-flow: cannot reach Temporal at {address}: connection refused "
         "(is `make run` running?)"
     ]
+
+
+def test_malformed_temporal_address_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "localhost:99999")
+    assert run(["list"]) == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == [
+        "approval-flow: invalid settings: TEMPORAL_ADDRESS must be host:port, "
+        "with a port from 1 to 65535"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["status", ""], "approval-flow status: argument ID: a process id is needed"),
+        (["status", "  "], "approval-flow status: argument ID: a process id is needed"),
+        (["statsu"], "approval-flow: argument COMMAND: invalid choice: 'statsu'"),
+        (["list", "--limit", "x"], "approval-flow list: argument --limit: invalid int value"),
+        ([], "approval-flow: the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run(argv)
+    assert exit_.value.code == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith(error) and line.endswith("--help)")
+
+
+def test_keys_says_how_long_links_live_with_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("APPROVAL_SIGNING_KEYS", f"new:{'n' * 32},old:{'o' * 32}")
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_loopback_port()}")  # not needed
+
+    assert run(["keys", "--json"]) == 0
+
+    document = json.loads(capsys.readouterr().out)
+    assert document["keys"] == [{"kid": "new", "signs": True}, {"kid": "old", "signs": False}]
+    # A command callback's link: 4 HTTP retry waits of 20 min (Retry-After bound), 5 attempts of
+    # 30 s, the 1 h callback wait and the 5 min grace.
+    assert document["longest"] == {
+        "link": "command-callback",
+        "seconds": 8850.0,
+        "text": "2 h 27 min 30 s",
+    }
+    assert document["link_lives_seconds"]["approval"] == 3900.0
+    assert "keep the old key listed for 2 h 27 min 30 s" in document["rotation"]
+
+
+def test_keys_follow_the_process_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("APPROVAL_PROCESS__APPROVAL_TIMEOUT", "PT5H")
+    monkeypatch.setenv("APPROVAL_TOKEN_GRACE", "60")
+
+    assert run(["keys"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Signing keys: none set here (APPROVAL_SIGNING_KEYS)"
+    assert lines[1] == "Longest link life: 5 h 1 min (approval links)"
+
+
+def test_link_lives_match_what_the_worker_signs() -> None:
+    """The command token's deadline is the one ProcessWorkflow._run_command gives the send."""
+    options = ProcessOptions(command_timeout=timedelta(minutes=10))
+    lives = link_lives(options, grace=timedelta(minutes=5))
+    assert lives["command-callback"] == send_budget(options) + timedelta(minutes=15)
+    assert spoken(timedelta(days=1, seconds=61)) == "1 d 1 min 1 s"
 
 
 async def execute_args(env: WorkflowEnvironment, argv: list[str]) -> str:

@@ -81,3 +81,21 @@ def test_a_bad_nested_setting_names_its_own_variable(monkeypatch: pytest.MonkeyP
     assert describe_error(err.value, CliSettings).startswith(
         "invalid settings: APPROVAL_PROCESS__APPROVAL_TIMEOUT Input should be a valid timedelta"
     )
+
+
+@pytest.mark.parametrize("address", ["localhost:7233", "[::1]:7233", "temporal.example.com:443"])
+def test_a_temporal_address_is_host_and_port(monkeypatch: pytest.MonkeyPatch, address: str) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    assert Settings(signing_keys=KEY).temporal_address == address
+
+
+@pytest.mark.parametrize("address", ["localhost:99999", "localhost:0", "localhost", ":7233", "h:x"])
+def test_a_malformed_temporal_address_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    with pytest.raises(ValidationError) as err:
+        Settings(signing_keys=KEY)
+    assert describe_error(err.value) == (
+        "invalid settings: TEMPORAL_ADDRESS must be host:port, with a port from 1 to 65535"
+    )
