@@ -100,10 +100,14 @@ class Approvals:
         refuse_cross_site(request)
         body = await read_body(request, self._settings.max_callback_bytes)
         decision = read_decision(body, token, self._settings.signing_keys)
+        if claims.approver is not None:
+            # A named approver's own link: the token says whose decision this is.
+            decision = decision.model_copy(update={"approver_id": claims.approver})
 
         delivery = Delivered(digest_of(decision), describe_decision(decision), claims.expires_at)
         outcome, first = await self._deliveries.deliver(
-            (process_id, APPROVAL_CALLBACK),
+            # One link per approver: each named approver's first decision is delivered.
+            (process_id, APPROVAL_CALLBACK, claims.approver),
             delivery,
             lambda: self._processes.signal(process_id, decision),
         )

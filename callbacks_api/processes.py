@@ -31,7 +31,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from callbacks_api import problems
 from callbacks_api.problems import Problem
 from workflows.messages import (
+    APPROVAL_DECISION_SIGNAL,
+    COMMAND_CALLBACK_SIGNAL,
     PROCESS_STATUS_ATTRIBUTE,
+    STATE_QUERY,
     ApprovalDecision,
     CommandCallback,
     ProcessState,
@@ -39,9 +42,6 @@ from workflows.messages import (
 
 logger = logging.getLogger(__name__)
 
-STATE_QUERY = "state"
-APPROVAL_SIGNAL = "approval_decision"
-COMMAND_SIGNAL = "command_callback"
 _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
 
 
@@ -69,7 +69,11 @@ class Processes:
         Refusals: 404 ``unknown-process``, 410 ``closed`` (told apart by ``describe``), 503 when
         the server did not confirm (the signal may or may not have arrived).
         """
-        name = APPROVAL_SIGNAL if isinstance(message, ApprovalDecision) else COMMAND_SIGNAL
+        name = (
+            APPROVAL_DECISION_SIGNAL
+            if isinstance(message, ApprovalDecision)
+            else COMMAND_CALLBACK_SIGNAL
+        )
         handle = self._client.get_workflow_handle(process_id)
         try:
             try:

@@ -178,6 +178,7 @@ class Settings(BaseSettings):
                 "set APPROVAL_DEPLOYMENT_NAME and APPROVAL_BUILD_ID together, or neither"
             )
         return build_id
+
     @field_validator("temporal_address")
     @classmethod
     def _host_and_port(cls, value: str) -> str:

@@ -65,6 +65,6 @@ def test_one_name_without_the_other_is_refused(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(ValidationError) as err:
         _settings(monkeypatch, **{given: "x"})
     assert describe_error(err.value) == (
-        "invalid settings: APPROVAL_BUILD_ID Value error, set APPROVAL_DEPLOYMENT_NAME and "
+        "invalid settings: APPROVAL_BUILD_ID set APPROVAL_DEPLOYMENT_NAME and "
         "APPROVAL_BUILD_ID together, or neither"
     )
