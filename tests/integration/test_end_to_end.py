@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from local_stack.children import Child
 from tests.support.moto_server import free_loopback_port
+from tests.support.waiting import eventually
 from workflows.messages import ProcessState
 
 pytestmark = pytest.mark.integration
@@ -85,6 +86,33 @@ class RunningStack:
         assert item is not None, f"no record for {process_id}"
         return {name: value.get("S") for name, value in item.items()}
 
+    async def start(self) -> None:
+        """Start the supervisor and wait for its banner."""
+        await self.child.start()
+
+        def ready() -> bool:
+            if self.child.returncode is not None:
+                pytest.fail(f"local_stack exited with {self.child.returncode}:\n{self.output}")
+            return "Ready in" in self.output
+
+        await eventually(ready, "local_stack ready", READY_TIMEOUT)
+
+    async def kill_9(self) -> None:
+        """kill -9 the supervisor alone, then wait until its parts are gone (they die with it)."""
+        parts = [int(pid) for pid in re.findall(r" ready \(pid (\d+),", self.output)]
+        assert parts, self.output
+        self.child.kill()
+        await self.child.exited()
+        await eventually(lambda: not any(map(_alive, parts)), "the parts gone", READY_TIMEOUT)
+
+    async def start_again(self, **settings: str) -> None:
+        """Start the supervisor again, on the same ports and data folder."""
+        self.env = {**self.env, **settings}
+        output = self.child.log_path.with_suffix(".again.out")
+        self.child = _supervisor(self.env, output)
+        self.stopped_with = None
+        await self.start()
+
     async def stop(self) -> int:
         """SIGINT, as Ctrl+C would; the supervisor's exit code."""
         if self.stopped_with is None:
@@ -99,13 +127,12 @@ class RunningStack:
         return self.stopped_with
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
-    """Poll ``check`` until it holds, or fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {within:g} s")
-        await asyncio.sleep(0.1)
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited; its parent reaps it later
 
 
 @asynccontextmanager
@@ -126,30 +153,26 @@ async def local_stack(tmp_path: Path, **settings: str) -> AsyncIterator[RunningS
         }
     )
     env.update(settings)
-    child = Child(
-        "local_stack",
-        [sys.executable, "-m", "local_stack"],
-        env,
-        tmp_path / "local_stack.out",
-        sys.stderr,
-        echo=False,
+    stack = RunningStack(
+        child=_supervisor(env, tmp_path / "local_stack.out"),
+        data_dir=data_dir,
+        ports=ports,
+        env=env,
     )
-    await child.start()
-    stack = RunningStack(child=child, data_dir=data_dir, ports=ports, env=env)
     try:
-
-        async def ready() -> bool:
-            if child.returncode is not None:
-                pytest.fail(f"local_stack exited with {child.returncode}:\n{stack.output}")
-            return "Ready in" in stack.output
-
-        await eventually(ready, "local_stack ready", READY_TIMEOUT)
+        await stack.start()
         yield stack
     except BaseException:
         print(stack.output, file=sys.stderr)  # shown by pytest for the failing test
         raise
     finally:
         await stack.stop()
+
+
+def _supervisor(env: dict[str, str], output: Path) -> Child:
+    return Child(
+        "local_stack", [sys.executable, "-m", "local_stack"], env, output, sys.stderr, echo=False
+    )
 
 
 async def cli(stack: RunningStack, *args: str) -> tuple[int, str, str]:
@@ -205,7 +228,9 @@ async def approve(http: aiohttp.ClientSession, stack: RunningStack, process_id: 
 
 
 async def test_approved_process_completes(tmp_path: Path) -> None:
-    async with local_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+    # Commands that take a few seconds, so the kill -9 below lands while they are worked on.
+    slow = {"SIMULATOR_MIN_DELAY": "2.5", "SIMULATOR_MAX_DELAY": "3"}
+    async with local_stack(tmp_path, **slow) as stack, aiohttp.ClientSession() as http:
         # What make run promises on its last lines, and the UI behind the first one.
         output = stack.output
         ui = re.search(r"^Temporal UI: (\S+)$", output, re.MULTILINE)
@@ -260,6 +285,37 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
         code, out, err = await cli(stack, "status", "process-does-not-exist")
         assert (code, out) == (1, "")
         assert err.strip() == "approval-flow: no process with id process-does-not-exist"
+
+        # kill -9 of make run while a process waits on both commands loses nothing: started
+        # again on the same data, the stack finishes it (the simulator resumes its journaled
+        # work; the emulator's journal kept every record).
+        second = (await start_through_cli(stack, "across a kill -9"))["process_id"]
+        await approve(http, stack, second)
+
+        async def commands_of_second() -> list[dict[str, Any]]:
+            async with http.get(stack.url("SIMULATOR", "/commands")) as response:
+                listed = (await response.json())["commands"]
+            return [c for c in listed if c["process_id"] == second]
+
+        async def both_sent() -> bool:
+            return len(await commands_of_second()) == 2
+
+        await eventually(both_sent, "both commands of the second process sent", FLOW_TIMEOUT)
+        assert {c["outcome"] for c in await commands_of_second()} == {"pending"}
+        await stack.kill_9()
+        restarted = time.monotonic()
+        await stack.start_again(LOCAL_STACK_DEMO="false")
+        ready = time.monotonic()
+        client = await stack.client()
+        result = await asyncio.wait_for(client.get_workflow_handle(second).result(), FLOW_TIMEOUT)
+        done = time.monotonic()
+        print(
+            f"restart: ready in {ready - restarted:.1f} s; the process completed "
+            f"{done - restarted:.1f} s after the restart began ({done - ready:.1f} s after ready)"
+        )
+        assert result["status"] == "success"
+        assert stack.table_item(second)["status"] == "completed"
+        assert stack.table_item(process_id)["status"] == "completed"  # written before the kill
 
         assert await stack.stop() == 0
         assert "stack    | stopped" in stack.output
