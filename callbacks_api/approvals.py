@@ -34,6 +34,7 @@ from common.tokens import Purpose, SigningKey, fingerprint
 from workflows.messages import (
     APPROVAL_CALLBACK,
     ApprovalDecision,
+    ApproverState,
     FailureReason,
     ProcessState,
     Stage,
@@ -71,9 +72,9 @@ class Approvals:
         claims = links.verify(self._settings.signer, token, Purpose.APPROVAL)
         submitted = read_submitted(request.query.get(SUBMITTED), token, self._settings.signing_keys)
         if submitted is not None:
-            return await self._outcome(claims.workflow_id, token, submitted)
+            return await self._outcome(claims.workflow_id, token, submitted, claims.approver)
         state = await self._processes.state(claims.workflow_id)
-        refusal = approval_refusal(state)
+        refusal = approver_refusal(state, claims.approver) or approval_refusal(state)
         if refusal is not None:
             raise refusal
         logger.info(
@@ -83,7 +84,7 @@ class Approvals:
         )
         check = form_check(self._settings.signing_keys[0].secret, token)
         preselect = request.query.get("decision")
-        return html(200, pages.confirmation_page(state, check, preselect))
+        return html(200, pages.confirmation_page(state, check, preselect, claims.approver))
 
     async def decide(self, request: web.Request) -> web.Response:
         """Signal the decision, then send the browser to the page that shows what came of it.
@@ -101,8 +102,11 @@ class Approvals:
         body = await read_body(request, self._settings.max_callback_bytes)
         decision = read_decision(body, token, self._settings.signing_keys)
         if claims.approver is not None:
-            # A named approver's own link: the token says whose decision this is.
-            decision = decision.model_copy(update={"approver_id": claims.approver})
+            # A named approver's own link: the token says whose decision this is, whatever the
+            # form says (their page asks no name; the workflow names them from its policy).
+            decision = decision.model_copy(
+                update={"approver_id": claims.approver, "decided_by": claims.approver}
+            )
 
         delivery = Delivered(digest_of(decision), describe_decision(decision), claims.expires_at)
         outcome, first = await self._deliveries.deliver(
@@ -112,12 +116,14 @@ class Approvals:
             lambda: self._processes.signal(process_id, decision),
         )
         if outcome is Outcome.CONFLICT:
+            once = "Each approver decides once" if claims.approver else "Only the first counts"
             raise Problem(
                 409,
                 "already-decided",
                 "Already decided",
-                f"A decision was already sent through this link: {first.label}. Only the "
-                "first decision counts; yours was not sent.",
+                f"A decision was already sent through this link: {first.label}. {once}; "
+                "yours was not sent.",
+                extra={"approver": claims.approver} if claims.approver else None,
             )
         if outcome is Outcome.SENT:
             logger.info(
@@ -132,7 +138,9 @@ class Approvals:
         # Returned, not raised, so the metrics middleware counts a 303.
         return web.Response(status=303, headers={"Location": f"?{urlencode({SUBMITTED: mark})}"})
 
-    async def _outcome(self, process_id: str, token: str, submitted: Submitted) -> web.Response:
+    async def _outcome(
+        self, process_id: str, token: str, submitted: Submitted, approver: str | None
+    ) -> web.Response:
         """The page after a decision was delivered: read the state once and tell the outcome."""
         try:
             state = await self._processes.state(process_id, within=self._decision_wait)
@@ -140,6 +148,11 @@ class Approvals:
             if problem.status != 503:
                 raise  # unknown process (purged since), or a broken query
             return await self._unconfirmed(process_id, problem)
+        if approver is not None:
+            return self._approver_outcome(state, token, submitted, approver)
+        refusal = approver_refusal(state, None)
+        if refusal is not None:
+            raise refusal
         if state.approval.decision is not None:
             if submitted.matches(token, recorded_decision(state)):
                 return html(200, pages.recorded_page(state))
@@ -147,6 +160,22 @@ class Approvals:
             assert refusal is not None  # a decision is recorded
             raise refusal
         refusal = approval_refusal(state)
+        if refusal is not None:
+            raise refusal
+        return html(202, pages.pending_page(state))
+
+    def _approver_outcome(
+        self, state: ProcessState, token: str, submitted: Submitted, approver: str
+    ) -> web.Response:
+        """A named approver's decision counts on its own, settled or not: tell them theirs."""
+        mine = state.approval.approver(approver)
+        if mine is not None and mine.decision is not None:
+            if submitted.matches(token, approver_decision(mine)):
+                return html(200, pages.recorded_page(state, approver))
+            refusal = approver_refusal(state, approver)
+            assert refusal is not None  # they decided, and not this
+            raise refusal
+        refusal = approver_refusal(state, approver) or approval_refusal(state, raced=True)
         if refusal is not None:
             raise refusal
         return html(202, pages.pending_page(state))
@@ -178,14 +207,17 @@ def approval_refusal(state: ProcessState, *, raced: bool = False) -> Problem | N
     """Why a decision cannot be recorded now, or None while the process still takes one."""
     approval = state.approval
     if approval.decision is not None:
-        who = approval.decided_by or "someone"
-        decided = f"request was already {approval.decision} by {who}."
+        # Rejected with nobody named: the deadline passed under on_timeout "reject".
+        by = f" by {approval.decided_by}" if approval.decided_by else " when its time ran out"
+        decided = f"request was already {approval.decision}{by}."
         told = f"Another decision arrived first: this {decided}" if raced else f"This {decided}"
+        named = any(a.role != "anyone" for a in approval.approvers)
+        counts = "It is settled" if named else "Only the first decision counts"
         return Problem(
             409,
             "already-decided",
             "Already decided",
-            f"{told} Only the first decision counts; yours was not recorded.",
+            f"{told} {counts}; yours was not recorded.",
             state=state,
             extra={
                 "decision": approval.decision,
@@ -200,6 +232,60 @@ def approval_refusal(state: ProcessState, *, raced: bool = False) -> Problem | N
             detail = "The process is no longer waiting for a decision; nothing was recorded."
         return Problem(410, "closed", "This request is closed", detail, state=state)
     return None
+
+
+def approver_refusal(state: ProcessState, approver: str | None) -> Problem | None:
+    """Why a link cannot decide for its approver: none of this process's, or decided already.
+
+    A link without an approver (the shared kind) has no say once a process names approvers.
+    """
+    if approver is None:
+        if any(a.role != "anyone" for a in state.approval.approvers):
+            return Problem(
+                403,
+                "not-an-approver",
+                "This link cannot decide",
+                "This request is decided by its named approvers, each through their own link; "
+                "nothing was recorded.",
+            )
+        return None
+    mine = state.approval.approver(approver)
+    if mine is None:
+        return Problem(
+            403,
+            "not-an-approver",
+            "This link cannot decide",
+            "The link names an approver this process does not have; nothing was recorded.",
+        )
+    if mine.decision is None:
+        return None
+    when = mine.decided_at.strftime("%Y-%m-%d %H:%M UTC") if mine.decided_at else "earlier"
+    return Problem(
+        409,
+        "already-decided",
+        "Already decided",
+        f"You already {mine.decision} this request ({when}). Each approver decides once; "
+        "this decision was not recorded.",
+        state=state,
+        extra={
+            "approver": approver,
+            "decision": mine.decision,
+            "decided_by": mine.decided_by,
+            "decided_at": mine.decided_at.isoformat() if mine.decided_at else None,
+        },
+    )
+
+
+def approver_decision(approver: ApproverState) -> ApprovalDecision | None:
+    """A named approver's recorded decision, as the API signalled it (``decided_by``: their id)."""
+    if approver.decision is None:
+        return None
+    return ApprovalDecision(
+        approved=approver.decision == "approved",
+        decided_by=approver.id,
+        comment=approver.comment,
+        approver_id=approver.id,
+    )
 
 
 def refuse_cross_site(request: web.Request) -> None:
@@ -326,8 +412,10 @@ def html(status: int, text: str, headers: dict[str, str] | None = None) -> web.R
 
 
 def problem_page(problem: Problem) -> web.Response:
-    """A refusal as a page: a person opened the link."""
-    return html(problem.status, pages.problem_page(problem), problem.headers)
+    """A refusal as a page: a person opened the link (a named approver's: "you" on it)."""
+    approver = problem.extra.get("approver")
+    page = pages.problem_page(problem, approver if isinstance(approver, str) else None)
+    return html(problem.status, page, problem.headers)
 
 
 def approvals_app(

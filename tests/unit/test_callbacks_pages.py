@@ -13,6 +13,7 @@ import pytest
 from callbacks_api import pages
 from callbacks_api.approvals import (
     approval_refusal,
+    approver_refusal,
     form_check,
     read_submitted,
     recorded_decision,
@@ -23,6 +24,7 @@ from common.tokens import SigningKey
 from workflows.messages import (
     ApprovalDecision,
     ApprovalState,
+    ApproverState,
     CommandName,
     CommandState,
     FailureReason,
@@ -169,3 +171,75 @@ def test_problem_documents_follow_rfc_9457() -> None:
         "The link expired.",
         "x",
     )
+
+
+# -- named approvers ---------------------------------------------------------------------------
+
+
+def named(**changes: Any) -> ApprovalState:
+    approval = ApprovalState(
+        deadline=NOW + timedelta(hours=1),
+        required=2,
+        approvers=[
+            ApproverState(
+                id="a@x",
+                name=HOSTILE,
+                decision="approved",
+                decided_at=NOW,
+                decided_by=HOSTILE,
+                comment=HOSTILE,
+            ),
+            ApproverState(id="b@x", name="Bob"),
+            ApproverState(id="d@x", role="escalation"),
+        ],
+        approvals=1,
+        summary=f"1 of 2 approvals; waiting for Bob and {HOSTILE}",
+    )
+    return approval.model_copy(update=changes)
+
+
+def test_a_named_approvers_page_says_for_whom_and_where_it_stands() -> None:
+    html = pages.confirmation_page(make_state(approval=named()), check="c", approver="b@x")
+    assert "waiting for your decision, <strong>Bob</strong>" in html
+    assert "<strong>1 of 2 approvals; waiting for Bob and &lt;script&gt;" in html
+    assert "Bob &lt;b@x&gt; (you):" in html
+    assert "d@x, asked on escalation:" in html and "not decided yet" in html
+    assert "approved at <time" in html
+    assert 'name="name"' not in html  # the link says who decides
+    assert "<script>" not in html
+    # The shared link's page keeps the name field and shows no approvers list.
+    shared = pages.confirmation_page(make_state(), check="c")
+    assert 'name="name"' in shared and "approvers-heading" not in shared
+
+
+def test_a_named_approver_is_told_their_decision_counts_before_the_outcome() -> None:
+    state = make_state(approval=named())
+    html = pages.recorded_page(state, approver="a@x")
+    assert "Your decision (<strong>approved</strong>) is recorded" in html
+    assert "not settled yet: 1 of 2 approvals" in html
+    settled = make_state(approval=named(decision="approved", decided_by="A and B"))
+    html = pages.recorded_page(settled, approver="b@x")
+    assert "The request is now <strong>approved</strong>" in html
+
+
+def test_a_named_approvers_refusals() -> None:
+    state = make_state(approval=named())
+    assert approver_refusal(state, "b@x") is None
+    again = approver_refusal(state, "a@x")
+    assert again is not None and (again.status, again.kind) == (409, "already-decided")
+    assert again.detail.startswith("You already approved this request (2030-01-01 12:00 UTC)")
+    assert again.extra["approver"] == "a@x"
+    stranger = approver_refusal(state, "eve@x")
+    assert stranger is not None and (stranger.status, stranger.kind) == (403, "not-an-approver")
+    shared = approver_refusal(state, None)
+    assert shared is not None and shared.status == 403
+    assert approver_refusal(make_state(), None) is None  # no named approvers: the shared link
+    html = pages.problem_page(again, approver="a@x")
+    assert "&lt;script&gt;alert" in html and "<script>" not in html
+
+
+def test_a_request_rejected_at_its_deadline_is_told_so() -> None:
+    approval = named(decision="rejected", decided_by=None)
+    refusal = approval_refusal(make_state(approval=approval))
+    assert refusal is not None and refusal.status == 409
+    assert "already rejected when its time ran out. It is settled" in refusal.detail
