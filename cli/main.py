@@ -129,7 +129,8 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
     except ValidationError as err:
         print(f"approval-flow: {describe_error(err, CliSettings)}", file=sys.stderr)
         return EXIT_USAGE
-    configure_tracing("cli", program="approval-flow")  # before connecting: the client carries it
+    # Before connecting: the client carries it. Quiet: stderr holds only our one-line answers.
+    configure_tracing("cli", program="approval-flow", quiet=True)
     try:
         if args.command in LOCAL_COMMANDS:
             out.emit(*LOCAL_COMMANDS[args.command].run(args, settings))

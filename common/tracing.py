@@ -21,9 +21,11 @@ How one process stays one trace:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -43,6 +45,7 @@ INSTRUMENTATION_NAME = "approval-flow"
 # The only OTLP transport installed: HTTP/protobuf needs no gRPC stack in every image.
 SUPPORTED_PROTOCOL = "http/protobuf"
 EXPORTERS = ("otlp", "console")
+EXIT_FLUSH_SECONDS = 2.0
 
 
 class TracingSettingsError(ValueError):
@@ -70,10 +73,21 @@ class Tracing:
 
         return [TracingInterceptor(self.tracer)]
 
-    def shutdown(self) -> None:
-        """Export what is still buffered; ``exit_process`` skips the SDK's own atexit hook."""
-        if self.provider is not None:
-            self.provider.shutdown()
+    def shutdown(self, within: float = EXIT_FLUSH_SECONDS) -> None:
+        """Export what is still buffered, for at most ``within`` seconds, then stop.
+
+        ``exit_process`` skips the SDK's own atexit hook, so programs call this on the way out.
+        A collector that is down costs at most ``within`` (the exporter alone retries for 10 s);
+        the spans it did not take are dropped, the program's exit status is not changed.
+        """
+        if self.provider is None:
+            return
+        # In a thread of its own: the SDK's flush ignores its timeout and exports in the caller.
+        stopping = threading.Thread(
+            target=self.provider.shutdown, name="tracing-shutdown", daemon=True
+        )
+        stopping.start()
+        stopping.join(within)
 
 
 OFF = Tracing()
@@ -147,13 +161,17 @@ def _exporters(env: Mapping[str, str]) -> list[str]:
     return names
 
 
-def configure(component: str, program: str | None = None) -> Tracing:
+def configure(component: str, program: str | None = None, quiet: bool = False) -> Tracing:
     """Set up tracing from the environment, once; on a bad variable say so and exit 2.
 
     The service is ``approval-flow-<component>`` unless ``OTEL_SERVICE_NAME`` says otherwise;
-    ``program`` names the program in the error line, as ``load_settings`` does. Also installs the
-    provider globally, for any library that traces through the global API.
+    ``program`` names the program in the error line, as ``load_settings`` does. ``quiet`` keeps
+    the exporter's warnings (a collector that is down) off stderr, for a CLI whose stderr is its
+    one-line answers. Also installs the provider globally, for any library that traces through
+    the global API.
     """
+    if quiet:
+        logging.getLogger("opentelemetry").setLevel(logging.ERROR)
     global _installed
     if _installed.enabled:
         return _installed

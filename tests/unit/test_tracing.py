@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,12 @@ import pytest
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from callbacks_api.tracing import tracing_middleware, tracing_middlewares
@@ -321,3 +327,20 @@ async def test_the_simulator_calls_back_with_the_trace_context_it_received() -> 
     assert sorted(received, key=str) == sorted([PARENT, OTHER])
     assert records["command-two"]["traceparent"] == PARENT
     assert records["command-one"]["traceparent"] == OTHER
+
+
+def test_a_collector_that_does_not_answer_cannot_hold_up_the_exit() -> None:
+    """The SDK's own flush ignores its timeout; shutdown gives up after ``within`` instead."""
+    released = threading.Event()
+
+    class Stuck(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            released.wait()
+            return SpanExportResult.SUCCESS
+
+    traced = tracing.from_environment("test", processors=(BatchSpanProcessor(Stuck()),))
+    assert traced.tracer is not None
+    traced.tracer.start_span("buffered").end()
+    traced.shutdown(within=0.2)
+    assert not released.is_set()  # returned while the export was still stuck
+    released.set()
