@@ -9,7 +9,8 @@ The story an operator lives through (docs/upgrades.md), with the real ``temporal
    (tests/integration/workflow_variants.py), replays every live history first (as
    ``approval-flow replay`` does), then starts beside ``a`` and is made current;
 4. signals keep arriving for processes of both builds while the lock passes between them;
-5. build ``a`` drains (the server says so) and stops.
+5. build ``a`` drains (the server says so) and stops;
+6. a rollback to ``a``: the mutex, which ran ``b``'s patched branch, is pinned to ``b`` first.
 
 Every process completes on the build it started on (pinned; the one from before versioning on the
 first current build), the mutex moves to ``b`` and takes the patched branch from its next run on,
@@ -129,7 +130,8 @@ async def make_current(env: WorkflowEnvironment, version: WorkerDeploymentVersio
     )
 
 
-async def temporal_json(env: WorkflowEnvironment, *args: str) -> Any:
+async def temporal(env: WorkflowEnvironment, *args: str) -> Any:
+    """Run the ``temporal`` CLI as an operator would; its JSON output."""
     address = env.client.service_client.config.target_host
     process = await asyncio.create_subprocess_exec(
         temporal_cli(),
@@ -143,7 +145,7 @@ async def temporal_json(env: WorkflowEnvironment, *args: str) -> Any:
     )
     out, err = await asyncio.wait_for(process.communicate(), PATIENCE)
     assert process.returncode == 0, err.decode()
-    return json.loads(out)
+    return json.loads(out) if out.strip() else None
 
 
 def _version_of(description: Any) -> tuple[int, str]:
@@ -240,7 +242,7 @@ async def test_rolling_upgrade_loses_no_process_and_no_signal(server: WorkflowEn
 
             # 5. Build a drains: no open workflow is pinned to it any more.
             async def drained() -> bool:
-                described = await temporal_json(
+                described = await temporal(
                     server,
                     "worker",
                     "deployment",
@@ -313,6 +315,39 @@ async def test_rolling_upgrade_loses_no_process_and_no_signal(server: WorkflowEn
                 releases += signals.get("release", 0)
                 assert not signals.get("cancel"), run.run_id
             assert (requests, releases) == (6, 6)
+
+            # 6. Roll back to a. Processes are pinned, so none moves; but the mutex follows the
+            # current build, and a cannot replay the run in which b took the patched branch.
+            replayer_a = Replayer(
+                workflows=WORKFLOWS_A,
+                data_converter=client.data_converter,
+                interceptors=[LinearRetryInterceptor()],
+            )
+            replayed = await replay(client, replay_query(task_queue, None), 100, replayer_a)
+            assert [(r.execution.id, r.failure is None) for r in replayed] == [(mutex.id, False)]
+            # So the mutex is pinned to b first, then a is made current again.
+            await temporal(
+                server,
+                "workflow",
+                "update-options",
+                "--workflow-id",
+                mutex.id,
+                "--versioning-override-behavior",
+                "pinned",
+                "--versioning-override-deployment-name",
+                deployment,
+                "--versioning-override-build-id",
+                "b",
+            )
+            async with running_worker(client, task_queue, fakes, WORKFLOWS_A, build_a):
+                await make_current(server, build_a)
+                p6 = await h.start(requested_by="after-rollback")
+                await queue(p6)
+                await finish(p6)
+                assert _version_of(await p6.describe()) == (pinned, "a")
+                assert _version_of(await mutex.describe())[1] == "b"
+                state = await mutex.query(MutexWorkflow.state)
+                assert (state.counters.grants, state.counters.releases) == (7, 7)
 
 
 def _patch_marked(history: WorkflowHistory) -> bool:
