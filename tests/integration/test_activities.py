@@ -734,6 +734,47 @@ def test_each_named_approver_gets_their_own_link_and_reminders_repeat_it(aws: Aw
         assert (claims.workflow_id, claims.approver) == (process_id, approver_id)
 
 
+def test_a_filter_policy_on_approver_routes_each_mail_to_its_approver_alone(aws: Aws) -> None:
+    """What docs/approvals.md tells a deployment to do: one subscription per approver."""
+    queues = {}
+    for approver in ("alice@example.test", "bob@example.test"):
+        name = f"mail-{approver.split('@')[0]}-{uuid.uuid4().hex[:6]}"
+        url = aws.clients.sqs.create_queue(QueueName=name)["QueueUrl"]
+        arn = aws.clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        aws.clients.sns.subscribe(
+            TopicArn=aws.resources.topic_arn,
+            Protocol="sqs",
+            Endpoint=arn,
+            Attributes={"FilterPolicy": json.dumps({"approver": [approver]})},
+        )
+        queues[approver] = url
+    notifier = ApprovalNotifier(
+        aws.clients.sns,
+        aws.resources.topic_arn,
+        aws.settings.signer,
+        aws.settings.callback_base_url,
+        aws.idempotency,
+    )
+    notice = NotifyApprovers(
+        process_id=_process_id(),
+        requested_by="grace",
+        description="",
+        requested_at=datetime.now(UTC),
+        deadline=datetime.now(UTC) + timedelta(hours=1),
+        kind="request",
+        sequence=0,
+        to=(Approver(id="alice@example.test"), Approver(id="bob@example.test")),
+    )
+    sent = ActivityEnvironment().run(notifier.notify_approvers, notice)
+
+    for approver, url in queues.items():
+        (mail,) = _received(aws, url, 1)
+        assert mail["MessageId"] == sent.message_ids[approver]
+        assert mail["Message"].startswith(f"To: {approver}")
+
+
 def _received(aws: Aws, queue_url: str, count: int) -> list[dict[str, Any]]:
     """``count`` SNS envelopes from the inbox queue (it holds no more)."""
     envelopes: list[dict[str, Any]] = []

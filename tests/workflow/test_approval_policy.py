@@ -325,3 +325,16 @@ async def test_without_approvers_reminders_go_to_the_topic_with_the_shared_link(
             ("request", ["*"]),
             ("reminder", ["*"]),
         ]
+
+
+async def test_a_request_that_cannot_be_sent_fails_the_process(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Unlike a reminder: with no mail out, nobody can decide; as the original, it fails."""
+    async with harness(time_env.client) as h:
+        h.fakes.notify_failures.add(0)
+        handle = await h.start(approval=ApprovalPolicy(approvers=TEAM))
+        error = await _failure(handle)
+        assert error.type == "error"
+        assert "SNS unavailable" in error.message
+        assert h.fakes.records[handle.id]["reason"] == "error"
