@@ -47,6 +47,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 STANDARD_ENV = {
     "AWS_ACCESS_KEY_ID": "boto3 credential chain",
     "AWS_SECRET_ACCESS_KEY": "boto3 credential chain",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "OpenTelemetry (common/tracing.py)",
 }
 
 # What the interpolated variables are set to while rendering (a valid key: 32+ byte secret).

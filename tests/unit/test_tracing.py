@@ -3,11 +3,15 @@ API's server spans, and the simulator passing the context on (real HTTP on loopb
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import secrets
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +33,8 @@ from common.tokens import Purpose, SigningKey, TokenSigner
 from simulator.downstream import Downstream, create_app
 from simulator.settings import SimulatorSettings
 from tests.support.http import serving
+
+ROOT = Path(__file__).resolve().parents[2]
 
 OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",
@@ -344,3 +350,39 @@ def test_a_collector_that_does_not_answer_cannot_hold_up_the_exit() -> None:
     traced.shutdown(within=0.2)
     assert not released.is_set()  # returned while the export was still stuck
     released.set()
+
+
+PROGRAMS = {"worker": "worker", "callbacks_api": "callbacks_api", "local_stack": "make run"}
+
+
+async def test_every_program_reads_the_otel_variables_at_start() -> None:
+    """Each entry point configures tracing before it connects: a bad variable stops it there.
+
+    (The CLI's configuration is seen working in tests/integration/test_tracing.py.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPROVAL_"))}
+    env.update(
+        APPROVAL_SIGNING_KEYS="k1:" + "s" * 40,
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        # Nothing may be reached before the settings are checked; these would fail if it were.
+        TEMPORAL_ADDRESS="127.0.0.1:9",
+        LOCAL_STACK_DATA_DIR="/nonexistent/never-created",
+    )
+
+    async def start(module: str) -> tuple[int | None, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        return process.returncode, err.decode()
+
+    # At once: each spends its few seconds importing.
+    answers = await asyncio.gather(*(start(module) for module in PROGRAMS))
+    for (code, err), program in zip(answers, PROGRAMS.values(), strict=True):
+        assert (code, err.splitlines()) == (
+            2,
+            [
+                f"{program}: invalid settings: OTEL_EXPORTER_OTLP_PROTOCOL grpc is not "
+                "supported (use http/protobuf, usually on the collector's port 4318)"
+            ],
+        )
