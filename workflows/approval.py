@@ -263,6 +263,7 @@ class ApprovalRound:
             approvers=list(self._approvers.values()),
             approvals=self.approvals,
             rejections=self.rejections,
+            needed=0 if self.settled else self.policy.required - self.approvals,
             waiting_for=[a.id for a in self.awaited()] if not self.settled else [],
             escalates_at=self.escalates_at if not self.settled else None,
             escalated_at=self.escalated_at,

@@ -359,6 +359,7 @@ class ApprovalState(Message):
     approvers: list[ApproverState] = []
     approvals: int = 0
     rejections: int = 0
+    needed: int = 0  # approvals still needed for the quorum (0 once settled)
     waiting_for: list[str] = []  # ids of invited approvers who have not decided
     escalates_at: datetime | None = None
     escalated_at: datetime | None = None

@@ -96,13 +96,14 @@ def test_two_of_three_approve() -> None:
     assert not round_.settled
     assert round_.summary() == "1 of 2 approvals; waiting for Bob and Carol"
     assert round_.state().waiting_for == [BOB, CAROL]
+    assert round_.state().needed == 1
     assert decide(round_, CAROL, at=T0 + 2 * MIN) is None
     assert round_.outcome is Outcome.APPROVED
     state = round_.state()
     assert (state.decision, state.decided_by) == ("approved", "Alice and Carol")
     assert state.decided_at == T0 + 2 * MIN
     assert state.comment is None  # two decisions made it: no one comment speaks for both
-    assert state.approvals == 2 and state.waiting_for == []
+    assert state.approvals == 2 and state.waiting_for == [] and state.needed == 0
     assert decide(round_, BOB, approved=False) is Refusal.CLOSED
     assert round_.failure() is None
 
