@@ -52,7 +52,7 @@ def create_app(
     settings: Settings,
     client: Client,
     *,
-    decision_wait: timedelta = timedelta(seconds=2),
+    decision_wait: timedelta = timedelta(seconds=10),
     temporal_timeout: timedelta = timedelta(seconds=5),
     tracing: Tracing | None = None,
     remembered_links: int = DEFAULT_CAPACITY,
@@ -61,8 +61,9 @@ def create_app(
 
     ``tracing`` defaults to what the program configured; when on, ``client`` should carry it too
     (``common.temporal.connect`` does), so the signals continue each request's span.
-    ``decision_wait`` bounds how long the page shown after a decision waits for a worker to
-    answer the state query before it says "being recorded"; ``remembered_links`` bounds the
+    ``decision_wait`` bounds how long the page shown after a decision waits for a busy worker
+    to answer the state query before it says "being recorded" (with no worker at all it says so
+    at once); ``remembered_links`` bounds the
     memory that answers repeated posts on one link without signalling again.
     """
     metrics = Metrics()

@@ -11,6 +11,7 @@ still being recorded (no worker answered), closed, unknown, or invalid. Refusals
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -142,12 +143,11 @@ class Approvals:
         self, process_id: str, token: str, submitted: Submitted, approver: str | None
     ) -> web.Response:
         """The page after a decision was delivered: read the state once and tell the outcome."""
-        try:
-            state = await self._processes.state(process_id, within=self._decision_wait)
-        except Problem as problem:
-            if problem.status != 503:
-                raise  # unknown process (purged since), or a broken query
-            return await self._unconfirmed(process_id, problem)
+        state = await self._read_after_decision(process_id)
+        if state is None:
+            # Delivered, and nothing handles it yet: it waits in the process's history and is
+            # handled as soon as a worker runs.
+            return html(202, pages.pending_page(None))
         if approver is not None:
             return self._approver_outcome(state, token, submitted, approver)
         refusal = approver_refusal(state, None)
@@ -180,27 +180,53 @@ class Approvals:
             raise refusal
         return html(202, pages.pending_page(state))
 
-    async def _unconfirmed(self, process_id: str, problem: Problem) -> web.Response:
-        """The state could not be read; the decision was delivered all the same."""
-        if problem.kind == "no-worker-answer":
-            try:
-                description = await self._processes.describe(process_id)
-            except Problem as gone:
-                if gone.status != 503:
-                    raise
-            else:
-                if description.status == WorkflowExecutionStatus.RUNNING:
-                    # The usual case: no worker is running. The decision waits in the process's
-                    # history and is handled as soon as one runs.
-                    return html(202, pages.pending_page(None))
-        raise Problem(
-            503,
-            "outcome-unknown",
-            "Decision sent",
-            "Your decision was delivered, but what became of it cannot be read right now. "
-            "Open this link again in a minute to see the outcome.",
-            headers={"Retry-After": "5"},
-        )
+    async def _read_after_decision(self, process_id: str) -> ProcessState | None:
+        """The state once the worker has handled the decision, or None while no worker runs.
+
+        The query (it needs a worker) and a look at whether any worker is there (the server
+        answers that) start together. With no worker, the page says "being recorded" at once;
+        with one, it waits up to ``decision_wait`` for the answer, as a client that signals and
+        then queries would under a burst of decisions.
+        """
+        query = asyncio.ensure_future(self._processes.state(process_id, within=self._decision_wait))
+        presence = asyncio.ensure_future(self._worker_present(process_id))
+        try:
+            await asyncio.wait({query, presence}, return_when=asyncio.FIRST_COMPLETED)
+            if not query.done():
+                present = await presence
+                if present is False:
+                    return None
+                if present is None:  # ended meanwhile, and no worker can show how
+                    raise outcome_unknown()
+            return await query
+        except Problem as problem:
+            if problem.kind == "no-worker-answer":
+                return None
+            raise outcome_unknown() if problem.status == 503 else problem from None
+        finally:
+            for task in (query, presence):
+                task.cancel()
+                # Whatever it raised, nobody needs it any more; do not log it as lost.
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def _worker_present(self, process_id: str) -> bool | None:
+        """Whether a worker can answer for the process; None if it ended with none to show it."""
+        description = await self._processes.describe(process_id)
+        if await self._processes.has_worker(description):
+            return True
+        return False if description.status == WorkflowExecutionStatus.RUNNING else None
+
+
+def outcome_unknown() -> Problem:
+    """A delivered decision whose outcome cannot be read right now."""
+    return Problem(
+        503,
+        "outcome-unknown",
+        "Decision sent",
+        "Your decision was delivered, but what became of it cannot be read right now. "
+        "Open this link again in a minute to see the outcome.",
+        headers={"Retry-After": "5"},
+    )
 
 
 def approval_refusal(state: ProcessState, *, raced: bool = False) -> Problem | None:

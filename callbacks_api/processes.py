@@ -16,9 +16,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from cachetools import TTLCache
 from prometheus_client import Counter
+from temporalio.api.enums.v1 import PendingWorkflowTaskState, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -43,6 +47,9 @@ from workflows.messages import (
 logger = logging.getLogger(__name__)
 
 _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+# A worker's long poll lasts up to a minute; a poll seen more recently than this is a live worker.
+POLLER_FRESHNESS = timedelta(seconds=70)
+PRESENCE_TTL = timedelta(seconds=2)
 
 
 class Processes:
@@ -60,6 +67,10 @@ class Processes:
     ) -> None:
         self._client = client
         self._timeout = call_timeout
+        # Worker presence per task queue, briefly: see ``has_worker``.
+        self._presence: TTLCache[str, bool] = TTLCache(
+            maxsize=256, ttl=PRESENCE_TTL.total_seconds()
+        )
         # Labelled (signal, outcome): "sent", or the kind of the refusal.
         self._signals = signals
 
@@ -108,6 +119,45 @@ class Processes:
                 STATE_QUERY, result_type=ProcessState, rpc_timeout=wait
             )
         return state
+
+    async def has_worker(self, description: WorkflowExecutionDescription) -> bool:
+        """Whether a worker is at work on this process or polls its task queue (server-side).
+
+        Tells "no worker runs" (say "being recorded" at once) from "a worker is busy" (a burst of
+        decisions: wait for it). A worker long-polls for up to a minute, so a poll seen within
+        ``POLLER_FRESHNESS`` means it is alive; a killed one still counts for that long. The
+        answer per task queue is kept for ``PRESENCE_TTL``, so a burst asks the server once.
+        """
+        raw = description.raw_description
+        if (
+            raw.HasField("pending_workflow_task")
+            and raw.pending_workflow_task.state
+            == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
+        ):
+            return True
+        task_queue = description.task_queue
+        known = self._presence.get(task_queue)
+        if known is not None:
+            return known
+        request = DescribeTaskQueueRequest(
+            namespace=self._client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        try:
+            async with self._call("describe task queue", description.id):
+                response = await self._client.workflow_service.describe_task_queue(
+                    request, timeout=self._timeout
+                )
+        except Problem:
+            return False  # not known to be there: the caller says "being recorded"
+        seen_after = datetime.now(UTC) - POLLER_FRESHNESS
+        present = any(
+            poller.last_access_time.ToDatetime(tzinfo=UTC) > seen_after
+            for poller in response.pollers
+        )
+        self._presence[task_queue] = present
+        return present
 
     async def ready(self) -> bool:
         """Whether the Temporal frontend answers a health check right now."""

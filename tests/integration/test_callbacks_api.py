@@ -450,8 +450,9 @@ async def test_an_approval_posted_while_no_worker_runs_is_pending_then_recorded(
         process_id = await stack.start_process(task_queue)
     token = stack.approval_token(process_id)
 
-    # No worker polls the task queue now: the decision is signalled and the page says so. (An
-    # app of its own waits 1 s for the worker, not the 10 s the shared one allows a busy host.)
+    # No worker polls the task queue now: the decision is signalled and the page says so. (The
+    # stopped worker's last poll is recent, so the server still lists it: an app of its own
+    # waits 1 s for it to answer, not the 10 s a busy worker gets.)
     app = create_app(stack.settings, stack.client, decision_wait=timedelta(seconds=1))
     async with TestClient(TestServer(app, host="127.0.0.1")) as http:
         response = await http.post(
@@ -479,6 +480,43 @@ async def test_an_approval_posted_while_no_worker_runs_is_pending_then_recorded(
         response = await stack.http.get(f"/approvals/{token}{outcome}")
         assert response.status == 200
         assert "Decision recorded" in await response.text()
+
+
+async def test_with_no_worker_polling_at_all_the_page_does_not_wait_for_one(
+    stack: Stack,
+) -> None:
+    """A task queue no worker ever polled: the server says so, and the page answers at once."""
+    task_queue = f"never-polled-{uuid.uuid4()}"
+    process_id = f"process-{uuid.uuid4()}"
+    handle = await stack.client.start_workflow(
+        ProcessWorkflow.run,
+        ProcessInput(
+            requested_by="Grace",
+            options=ProcessOptions(lock_resource=f"test-{uuid.uuid4().hex[:8]}"),
+        ),
+        id=process_id,
+        task_queue=task_queue,
+    )
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    token = stack.signer.sign(process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, deadline)
+    # Were a worker counted as there, the page would wait the whole (absurd) decision_wait.
+    app = create_app(stack.settings, stack.client, decision_wait=timedelta(hours=1))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+        response = await asyncio.wait_for(
+            http.post(
+                f"/approvals/{token}",
+                data={"check": hidden_check_for(stack, token), "decision": "reject"},
+            ),
+            60,
+        )
+        html = await response.text()
+    assert response.status == 202, html
+    assert "Decision being recorded" in html
+
+    async with stack.worker(task_queue):
+        state = await eventually(lambda: stack.state(process_id), lambda s: s.status.is_final)
+        assert state.failure_reason is FailureReason.REJECTED
+        await stack.closed(handle.id)
 
 
 def hidden_check_for(stack: Stack, token: str) -> str:
