@@ -1,6 +1,6 @@
-"""``python -m benchmarks``: the approvals figure (see ``benchmarks.approvals``)."""
+"""``python -m benchmarks``: every figure against its baseline (see ``benchmarks.suite``)."""
 
-from benchmarks.approvals import main
+from benchmarks.suite import main
 from common.temporal import exit_process
 
 if __name__ == "__main__":

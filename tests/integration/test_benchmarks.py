@@ -1,0 +1,48 @@
+"""``python -m benchmarks --quick`` runs every figure end to end and loses nothing.
+
+A smoke test of the benchmark suite, not a benchmark: it asserts that the run completes, that
+every figure of issue 12 is in the JSON with a value, and that nothing was lost; never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.suite import REQUIRED
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_quick_benchmark_measures_every_figure_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"results: {out}" in result.stdout
+    document = json.loads(out.read_text())
+    assert document["mode"] == "quick"
+    assert document["lost"] == 0
+    figures = {f["name"]: f for f in document["figures"]}
+    assert set(REQUIRED) <= set(figures)
+    for name in REQUIRED:
+        assert figures[name]["value"] is not None, name
+        assert figures[name]["n"] > 0, name
+    # What every process of the scale figure and every queued waiter ended as.
+    assert figures["scale_closed_as_expected_fraction"]["value"] == 1.0
+    assert figures["mutex_queue_grant_order_kept"]["value"] == 1.0
+    machine = document["machine"]
+    assert machine["cpu_count"] and machine["temporalio"]
+    assert len(machine["load_average_before"]) == 3
