@@ -10,6 +10,12 @@ land after the next holder's. Over HTTP the fence is in the ``Lock-Resource`` an
 headers, over SQS in message attributes of the same names, and in both bodies as
 ``lock_resource`` and ``lease_id``. A send of a process started before the fence existed carries
 none of them. Both sends heartbeat, so a cancel reaches them (activities/heartbeat.py).
+
+A redriven process (``approval-flow redrive``) sends the commands that did not succeed again
+under the original process's idempotency key, so a downstream system that did finish the work
+recognises it; the body's ``redrive`` (1, 2, ...) tells it this is a deliberate second try, and
+the new ``callback_url`` is where the result now goes. Each body also names the command's
+``heartbeat_url`` and, when the process wants heartbeats, ``heartbeat_timeout`` in seconds.
 """
 
 from __future__ import annotations
@@ -115,7 +121,7 @@ class CommandActivities:
 
     async def _send_one(self, command: SendCommand) -> SendResult:
         key = idempotency_key(command)
-        done = await self._blocking(self._idempotency.get, key)
+        done = await self._blocking(self._idempotency.get, sent_record_key(command))
         if done is not None:
             return _result(command, key, duplicate=True, detail=done)
         attributes: dict[str, MessageAttributeValueTypeDef] = {
@@ -137,12 +143,12 @@ class CommandActivities:
             message["MessageDeduplicationId"] = key
         response = await self._blocking(functools.partial(self._sqs.send_message, **message))
         detail = {"message_id": response["MessageId"]}
-        await self._blocking(self._idempotency.record, key, detail)
+        await self._blocking(self._idempotency.record, sent_record_key(command), detail)
         return _result(command, key, duplicate=False, detail=detail)
 
     async def _send_two(self, command: SendCommand) -> SendResult:
         key = idempotency_key(command)
-        done = await self._blocking(self._idempotency.get, key)
+        done = await self._blocking(self._idempotency.get, sent_record_key(command))
         if done is not None:
             return _result(command, key, duplicate=True, detail=done)
         headers = {IDEMPOTENCY_HEADER: key, **tracing.carrier()}
@@ -167,7 +173,7 @@ class CommandActivities:
         if body:
             with contextlib.suppress(ValueError):  # a malformed body is just not kept
                 detail["response"] = json.loads(body)
-        await self._blocking(self._idempotency.record, key, detail)
+        await self._blocking(self._idempotency.record, sent_record_key(command), detail)
         return _result(command, key, duplicate=False, detail=detail)
 
     async def _blocking(self, call: Callable[..., T], *args: Any) -> T:
@@ -186,13 +192,19 @@ class CommandActivities:
         deadline = command.deadline
         if deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
+        callback_url = f"{self._base_url}/callbacks/{token}"
         payload: dict[str, Any] = {
             "process_id": command.process_id,
             "command": command.command.value,
-            "callback_url": f"{self._base_url}/callbacks/{token}",
+            "callback_url": callback_url,
+            "heartbeat_url": f"{callback_url}/heartbeat",
             "idempotency_key": key,
             "deadline": deadline.astimezone(UTC).isoformat(),
         }
+        if command.heartbeat_timeout is not None:
+            payload["heartbeat_timeout"] = command.heartbeat_timeout.total_seconds()
+        if command.redrive:
+            payload["redrive"] = command.redrive
         lease = fence(command)
         if lease is not None:
             payload["lock_resource"], payload["lease_id"] = lease
@@ -205,7 +217,18 @@ class CommandActivities:
 
 
 def idempotency_key(command: SendCommand) -> str:
-    return f"{command.process_id}:{command.command.value}"
+    """What the downstream system dedups on: the original process's, across every redrive."""
+    return f"{command.original_process_id or command.process_id}:{command.command.value}"
+
+
+def sent_record_key(command: SendCommand) -> str:
+    """Where this send is remembered as done, so a retried attempt does not send again.
+
+    Per redrive: a redrive must send again what an earlier run sent, under the same
+    idempotency key, and only its own retries may skip the send.
+    """
+    key = idempotency_key(command)
+    return f"{key}#redrive-{command.redrive}" if command.redrive else key
 
 
 def fence(command: SendCommand) -> tuple[str, int] | None:

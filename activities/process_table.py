@@ -47,17 +47,22 @@ class ProcessTableActivities:
     def create_process(self, record: CreateProcessRecord) -> None:
         """Put the pending record once; a retry after a successful put leaves it untouched."""
         created_at = iso_utc(record.created_at)
+        item: dict[str, AttributeValueTypeDef] = {
+            "process_id": {"S": record.process_id},
+            "status": {"S": ProcessStatus.PENDING.value},
+            "requested_by": {"S": record.requested_by},
+            "description": {"S": record.description},
+            "created_at": {"S": created_at},
+            "updated_at": {"S": created_at},
+        }
+        if record.redriven_from is not None:
+            # A redrive is a process of its own that says where it came from.
+            item["redriven_from"] = {"S": record.redriven_from}
+            item["redrive_count"] = {"N": str(record.redrive_count)}
         try:
             self._dynamodb.put_item(
                 TableName=self._table,
-                Item={
-                    "process_id": {"S": record.process_id},
-                    "status": {"S": ProcessStatus.PENDING.value},
-                    "requested_by": {"S": record.requested_by},
-                    "description": {"S": record.description},
-                    "created_at": {"S": created_at},
-                    "updated_at": {"S": created_at},
-                },
+                Item=item,
                 ConditionExpression="attribute_not_exists(process_id)",
             )
         except self._dynamodb.exceptions.ConditionalCheckFailedException:

@@ -17,8 +17,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callbacks_api import links, problems
-from callbacks_api.bodies import read_body, require_content_type
+from callbacks_api.bodies import JSON_CONTENT_TYPE, invalid_body, read_body, require_content_type
 from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
+from callbacks_api.heartbeats import CommandHeartbeats
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
 from common.settings import Settings
@@ -26,8 +27,6 @@ from common.tokens import Purpose, fingerprint
 from workflows.messages import CommandCallback, CommandName
 
 logger = logging.getLogger(__name__)
-
-JSON_CONTENT_TYPE = "application/json"
 
 
 class CallbackBody(BaseModel):
@@ -62,7 +61,7 @@ class CommandCallbacks:
         try:
             payload = CallbackBody.model_validate_json(body)
         except ValidationError as err:
-            raise _invalid_callback(err) from err
+            raise invalid_body(err, "Invalid callback body", CALLBACK_SHAPE) from err
 
         callback = CommandCallback(
             command=command.value,
@@ -109,23 +108,7 @@ def already_reported(command: CommandName, first: Delivered) -> Problem:
     )
 
 
-def _invalid_callback(err: ValidationError) -> Problem:
-    invalid_json = any(error["type"] == "json_invalid" for error in err.errors())
-    return Problem(
-        400,
-        "invalid-body",
-        "Invalid callback body",
-        "The body is not valid JSON."
-        if invalid_json
-        else 'Expected {"status": "succeeded" | "failed", "result": {...}, "error": "..."}.',
-        # Locations and messages only: the input itself is never echoed back.
-        extra={
-            "errors": [
-                {"loc": ".".join(str(part) for part in error["loc"]), "msg": error["msg"]}
-                for error in err.errors(include_input=False, include_url=False)
-            ]
-        },
-    )
+CALLBACK_SHAPE = 'Expected {"status": "succeeded" | "failed", "result": {...}, "error": "..."}.'
 
 
 def callbacks_app(
@@ -133,6 +116,8 @@ def callbacks_app(
 ) -> web.Application:
     """The sub-app mounted at ``/callbacks``; every refusal under it is a problem document."""
     callbacks = CommandCallbacks(settings, processes, deliveries)
+    heartbeats = CommandHeartbeats(settings, processes, deliveries)
     app = web.Application(middlewares=[problems.error_middleware(problems.problem_response)])
     app.router.add_post("/{token}", callbacks.report)
+    app.router.add_post("/{token}/heartbeat", heartbeats.beat)
     return app

@@ -76,6 +76,10 @@ class RecentDeliveries:
         self._delivered.expire()
         return len(self._delivered)
 
+    def first(self, link: Hashable) -> Delivered | None:
+        """What this link delivered first, while remembered; None otherwise (or still in flight)."""
+        return self._delivered.get(link)
+
     async def deliver(
         self,
         link: Hashable,

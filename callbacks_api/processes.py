@@ -37,10 +37,12 @@ from callbacks_api.problems import Problem
 from workflows.messages import (
     APPROVAL_DECISION_SIGNAL,
     COMMAND_CALLBACK_SIGNAL,
+    COMMAND_HEARTBEAT_SIGNAL,
     PROCESS_STATUS_ATTRIBUTE,
     STATE_QUERY,
     ApprovalDecision,
     CommandCallback,
+    CommandHeartbeat,
     ProcessState,
 )
 
@@ -50,6 +52,13 @@ _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
 # A worker's long poll lasts up to a minute; a poll seen more recently than this is a live worker.
 POLLER_FRESHNESS = timedelta(seconds=70)
 PRESENCE_TTL = timedelta(seconds=2)
+
+Signal = ApprovalDecision | CommandCallback | CommandHeartbeat
+_SIGNAL_NAMES: dict[type[Signal], str] = {
+    ApprovalDecision: APPROVAL_DECISION_SIGNAL,
+    CommandCallback: COMMAND_CALLBACK_SIGNAL,
+    CommandHeartbeat: COMMAND_HEARTBEAT_SIGNAL,
+}
 
 
 class Processes:
@@ -74,17 +83,13 @@ class Processes:
         # Labelled (signal, outcome): "sent", or the kind of the refusal.
         self._signals = signals
 
-    async def signal(self, process_id: str, message: ApprovalDecision | CommandCallback) -> None:
+    async def signal(self, process_id: str, message: Signal) -> None:
         """Deliver ``message``; once this returns, the server holds it durably.
 
         Refusals: 404 ``unknown-process``, 410 ``closed`` (told apart by ``describe``), 503 when
         the server did not confirm (the signal may or may not have arrived).
         """
-        name = (
-            APPROVAL_DECISION_SIGNAL
-            if isinstance(message, ApprovalDecision)
-            else COMMAND_CALLBACK_SIGNAL
-        )
+        name = _SIGNAL_NAMES[type(message)]
         handle = self._client.get_workflow_handle(process_id)
         try:
             try:

@@ -1,8 +1,15 @@
-"""``approval-flow lock``: who holds the lock on a resource, and who waits for it."""
+"""``approval-flow lock [--resource NAME]``: who holds each resource's lock, and who waits.
+
+Every resource has its own mutex workflow (``mutex-<resource>``), which never ends. Without
+``--resource`` the command finds them all through the visibility store (running workflows of type
+``MutexWorkflow``) and asks each for its ``state``; with it, just that one. A queue is shown in
+the order it is granted: by priority (1 first), then first come, first served.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from temporalio.client import Client
@@ -11,36 +18,75 @@ from temporalio.service import RPCError, RPCStatusCode
 from cli.output import when
 from cli.queries import query_state
 from cli.settings import CliSettings
-from workflows.messages import DEFAULT_LOCK_RESOURCE, MutexState, mutex_workflow_id
+from cli.start import resource
+from workflows.lock_queue import describe
+from workflows.messages import MUTEX_ID_PREFIX, MutexState, mutex_workflow_id
 
-HELP = "who holds the lock, who waits"
+HELP = "who holds each resource's lock, who waits"
+
+MUTEX_WORKFLOW = "MutexWorkflow"
+# Resources asked at once; each answer needs a worker, and a slow one should not stall the rest.
+CONCURRENT_QUERIES = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resource", default=DEFAULT_LOCK_RESOURCE)
+    parser.add_argument(
+        "--resource", type=resource, metavar="NAME", help="one resource (default: every resource)"
+    )
 
 
 async def run(
     args: argparse.Namespace, client: Client, settings: CliSettings
 ) -> tuple[dict[str, Any], str]:
-    workflow_id = mutex_workflow_id(args.resource)
+    if args.resource is not None:
+        return await one_lock(client, args.resource)
+    return await every_lock(client)
+
+
+def mutex_query() -> str:
+    return f"WorkflowType = '{MUTEX_WORKFLOW}' AND ExecutionStatus = 'Running'"
+
+
+async def every_lock(client: Client) -> tuple[dict[str, Any], str]:
+    resources = sorted(
+        [
+            execution.id.removeprefix(MUTEX_ID_PREFIX)
+            async for execution in client.list_workflows(mutex_query())
+            if execution.id.startswith(MUTEX_ID_PREFIX)
+        ]
+    )
+    if not resources:
+        return {"resources": []}, "no locks: no process has asked for one yet"
+    limit = asyncio.Semaphore(CONCURRENT_QUERIES)
+
+    async def read(name: str) -> tuple[dict[str, Any], str]:
+        async with limit:
+            return await one_lock(client, name)
+
+    answers = await asyncio.gather(*(read(name) for name in resources))
+    document = {"resources": [doc for doc, _ in answers]}
+    return document, "\n\n".join(text for _, text in answers)
+
+
+async def one_lock(client: Client, name: str) -> tuple[dict[str, Any], str]:
+    workflow_id = mutex_workflow_id(name)
     try:
         description = await client.get_workflow_handle(workflow_id).describe()
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-        document = {"resource": args.resource, "workflow_id": workflow_id, "state": None}
-        return document, f"lock {args.resource}: free (no process has asked for it yet)"
+        document = {"resource": name, "workflow_id": workflow_id, "state": None}
+        return document, f"lock {name}: free (no process has asked for it yet)"
     state, problem = await query_state(client.get_workflow_handle(workflow_id), MutexState)
     document = {
-        "resource": args.resource,
+        "resource": name,
         "workflow_id": workflow_id,
         "temporal_status": description.status.name if description.status else None,
         "state": state.model_dump(mode="json") if state else None,
         "problem": problem,
     }
     if state is None:
-        return document, f"lock {args.resource} ({workflow_id})\n  ({problem})"
+        return document, f"lock {name} ({workflow_id})\n  ({problem})"
     return document, render_lock(state, workflow_id)
 
 
@@ -57,11 +103,11 @@ def render_lock(state: MutexState, workflow_id: str) -> str:
     if not state.queue:
         lines.append("  queue   empty")
     else:
-        lines.append(f"  queue   {len(state.queue)} waiting, first in line first:")
+        lines.append(f"  queue   {len(state.queue)} waiting, next to be granted first:")
         for position, request in enumerate(state.queue, start=1):
             lines.append(
-                f"    {position}. {request.requester_workflow_id} "
-                f"since {when(request.requested_at)}"
+                f"    {position}. {request.requester_workflow_id}, "
+                f"priority {describe(request.priority)}, since {when(request.requested_at)}"
             )
     counters = state.counters.model_dump()
     lines.append(

@@ -4,7 +4,7 @@
     approval-flow status process-…
     approval-flow cancel process-… [--wait]
     approval-flow list [--status failed]
-    approval-flow lock
+    approval-flow lock [--resource NAME]
     approval-flow replay [--closed-within 7d]
     approval-flow keys
 

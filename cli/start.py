@@ -1,12 +1,14 @@
 """``approval-flow start``: start a process and print its approval links.
 
 The approval policy comes from the settings (``APPROVAL_PROCESS__APPROVAL__*``); the flags here
-replace what they name, for this one process.
+replace what they name, for this one process. So do ``--resource`` and ``--priority``: which lock
+the process queues for, and where in that lock's queue.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -16,11 +18,43 @@ from temporalio.client import Client
 from cli.output import EXIT_USAGE, CliError, program
 from cli.settings import CliSettings
 from starter import Started, start_process, wait_for_approval_link, wait_for_approver_links
-from workflows.messages import ApprovalPolicy, Approver, ProcessOptions
+from workflows.lock_queue import describe
+from workflows.messages import (
+    DEFAULT_LOCK_PRIORITY,
+    HIGHEST_LOCK_PRIORITY,
+    LOWEST_LOCK_PRIORITY,
+    ApprovalPolicy,
+    Approver,
+    ProcessOptions,
+)
 
 HELP = "start a process and print its approval link(s)"
 
 _DURATION = TypeAdapter(timedelta)
+# A resource names a workflow id (``mutex-<resource>``) and a downstream fence: keep it plain.
+RESOURCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def resource(text: str) -> str:
+    if not RESOURCE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a resource name: letters, digits, '.', '_' and '-', at most 100, "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not HIGHEST_LOCK_PRIORITY <= value <= LOWEST_LOCK_PRIORITY:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a priority: {HIGHEST_LOCK_PRIORITY} (most urgent) to "
+            f"{LOWEST_LOCK_PRIORITY}"
+        )
+    return value
 
 
 def duration(text: str) -> timedelta:
@@ -55,6 +89,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=15.0,
         metavar="SECONDS",
         help="how long to wait for the approval mail in the local inbox (0: do not wait)",
+    )
+    lock = parser.add_argument_group(
+        "lock", "processes on different resources run at the same time; one at a time on each"
+    )
+    lock.add_argument(
+        "--resource",
+        type=resource,
+        metavar="NAME",
+        help="the resource whose lock the commands run under (default: "
+        "APPROVAL_PROCESS__LOCK_RESOURCE, else approval-commands)",
+    )
+    lock.add_argument(
+        "--priority",
+        type=priority,
+        metavar="1..5",
+        help=f"place in the resource's queue: 1 goes first, equal priorities first come first "
+        f"served; a holder is never preempted (default {DEFAULT_LOCK_PRIORITY})",
     )
     policy = parser.add_argument_group(
         "approval policy", "each flag replaces the APPROVAL_PROCESS__APPROVAL__* setting it names"
@@ -99,7 +150,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def process_options(args: argparse.Namespace, settings: CliSettings) -> ProcessOptions:
-    """The settings' process options with the approval flags given here laid over them."""
+    """The settings' process options with the approval and lock flags given here laid over them."""
+    options = _with_approval_flags(args, settings)
+    lock = {
+        "lock_resource": getattr(args, "resource", None),
+        "lock_priority": getattr(args, "priority", None),
+    }
+    given = {name: value for name, value in lock.items() if value is not None}
+    return options.model_copy(update=given) if given else options
+
+
+def _with_approval_flags(args: argparse.Namespace, settings: CliSettings) -> ProcessOptions:
     flags = {
         "approvers": tuple(args.approvers) if args.approvers else None,
         "required": args.required,
@@ -155,8 +216,12 @@ async def run(
         # Approver id -> their own link; "*" is the shared link of a policy without approvers.
         "approval_links": started.approver_links if policy.named else shared,
         "approval_policy": policy.model_dump(mode="json"),
+        "lock": {"resource": options.lock_resource, "priority": options.lock_priority},
     }
-    return document, render_started(started, settings, args.wait, policy)
+    lock = None
+    if args.resource is not None or args.priority is not None:
+        lock = f"{options.lock_resource}, priority {describe(options.lock_priority)}"
+    return document, render_started(started, settings, args.wait, policy, lock)
 
 
 def render_started(
@@ -164,6 +229,7 @@ def render_started(
     settings: CliSettings,
     waited: float,
     policy: ApprovalPolicy | None = None,
+    lock: str | None = None,
 ) -> str:
     lines = [f"Process: {started.process_id}"]
     if policy is not None and policy.named:
@@ -183,6 +249,8 @@ def render_started(
         )
     if policy is not None and (policy.named or policy.remind_every or policy.escalate_after):
         lines.append(f"Policy: {describe_policy(policy)}")
+    if lock is not None:
+        lines.append(f"Lock: {lock}")
     lines.append(f"Follow it: {program()} status {started.process_id}")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import uuid
 from typing import Any
 
@@ -74,6 +75,8 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
         ("requested by", f"{state.requested_by}, {when(state.created_at)}"),
         ("description", state.description or "-"),
     ]
+    if state.redriven_from:
+        rows.append(("redrive", f"{state.redrive_count} of {state.redriven_from}"))
     rows += approval_rows(state.approval)
     lock = state.lock
     lock_text: str = lock.status
@@ -86,13 +89,22 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
         text: str = command.status
         if command.attempts:
             text += f", {command.attempts} send attempt(s)"
+        if command.kept_from:
+            text += f" in {command.kept_from} (kept, not sent again)"
         if command.status == "sent" and command.deadline:
             text += f", callback due by {when(command.deadline)}"
+        if command.status == "sent" and command.heartbeat_deadline:
+            text += f", next heartbeat due by {when(command.heartbeat_deadline)}"
         if command.finished_at:
             text += f", finished {when(command.finished_at)}"
         if command.error:
             text += f": {command.error}"
         rows.append((str(name), text))
+        if command.heartbeats:
+            beat = f"{command.heartbeats}, last {when(command.last_heartbeat_at)}"
+            if command.progress is not None:
+                beat += f", progress {_compact(command.progress)}"
+            rows.append(("  heartbeats", beat))
     if state.failure_reason:
         rows.append(("failure", f"{state.failure_reason.value}: {state.failure_message}"))
     if state.finished_at:
@@ -101,6 +113,12 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
     width = max(len(label) for label, _ in rows)
     body = "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
     return f"{state.process_id}\n{body}"
+
+
+def _compact(value: object, limit: int = 120) -> str:
+    """JSON on one line, cut to ``limit`` characters: progress is the downstream's to shape."""
+    text = json.dumps(value, separators=(", ", ": "), default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def approval_rows(approval: ApprovalState) -> list[tuple[str, str]]:

@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     max_callback_bytes: int = 64 * 1024
+    # Command heartbeats (POST /callbacks/{token}/heartbeat): the largest body, and how often one
+    # link's heartbeats are signalled at most (the ones between are answered, not sent).
+    max_heartbeat_bytes: int = Field(4 * 1024, ge=64)
+    heartbeat_min_interval: timedelta = timedelta(seconds=5)
 
     # Observability. The worker's Prometheus endpoint listens on metrics_host:metrics_port.
     metrics_host: str = "127.0.0.1"

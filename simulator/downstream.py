@@ -8,7 +8,11 @@ command's ``callback_url`` (the callbacks API). It behaves as a downstream syste
 - it honours the lock's fence (``simulator/fence.py``): a command carrying a lease lower than
   the highest seen for its resource is refused, with 409 over HTTP, and over SQS by dropping it
   with a failed callback;
-- it keeps the work it took durably (``simulator/work.py``) and resumes it after a restart.
+- it keeps the work it took durably (``simulator/work.py``) and resumes it after a restart;
+- while it works it heartbeats (``SIMULATOR_HEARTBEAT_INTERVAL``), reporting its progress;
+- a redrive (the same key sent again with a higher ``redrive``) is answered as a well-behaved
+  system should: work that succeeded is not done again, its result goes to the new callback;
+  work still under way reports to the new callback when done; work that failed runs again.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class CommandRecord(BaseModel):
     callback_status: int | None = None
     callback_attempts: int = 0
     duplicates: int = 0
+    redrives: int = 0
+    heartbeats: int = 0
     # The trace the command belongs to, to find it in a tracing backend.
     traceparent: str | None = None
 
@@ -91,6 +97,8 @@ class CommandRecord(BaseModel):
             callback_status=job.callback_status,
             callback_attempts=job.callback_attempts,
             duplicates=job.duplicates,
+            redrives=job.redrives,
+            heartbeats=job.heartbeats,
             traceparent=command.trace_context.get(TRACEPARENT),
         )
 
@@ -99,7 +107,7 @@ class CommandRecord(BaseModel):
 class Taken:
     """What became of a command handed to :meth:`Downstream.take`."""
 
-    verdict: Literal["accepted", "duplicate", "refused"]
+    verdict: Literal["accepted", "duplicate", "redriven", "refused"]
     # The job held for it; None for an HTTP command refused (its answer is the refusal).
     job: Job | None
     refusal: Refusal | None = None
@@ -140,6 +148,8 @@ class Downstream:
         key = command.idempotency_key
         with bind_process_id(command.process_id):
             held = self.book.jobs.get(key)
+            if held is not None and command.redrive > held.command.redrive:
+                return self._redrive(held, command, via, fence, malformed_fence)
             if held is not None:
                 held.duplicates += 1
                 state = "done" if held.done else "still in progress"
@@ -166,6 +176,57 @@ class Downstream:
             self._run(job)
             return Taken("accepted", job)
 
+    def _redrive(
+        self,
+        held: Job,
+        command: DownstreamCommand,
+        via: Via,
+        fence: Fence | None,
+        malformed_fence: str | None,
+    ) -> Taken:
+        """The key again, from a redrive of its process: the fence first, then by how it went.
+
+        The job is changed in place (a task working on it sees the new callback URL) and
+        journaled whole.
+        """
+        key = command.idempotency_key
+        refusal = self.book.fences.refusal(fence) if fence is not None else None
+        reason = refusal.message if refusal is not None else malformed_fence
+        if reason is not None:
+            log.warning(
+                "%s redrive over %s refused (key %s): %s", command.command, via, key, reason
+            )
+            return Taken("refused", None, refusal)
+        previous = held.outcome
+        held.command = command
+        held.via = via
+        held.fence = fence or held.fence
+        held.redrives += 1
+        if not held.done:
+            what = "still under way: its result goes to the new callback"
+        elif previous == "succeeded":
+            # Done once is done: the result is delivered again, the work is not redone.
+            held.callback_attempts, held.callback_status, held.done = 0, None, False
+            what = "done before: its result goes to the new callback, the work is not redone"
+        else:
+            # Failed (or fenced) work is worth another try: a new plan, as for a new command.
+            fresh = self._job(command, via, fence, first_run=False)
+            held.received_at, held.delay, held.fails = fresh.received_at, fresh.delay, fresh.fails
+            held.refused, held.payload = None, None
+            held.callback_attempts, held.callback_status, held.done = 0, None, False
+            what = f"{previous} before: it runs again"
+        self.book.take(held)
+        log.info(
+            "%s redrive %d received over %s (key %s): %s",
+            command.command,
+            command.redrive,
+            via,
+            key,
+            what,
+        )
+        self._run(held)
+        return Taken("redriven", held)
+
     async def drain(self) -> None:
         """Wait for the commands in progress (tests; a stop cancels them instead)."""
         while self._running:
@@ -179,7 +240,12 @@ class Downstream:
         self.book.close()
 
     def _job(
-        self, command: DownstreamCommand, via: Via, fence: Fence | None, refused: str | None = None
+        self,
+        command: DownstreamCommand,
+        via: Via,
+        fence: Fence | None,
+        refused: str | None = None,
+        first_run: bool = True,
     ) -> Job:
         if refused is not None:
             return Job(
@@ -195,7 +261,8 @@ class Downstream:
             received_at=datetime.now(UTC),
             fence=fence,
             delay=self._rng.uniform(self._settings.min_delay, self._settings.max_delay),
-            fails=self._rng.random() < self._settings.failure_rate,
+            fails=self._rng.random() < self._settings.failure_rate
+            or (first_run and command.command in self._settings.fail_once),
         )
 
     def _run(self, job: Job) -> None:
@@ -224,15 +291,17 @@ class Downstream:
         """Do the simulated work (or not, for a refused command); the callback body."""
         if job.refused is not None:
             return {"status": "failed", "error": job.refused}
-        remaining = (job.due - datetime.now(UTC)).total_seconds()
-        if remaining > 0:
-            await self._sleep(remaining)
+        await self._work_until_due(job)
         command = job.command.command
         if job.fails:
+            why = (
+                f"SIMULATOR_FAIL_ONCE={','.join(sorted(self._settings.fail_once))}"
+                if command in self._settings.fail_once and not job.redrives
+                else f"SIMULATOR_FAILURE_RATE={self._settings.failure_rate}"
+            )
             payload: dict[str, Any] = {
                 "status": "failed",
-                "error": f"simulated failure of {command} "
-                f"(SIMULATOR_FAILURE_RATE={self._settings.failure_rate})",
+                "error": f"simulated failure of {command} ({why})",
             }
         else:
             payload = {
@@ -245,6 +314,48 @@ class Downstream:
             }
         log.info("%s %s after %.1f s; calling back", command, payload["status"], job.delay)
         return payload
+
+    async def _work_until_due(self, job: Job) -> None:
+        """The simulated work: wait until the job is due, heartbeating meanwhile if set."""
+        interval = self._settings.heartbeat_interval
+        remaining = (job.due - datetime.now(UTC)).total_seconds()
+        while interval is not None and remaining > 0:
+            if not await self._heartbeat(job):
+                break  # refused for good: the work goes on without heartbeats
+            await self._sleep(min(interval, remaining))
+            remaining = (job.due - datetime.now(UTC)).total_seconds()
+        if remaining > 0:
+            await self._sleep(remaining)
+
+    async def _heartbeat(self, job: Job) -> bool:
+        """POST the progress to the heartbeat URL; False once it is refused for good (4xx).
+
+        A heartbeat that does not get through is not retried: the next one comes soon.
+        """
+        elapsed = (datetime.now(UTC) - job.received_at).total_seconds()
+        percent = 100 if job.delay <= 0 else min(100, round(100 * elapsed / job.delay))
+        try:
+            async with self._http.post(
+                job.heartbeat_url,
+                json={"progress": {"percent": percent}},
+                timeout=aiohttp.ClientTimeout(total=self._settings.callback_timeout),
+                headers=job.command.trace_context,
+            ) as response:
+                status = response.status
+                detail = (await response.text())[:200]
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.debug("heartbeat for %s not delivered: %s", job.command.command, err)
+            return True
+        job.heartbeats += 1
+        if 400 <= status < 500:
+            log.warning(
+                "heartbeat for %s refused (%s %s); no more heartbeats for it",
+                job.command.command,
+                status,
+                detail,
+            )
+            return False
+        return True
 
     async def _call_back(self, job: Job) -> None:
         """POST the outcome; retry connection errors and 5xx with capped backoff, bounded.
@@ -363,8 +474,10 @@ class Downstream:
         if key != command.idempotency_key:
             return _problem(400, f"the {IDEMPOTENCY_HEADER} header differs from the body's key")
         fence: Fence | None = None
-        # A resend of a key already taken gets its first answer, whatever its fence says now.
-        if key not in self.book.jobs:
+        held = self.book.jobs.get(key)
+        # A resend of a key already taken gets its first answer, whatever its fence says now;
+        # a redrive is new work under the key, fenced as a new command is.
+        if held is None or command.redrive > held.command.redrive:
             try:
                 fence = parse_fence(request.headers, body, "header")
             except MalformedFence as err:
@@ -384,6 +497,16 @@ class Downstream:
             )
         if refused is not None:  # a key refused before: the same answer again
             return _problem(409, refused)
+        if taken.verdict == "redriven":
+            return web.json_response(
+                {
+                    "accepted": True,
+                    "duplicate": False,
+                    "redrive": command.redrive,
+                    "idempotency_key": key,
+                },
+                status=202,
+            )
         # A repeat gets the first answer again (as with Stripe-style idempotency keys).
         new = taken.verdict == "accepted"
         return web.json_response(

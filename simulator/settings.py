@@ -8,9 +8,10 @@ everything of their own is prefixed ``SIMULATOR_`` or ``INBOX_``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _env(*names: str) -> AliasChoices:
@@ -42,6 +43,12 @@ class SimulatorSettings(_AwsSettings):
     max_delay: float = Field(5.0, ge=0)
     # Probability that a command fails (its callback says "failed"); 0 never, 1 always.
     failure_rate: float = Field(0.0, ge=0, le=1)
+    # Commands (e.g. "command-two") whose first run per idempotency key fails; run again by a
+    # redrive, they succeed: a flaky downstream system, to try `approval-flow redrive` on.
+    fail_once: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Seconds between heartbeats while a command is worked on (POST <callback_url>/heartbeat
+    # with the progress); unset: no heartbeats.
+    heartbeat_interval: float | None = Field(None, gt=0)
     # Callback POSTs are retried on connection errors and 5xx, at most this many tries in all,
     # the pause doubling from callback_backoff up to callback_max_backoff: about 2 minutes with
     # the defaults, enough to outlast a restart of the callbacks API.
@@ -54,6 +61,13 @@ class SimulatorSettings(_AwsSettings):
     state_path: Path | None = None
     # Seed for the delays and failures, for a repeatable run.
     seed: int | None = None
+
+    @field_validator("fail_once", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):  # "command-one,command-two"
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> SimulatorSettings:

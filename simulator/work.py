@@ -43,6 +43,10 @@ class DownstreamCommand(BaseModel):
     callback_url: str = Field(pattern=r"^https?://")
     idempotency_key: str = Field(min_length=1)
     deadline: datetime | None = None
+    # Where to heartbeat while working; older senders leave it out: <callback_url>/heartbeat.
+    heartbeat_url: str | None = Field(None, pattern=r"^https?://")
+    # A redrive of the process that sent this key before (1, 2, ...); 0: the first sending.
+    redrive: int = Field(0, ge=0)
     # The W3C trace context that came with the command (HTTP headers or SQS message attributes,
     # set by the receiver, never read from the body); passed on with the callback.
     trace_context: dict[str, str] = Field(default_factory=dict)
@@ -67,12 +71,19 @@ class Job(BaseModel):
     callback_attempts: int = 0
     callback_status: int | None = None
     done: bool = False
-    # Repeats of the key received (resends, redeliveries); not journaled.
+    # Redrives of the key received (``DownstreamCommand.redrive`` higher than the last one's).
+    redrives: int = 0
+    # Repeats of the key received (resends, redeliveries) and heartbeats sent; not journaled.
     duplicates: int = 0
+    heartbeats: int = 0
 
     @property
     def key(self) -> str:
         return self.command.idempotency_key
+
+    @property
+    def heartbeat_url(self) -> str:
+        return self.command.heartbeat_url or f"{self.command.callback_url}/heartbeat"
 
     @property
     def due(self) -> datetime:
@@ -111,7 +122,10 @@ class WorkBook:
     # -- changes: each journaled before it takes effect ----------------------------------------
 
     def take(self, job: Job) -> None:
-        """Hold ``job`` (accepted, or refused with its failed callback still to deliver)."""
+        """Hold ``job`` (accepted, or refused with its failed callback still to deliver).
+
+        Taking a key again (a redrive) journals the job's new state whole, replacing the old.
+        """
         self._write({"kind": "job", "job": _dump(job)})
         self._hold(job)
 
@@ -196,4 +210,4 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _dump(job: Job) -> dict[str, Any]:
-    return job.model_dump(mode="json", exclude={"duplicates"})
+    return job.model_dump(mode="json", exclude={"duplicates", "heartbeats"})

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from common.ids import MUTEX_ID_PREFIX as MUTEX_ID_PREFIX
 from common.ids import PROCESS_ID_PREFIX as PROCESS_ID_PREFIX
@@ -26,12 +26,17 @@ from common.ids import PROCESS_ID_PREFIX as PROCESS_ID_PREFIX
 # ---------------------------------------------------------------------------------------------
 
 DEFAULT_LOCK_RESOURCE = "approval-commands"
+# Lock priorities: 1 is the most urgent; within a priority, first come, first served.
+HIGHEST_LOCK_PRIORITY = 1
+DEFAULT_LOCK_PRIORITY = 3
+LOWEST_LOCK_PRIORITY = 5
 PROCESS_STATUS_ATTRIBUTE = "ProcessStatus"
 APPROVAL_CALLBACK = "approval"
 
 # Signal and query names. A name is part of every running history: never rename one.
 APPROVAL_DECISION_SIGNAL = "approval_decision"  # ProcessWorkflow <- an approver (callbacks API)
 COMMAND_CALLBACK_SIGNAL = "command_callback"  # ProcessWorkflow <- a downstream system
+COMMAND_HEARTBEAT_SIGNAL = "command_heartbeat"  # ProcessWorkflow <- a downstream system at work
 LOCK_GRANTED_SIGNAL = "lock_granted"  # ProcessWorkflow <- MutexWorkflow
 LOCK_REVOKED_SIGNAL = "lock_revoked"  # ProcessWorkflow <- MutexWorkflow
 LOCK_REQUEST_SIGNAL = "request"  # MutexWorkflow <- a process (signal-with-start)
@@ -236,6 +241,13 @@ class ProcessOptions(Message):
     activity_attempt_timeout: timedelta = timedelta(seconds=30)
     completion: CompletionPolicy = CompletionPolicy()
     lock_resource: str = DEFAULT_LOCK_RESOURCE
+    # Place in the resource's queue: 1 (most urgent) to 5; equal priorities are first come,
+    # first served. A holder is never preempted.
+    lock_priority: int = Field(DEFAULT_LOCK_PRIORITY, ge=1, le=5)
+    # A sent command whose downstream system neither heartbeats nor calls back for this long
+    # ends ``timed-out`` (like Step Functions' HeartbeatSeconds). None: no heartbeat is needed,
+    # and ``command_timeout`` alone bounds the wait, as it always does.
+    command_heartbeat_timeout: timedelta | None = None
     # Longest the lock may be held before the mutex revokes it; covers the command phase with
     # all its HTTP retries (4 waits of at most 20 min) and the 1 h callback wait.
     lease_timeout: timedelta = timedelta(hours=3)
@@ -246,13 +258,38 @@ class ProcessOptions(Message):
         escalate_after = self.approval.escalate_after
         if escalate_after is not None and escalate_after >= self.approval_timeout:
             raise ValueError("approval.escalate_after must come before approval_timeout")
+        heartbeat = self.command_heartbeat_timeout
+        if heartbeat is not None and heartbeat <= timedelta(0):
+            raise ValueError("command_heartbeat_timeout must be positive")
         return self
+
+
+class Redrive(Message):
+    """A process started again from the step where an earlier one failed (``approval-flow
+    redrive``). It is a new process under its own id, ``<original>-redrive-<count>``, that
+    records where it came from and carries what the failed one had already achieved."""
+
+    redriven_from: str  # the failed process's id
+    original_process_id: str  # the first of the chain: its idempotency keys are reused
+    count: int = Field(ge=1)  # 1 for the first redrive of the original, 2 for the next...
+    # The approval the failed process had, kept; None: ask again (it was the failure, or it
+    # never came).
+    approval: ApprovalState | None = None
+    # Commands that succeeded before, as they ended there: not sent again, their results kept.
+    succeeded: dict[CommandName, CommandState] = {}
+
+
+def redrive_process_id(original_process_id: str, count: int) -> str:
+    """The id of a process's ``count``-th redrive: one per failure, so a second redrive of the
+    same failure is refused by Temporal itself (the id is taken)."""
+    return f"{original_process_id}-redrive-{count}"
 
 
 class ProcessInput(Message):
     requested_by: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=2000)
     options: ProcessOptions = ProcessOptions()
+    redrive: Redrive | None = None  # None: a process of its own, from the first step
 
 
 class CommandOutcome(Message):
@@ -292,6 +329,17 @@ class CommandCallback(Message):
     status: Literal["succeeded", "failed"]
     result: dict[str, Any] | None = None
     error: str | None = Field(None, max_length=4000)
+
+
+class CommandHeartbeat(Message):
+    """Signal ``command_heartbeat``: a downstream system is still at work on one command.
+
+    It resets the command's heartbeat deadline (``command_heartbeat_timeout``); the callback
+    wait stays the hard cap. ``progress`` is whatever the system reports (bounded at the API).
+    """
+
+    command: str  # validated by the workflow: an unknown name is logged and ignored
+    progress: JsonValue = None
 
 
 class LockGranted(Message):
@@ -403,6 +451,14 @@ class CommandState(Message):
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    # Heartbeats of the downstream system (``command_heartbeat`` signals) and the last progress
+    # it reported; the deadline by which the next is due, when the process asks for them.
+    heartbeats: int = 0
+    last_heartbeat_at: datetime | None = None
+    progress: JsonValue = None
+    heartbeat_deadline: datetime | None = None
+    # A redriven process's command that had succeeded before: the process it succeeded in.
+    kept_from: str | None = None
 
 
 class ProcessState(Message):
@@ -421,6 +477,9 @@ class ProcessState(Message):
     failure_reason: FailureReason | None = None
     failure_message: str | None = None
     finished_at: datetime | None = None
+    # Set on a redriven process: the failed process it continues, and how many redrives deep.
+    redriven_from: str | None = None
+    redrive_count: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +497,8 @@ class LockRequest(Message):
     # The run that asked: a reset makes a new run under the same workflow id, and the grant and
     # the liveness checks must follow the run, not only the id. None from older senders.
     requester_run_id: str | None = None
+    # 1 (most urgent) to 5; older senders leave it out and wait at the default.
+    priority: int = DEFAULT_LOCK_PRIORITY
 
 
 class LockCancel(Message):
@@ -513,6 +574,9 @@ class CreateProcessRecord(Message):
     requested_by: str
     description: str
     created_at: datetime
+    # A redriven process's record says where it came from.
+    redriven_from: str | None = None
+    redrive_count: int = 0
 
 
 class UpdateProcessStatus(Message):
@@ -573,6 +637,12 @@ class SendCommand(Message):
     # None from processes started before the fence existed: they send no fence at all.
     lock_resource: str | None = None
     lease_id: int | None = None
+    # A redrive sends under the original process's idempotency key, so a downstream system that
+    # finished the work is not asked to do it twice; ``redrive`` tells it this is a redrive.
+    original_process_id: str | None = None
+    redrive: int = 0
+    # How often the downstream system must heartbeat, when the process asks it to.
+    heartbeat_timeout: timedelta | None = None
 
 
 class SendResult(Message):

@@ -869,3 +869,53 @@ async def test_factory_registers_every_activity(aws: Aws, http: aiohttp.ClientSe
         "request_lock",
         "describe_workflow",
     }
+
+
+async def test_a_redrive_posts_again_under_the_original_key_once_per_redrive(
+    aws: Aws, http: aiohttp.ClientSession, command_server: CommandServer
+) -> None:
+    activities = _commands(aws, http, f"{command_server.base_url}/status/200")
+    original = _command(CommandName.TWO)
+    redrive = _command(
+        CommandName.TWO,
+        original_process_id=original.process_id,
+        redrive=1,
+        heartbeat_timeout=timedelta(minutes=2),
+    )
+
+    await _send_two(activities, original)
+    first = await _send_two(activities, redrive)
+    retried = await _send_two(activities, redrive, attempt=2)
+
+    # The original's send does not stop the redrive's; the redrive's own retry sends nothing.
+    assert (first.duplicate, retried.duplicate) == (False, True)
+    assert len(command_server.requests) == 2
+    (_, sent), (headers, again) = command_server.requests
+    key = f"{original.process_id}:command-two"
+    assert headers["Idempotency-Key"] == again["idempotency_key"] == sent["idempotency_key"] == key
+    assert (again["redrive"], again["process_id"]) == (1, redrive.process_id)
+    assert "redrive" not in sent and "heartbeat_timeout" not in sent
+    assert again["heartbeat_timeout"] == 120.0
+    assert again["heartbeat_url"] == again["callback_url"] + "/heartbeat"
+    token = again["callback_url"].removeprefix("https://approvals.example.test/callbacks/")
+    claims = aws.settings.signer.verify(token, Purpose.COMMAND)
+    assert claims.workflow_id == redrive.process_id  # the result goes to the redriven process
+
+
+def test_a_redriven_record_says_where_it_came_from(aws: Aws) -> None:
+    original, redriven = _process_id(), _process_id()
+    record = CreateProcessRecord(
+        process_id=redriven,
+        requested_by="alice",
+        description="deploy the thing",
+        created_at=datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
+        redriven_from=original,
+        redrive_count=2,
+    )
+    ActivityEnvironment().run(_table(aws).create_process, record)
+    item = aws.clients.dynamodb.get_item(
+        TableName=aws.settings.process_table, Key={"process_id": {"S": redriven}}
+    )["Item"]
+    assert item["redriven_from"] == {"S": original}
+    assert item["redrive_count"] == {"N": "2"}
+    assert item["status"] == {"S": "pending"}

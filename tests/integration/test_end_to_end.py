@@ -267,7 +267,7 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
         code, out, err = await cli(stack, "list", "--status", "completed", "--json")
         assert code == 0, err
         assert process_id in [p["process_id"] for p in json.loads(out)["processes"]]
-        code, out, err = await cli(stack, "lock", "--json")
+        code, out, err = await cli(stack, "lock", "--resource", "approval-commands", "--json")
         assert code == 0, err
         assert json.loads(out)["state"]["holder"] is None
         # make run's worker is build "local": the process stayed pinned to it, the mutex

@@ -1,0 +1,172 @@
+"""The simulator as a downstream system operators can lean on: it heartbeats while it works, and
+answers a redrive (the same idempotency key sent again with a higher ``redrive``) without
+redoing work that succeeded. Over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from simulator.downstream import Downstream, create_app
+from simulator.work import WorkBook
+from tests.support.http import serving
+from tests.unit.test_simulator import command, no_sleep, post_command, settings
+
+
+class DownstreamPeer:
+    """Stands in for the callbacks API: records callbacks and heartbeats, per token."""
+
+    def __init__(self, heartbeat_status: int = 202) -> None:
+        self.callbacks: list[tuple[str, dict[str, Any]]] = []
+        self.heartbeats: list[tuple[str, dict[str, Any]]] = []
+        self.heartbeat_status = heartbeat_status
+
+    async def callback(self, request: web.Request) -> web.Response:
+        self.callbacks.append((request.match_info["token"], await request.json()))
+        return web.json_response({"status": "accepted"}, status=202)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        self.heartbeats.append((request.match_info["token"], await request.json()))
+        return web.json_response({"status": "seen"}, status=self.heartbeat_status)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/callbacks/{token}", self.callback)
+        app.router.add_post("/callbacks/{token}/heartbeat", self.heartbeat)
+        return app
+
+
+@asynccontextmanager
+async def simulator(
+    peer: DownstreamPeer, sleep: Any = no_sleep, state_path: Path | None = None, **overrides: Any
+) -> AsyncIterator[tuple[Downstream, str, str, aiohttp.ClientSession]]:
+    async with aiohttp.ClientSession() as http, serving(peer.app()) as callbacks:
+        values = {"state_path": state_path, **overrides}
+        downstream = Downstream(settings(**values), http, sleep=sleep)
+        async with serving(create_app(downstream, "/commands/two")) as base:
+            try:
+                yield downstream, base, callbacks, http
+            finally:
+                await downstream.close()
+
+
+def redrive_of(body: dict[str, Any], callbacks: str, redrive: int = 1) -> dict[str, Any]:
+    """The same command, sent again by a redriven process: same key, a new callback link."""
+    return {
+        **body,
+        "process_id": f"process-1-redrive-{redrive}",
+        "callback_url": f"{callbacks}/callbacks/token-redrive-{redrive}",
+        "redrive": redrive,
+    }
+
+
+async def test_it_heartbeats_with_its_progress_while_it_works() -> None:
+    peer = DownstreamPeer()
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(seconds)
+
+    overrides: dict[str, Any] = {"min_delay": 0.3, "max_delay": 0.3, "heartbeat_interval": 0.05}
+    async with simulator(peer, sleep, **overrides) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await downstream.drain()
+        [record] = (await (await http.get(f"{base}/commands")).json())["commands"]
+
+    assert len(peer.callbacks) == 1
+    assert len(peer.heartbeats) >= 3
+    token = body["callback_url"].rsplit("/", 1)[-1]
+    assert {t for t, _ in peer.heartbeats} == {token}
+    percents = [beat["progress"]["percent"] for _, beat in peer.heartbeats]
+    assert percents == sorted(percents) and percents[0] < 50
+    assert all(pause <= 0.05 for pause in pauses)
+    assert record["heartbeats"] == len(peer.heartbeats)
+
+
+async def test_a_refused_heartbeat_stops_the_heartbeats_not_the_work() -> None:
+    peer = DownstreamPeer(heartbeat_status=409)
+    overrides: dict[str, Any] = {"min_delay": 0.2, "max_delay": 0.2, "heartbeat_interval": 0.02}
+    async with simulator(peer, **overrides) as (downstream, base, callbacks, http):
+        await post_command(http, base, command(callbacks))
+        await downstream.drain()
+    assert len(peer.heartbeats) == 1
+    assert [c["status"] for _, c in peer.callbacks] == ["succeeded"]
+
+
+async def test_a_redrive_runs_failed_work_again_under_the_same_key() -> None:
+    peer = DownstreamPeer()
+    async with simulator(peer, fail_once="command-two") as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await downstream.drain()
+        # A plain resend is still a repeat: the first answer, nothing run again.
+        status, answer = await post_command(http, base, body)
+        assert (status, answer["duplicate"]) == (200, True)
+        await downstream.drain()
+        assert [c["status"] for _, c in peer.callbacks] == ["failed"]
+        assert "SIMULATOR_FAIL_ONCE=command-two" in peer.callbacks[0][1]["error"]
+
+        status, answer = await post_command(http, base, redrive_of(body, callbacks))
+        assert (status, answer["redrive"]) == (202, 1)
+        await downstream.drain()
+        [record] = (await (await http.get(f"{base}/commands")).json())["commands"]
+
+    assert [(t, c["status"]) for t, c in peer.callbacks] == [
+        (body["callback_url"].rsplit("/", 1)[-1], "failed"),
+        ("token-redrive-1", "succeeded"),
+    ]
+    assert (record["redrives"], record["outcome"], record["process_id"]) == (
+        1,
+        "succeeded",
+        "process-1-redrive-1",
+    )
+
+
+async def test_a_redrive_of_work_that_succeeded_delivers_the_result_without_redoing_it() -> None:
+    peer = DownstreamPeer()
+    async with simulator(peer) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await downstream.drain()
+        await post_command(http, base, redrive_of(body, callbacks))
+        await downstream.drain()
+        # The same redrive again (an activity retry) is a plain repeat.
+        status, answer = await post_command(http, base, redrive_of(body, callbacks))
+        assert (status, answer["duplicate"]) == (200, True)
+        await downstream.drain()
+
+    [(_, first), (token, again)] = peer.callbacks
+    assert token == "token-redrive-1"
+    assert again == first  # the same result, executed once
+    assert again["result"]["executed_at"] == first["result"]["executed_at"]
+
+
+async def test_a_redrive_of_work_under_way_reports_to_the_new_callback(tmp_path: Path) -> None:
+    peer = DownstreamPeer()
+    gate = asyncio.Event()
+
+    async def held(seconds: float) -> None:  # the work waits for the test
+        await gate.wait()
+
+    state = tmp_path / "journal.jsonl"
+    overrides: dict[str, Any] = {"min_delay": 5, "max_delay": 5}
+    async with simulator(peer, held, state, **overrides) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await post_command(http, base, redrive_of(body, callbacks))
+        gate.set()
+        await downstream.drain()
+    assert [t for t, _ in peer.callbacks] == ["token-redrive-1"]
+    # The journal holds the redrive: a restart knows the key, its redrive and where it reported.
+    book = WorkBook(state)
+    job = book.jobs[body["idempotency_key"]]
+    assert (job.redrives, job.command.redrive, job.done) == (1, 1, True)
+    book.close()
