@@ -1,22 +1,24 @@
-"""The AWS emulator of ``make run``: moto's server, with its DynamoDB tables kept on disk.
+"""The AWS emulator of ``make run``: moto's server, with what it holds kept on disk.
 
-moto keeps everything in memory, so whatever the tables held was lost whenever the emulator
-stopped without a chance to save them (kill -9 of the supervisor, the emulator dying on its
-own): a process then found its record gone. This wraps moto's server app in a WSGI middleware
-that writes every DynamoDB write moto accepted to a journal (``common/journal.py``), fsynced
-before the answer goes out, and replays the journal at start before serving. A write is
-therefore on disk before anyone hears it succeeded; one that was not acknowledged may or may
-not be there, as with any database. The journal is compacted at start and as it grows: it is
-rewritten as the requests that rebuild the tables as they are (create, time to live, items).
+moto keeps everything in memory, so whatever it held was lost whenever the emulator stopped
+without a chance to save it (kill -9 of the supervisor, the emulator dying on its own): a process
+then found its record gone, or its command-one message never reached the simulator. This wraps
+moto's server app in a WSGI middleware that writes every DynamoDB write moto accepted to a
+journal (``common/journal.py``), fsynced before the answer goes out, and replays the journal at
+start before serving. A write is therefore on disk before anyone hears it succeeded; one that was
+not acknowledged may or may not be there, as with any database. The journal is compacted at
+start and as it grows: it is rewritten as the requests that rebuild the tables as they are
+(create, time to live, items). Queues, their messages, topics and subscriptions are kept the same
+way in a journal of their own, hooked into moto's backends (``local_stack/durable_messaging.py``).
 
 Why not moto's own recorder (``MOTO_ENABLE_RECORDING``): it appends every request of every
 service, reads included, with no fsync and no compaction, and replays them all over HTTP. The
 SQS long polls of the simulator and the inbox alone add a request every few seconds, and each
 replayed long poll waits its full 10 s on an empty queue; replayed publishes and sends would
-mail the approvers again. Only DynamoDB holds state worth keeping here: queues, topic and
-subscriptions are made again at every start (``common.aws_resources``, the inbox).
+mail the approvers again, and a replayed DeleteMessage names a receipt handle that no longer
+exists, so every message ever deleted would come back.
 
-``python -m local_stack.aws_emulator -H HOST -p PORT --journal PATH``.
+``python -m local_stack.aws_emulator -H HOST -p PORT --journal PATH --messaging-journal PATH``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.journal import Entry, Journal
+from local_stack.durable_messaging import DurableMessaging
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -294,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000)
     parser.add_argument("--journal", type=Path, required=True, help="the DynamoDB journal file")
+    parser.add_argument(
+        "--messaging-journal",
+        type=Path,
+        required=True,
+        help="the journal of the SQS queues and messages and the SNS topics and subscriptions",
+    )
     parser.add_argument("--compact-after", type=int, default=COMPACT_AFTER)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -310,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     moto_app = DomainDispatcherApplication(create_backend_app)
     app = DurableDynamoDB(moto_app, args.journal, args.compact_after)
     log.info("restored %d DynamoDB write(s) from %s", app.restored, args.journal)
+    messaging = DurableMessaging.open(args.messaging_journal, args.compact_after)
+    restored = ", ".join(f"{n} {what}" for what, n in messaging.restored.items())
+    log.info("restored %s from %s", restored, args.messaging_journal)
     # Every write is on disk already: a stop needs no saving, just an exit code of 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
@@ -318,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         app.close()
+        messaging.close()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 SERVERS = frozenset({"temporal", "moto"})
 # The emulator's DynamoDB writes, in the data folder (local_stack/aws_emulator.py).
 DYNAMODB_JOURNAL = "dynamodb-journal.jsonl"
+# Its queues and their messages, topics and subscriptions (local_stack/durable_messaging.py).
+MESSAGING_JOURNAL = "messaging-journal.jsonl"
 
 
 class Stack:
@@ -114,6 +116,8 @@ class Stack:
                 str(settings.moto_port),
                 "--journal",
                 str(settings.data_dir / DYNAMODB_JOURNAL),
+                "--messaging-journal",
+                str(settings.data_dir / MESSAGING_JOURNAL),
             ],
             echo=False,  # one line per request: see .data/logs/moto.log
         )

@@ -1,13 +1,16 @@
-"""``make run``'s AWS emulator keeps every DynamoDB write it acknowledged through a kill -9.
+"""``make run``'s AWS emulator keeps what it acknowledged through a kill -9.
 
 Writers hammer the emulator (a real process) with puts, updates and deletes, each writer on its
 own items so the acknowledged order is known; the emulator is killed mid-stream, started again
-on the same journal, and every acknowledged write must be there.
+on the same journal, and every acknowledged write must be there. The same for SQS: a message
+sent and not deleted comes back with its attributes, one deleted does not, and the queues,
+topic and subscription are there again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.integration
 WRITERS = 4
 ACKNOWLEDGED_BEFORE_KILL = 200
 COMPACT_AFTER = 50  # small, so the journal is compacted several times while the writers run
+MESSAGING_JOURNAL = "messaging-journal.jsonl"
 
 
 @dataclass
@@ -36,9 +40,9 @@ class Emulator:
     child: Child
     port: int
 
-    def client(self) -> Any:
+    def client(self, service: str = "dynamodb") -> Any:
         return boto3.client(
-            "dynamodb",
+            service,  # type: ignore[call-overload]
             endpoint_url=f"http://127.0.0.1:{self.port}",
             region_name="us-east-1",
             aws_access_key_id="test",
@@ -67,6 +71,8 @@ async def emulator(journal: Path, log: Path) -> AsyncIterator[Emulator]:
             str(port),
             "--journal",
             str(journal),
+            "--messaging-journal",
+            str(journal.with_name(MESSAGING_JOURNAL)),
             "--compact-after",
             str(COMPACT_AFTER),
         ],
@@ -208,3 +214,110 @@ async def test_every_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
     for writer, n in last.items():
         # The update after the last acknowledged one may have landed without its answer.
         assert items[f"w{writer}-last"] in (n, n + 1)
+
+
+# What a process's command one carries (activities/commands.py), and a binary attribute besides.
+COMMAND_ATTRIBUTES: dict[str, Any] = {
+    "Idempotency-Key": {"DataType": "String", "StringValue": "process-1:command-one"},
+    "Lock-Resource": {"DataType": "String", "StringValue": "approval-commands"},
+    "Lock-Lease": {"DataType": "Number", "StringValue": "7"},
+    "traceparent": {
+        "DataType": "String",
+        "StringValue": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    },
+    "Blob": {"DataType": "Binary", "BinaryValue": bytes(range(256))},
+}
+
+
+def everything_visible(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
+    """Receive every visible message (no long poll: what is there is answered at once)."""
+    received: list[dict[str, Any]] = []
+    while True:
+        page = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            VisibilityTimeout=600,  # each received once here
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not page:
+            return received
+        received.extend(page)
+
+
+async def test_queued_messages_topics_and_subscriptions_survive_kill_9(tmp_path: Path) -> None:
+    journal = tmp_path / "dynamodb-journal.jsonl"
+    async with emulator(journal, tmp_path / "moto.log") as running:
+        sqs, sns = running.client("sqs"), running.client("sns")
+        commands = sqs.create_queue(QueueName="commands", Attributes={"VisibilityTimeout": "45"})[
+            "QueueUrl"
+        ]
+        sent = sqs.send_message(
+            QueueUrl=commands,
+            MessageBody='{"command": "command-one"}',
+            MessageAttributes=COMMAND_ATTRIBUTES,
+        )["MessageId"]
+
+        # Taken and deleted (one alone, one in a batch), taken and not deleted, purged.
+        other = sqs.create_queue(QueueName="other")["QueueUrl"]
+        sqs.send_message_batch(
+            QueueUrl=other,
+            Entries=[
+                {"Id": str(i), "MessageBody": body}
+                for i, body in enumerate(
+                    ["deleted-alone", "deleted-in-batch", "received-not-deleted"]
+                )
+            ],
+        )
+        taken = {m["Body"]: m for m in everything_visible(sqs, other)}
+        assert set(taken) == {"deleted-alone", "deleted-in-batch", "received-not-deleted"}
+        sqs.delete_message(QueueUrl=other, ReceiptHandle=taken["deleted-alone"]["ReceiptHandle"])
+        deleted = sqs.delete_message_batch(
+            QueueUrl=other,
+            Entries=[{"Id": "0", "ReceiptHandle": taken["deleted-in-batch"]["ReceiptHandle"]}],
+        )
+        assert [e["Id"] for e in deleted["Successful"]] == ["0"]
+        purged = sqs.create_queue(QueueName="purged")["QueueUrl"]
+        sqs.send_message(QueueUrl=purged, MessageBody="purged-before-the-kill")
+        sqs.purge_queue(QueueUrl=purged)
+
+        # SNS hands a publish to its SQS subscriptions inside moto, not over HTTP.
+        topic = sns.create_topic(Name="approvals")["TopicArn"]
+        inbox = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+        inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        subscription = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn)[
+            "SubscriptionArn"
+        ]
+        sns.publish(TopicArn=topic, Message="approve me", Subject="approval")
+
+        await running.kill()  # nobody has received the command, nor the notification
+
+    async with emulator(journal, tmp_path / "moto-again.log") as running:
+        sqs, sns = running.client("sqs"), running.client("sns")
+        [command] = everything_visible(sqs, commands)
+        assert command["MessageId"] == sent
+        assert command["Body"] == '{"command": "command-one"}'
+        assert command["MessageAttributes"] == COMMAND_ATTRIBUTES
+        visibility = sqs.get_queue_attributes(
+            QueueUrl=commands, AttributeNames=["VisibilityTimeout"]
+        )["Attributes"]
+        assert visibility == {"VisibilityTimeout": "45"}
+        # At least once, as SQS: received and not deleted comes back; deleted never does.
+        assert [m["Body"] for m in everything_visible(sqs, other)] == ["received-not-deleted"]
+        assert everything_visible(sqs, purged) == []
+
+        [notification] = everything_visible(sqs, inbox)
+        assert json.loads(notification["Body"])["Message"] == "approve me"
+        listed = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+        assert [s["SubscriptionArn"] for s in listed] == [subscription]
+        sns.publish(TopicArn=topic, Message="after the restart")  # no subscribing again
+        [later] = everything_visible(sqs, inbox)
+        assert json.loads(later["Body"])["Message"] == "after the restart"
+
+    # The start compacted the journal: what was deleted or purged is not in it any more.
+    kept = (tmp_path / MESSAGING_JOURNAL).read_text()
+    assert sent in kept and "received-not-deleted" in kept
+    for gone in ("deleted-alone", "deleted-in-batch", "purged-before-the-kill"):
+        assert gone not in kept
