@@ -3,8 +3,9 @@
 ``n`` parked processes are approved at once through ``POST /approvals/{token}`` over real HTTP
 (the form the page shows; redirects followed, as a browser does), and ``n`` others at once with
 the Temporal client: ``approval_decision`` signal, then one ``state`` query, the least a client
-needs to know its decision was recorded. Their lock is held by someone else, so approved
-processes wait at the mutex and the figure measures the approval path only.
+needs to know its decision was recorded. The client goes first; what its approvals set off
+settles before the API's are sent. Their lock is held by someone else, so approved processes
+wait at the mutex and the figure measures the approval path only.
 
 An answer is definitive when it says what became of the decision: 200 (recorded), 409 (another
 decision won) or 410 (closed). 202 only says "sent". Every acknowledged approval (200 or 202, a
@@ -71,8 +72,14 @@ class ApprovalResult:
 
 
 async def run(
-    client: Client, settings: Settings, api_url: str, via_api: list[str], direct: list[str]
+    client: Client,
+    settings: Settings,
+    api_url: str,
+    via_api: list[str],
+    direct: list[str],
+    mutex_id: str,
 ) -> ApprovalResult:
+    """``mutex_id``: the held lock's mutex, where every approved process queues."""
     key = settings.signing_keys[0]
     tokens: dict[str, str] = {}
     for pid in via_api:
@@ -108,7 +115,11 @@ async def run(
                 return response.status
 
         direct_timed = await at_once([partial(bare, pid) for pid in direct])
+        # What the first approvals set off (lock requests, the mutex queueing them) settles
+        # before the second path is measured.
+        await processes.wait_idle(client, [*direct, mutex_id])
         api_timed = await at_once([partial(post, pid) for pid in via_api])
+        await processes.wait_idle(client, [*via_api, mutex_id])
 
     acknowledged = [pid for pid in via_api if answers.get(pid) in DELIVERED] + signalled
     states = await processes.bounded(

@@ -94,7 +94,8 @@ async def wait_idle(client: Client, ids: Sequence[str], within: float = 900) -> 
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(waiting)} workflows still busy after {within:.0f} s")
-        await asyncio.sleep(0.25)
+        # Each round describes every workflow still waiting: gently, when there are many.
+        await asyncio.sleep(0.25 if len(waiting) <= START_CONCURRENCY else 1.0)
 
 
 async def park(

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +21,9 @@ from pathlib import Path
 from benchmarks import approvals, lock_path, memory, mutex_queue
 from benchmarks import figures as figs
 from benchmarks.figures import Figure
-from benchmarks.stack import Stack
+from benchmarks.stack import Part, Stack
 from benchmarks.timeline import Profile
-from workflows.messages import ProcessOptions
+from workflows.messages import ProcessOptions, mutex_workflow_id
 
 DEFAULT_OUT = Path(".bench/results.json")
 REQUIRED = (
@@ -50,13 +51,14 @@ class Sizes:
     approvals: int  # approvals per path (API, bare client); 2 x this <= parked
     scale: int  # processes parked on a worker with a small cache
     scale_cache: int  # that worker's max_cached_workflows
-    scale_approved: int  # of which approved (through the mutex); the rest rejected
+    scale_decided: int  # of which decided once parked (evicted ones, all waves)
+    scale_approved: int  # of those approved (through the mutex); the rest rejected
     queue: int  # waiters in the mutex queue figure
     drain: int  # of which let through (each handoff is a round trip between workflows)
 
 
-FULL = Sizes(30, 50, 50, 1000, 500, 500, 5000, 500, 10, 2000, 400)
-QUICK = Sizes(3, 5, 5, 10, 10, 5, 20, 5, 2, 10, 10)
+FULL = Sizes(30, 50, 50, 1000, 500, 500, 5000, 500, 500, 10, 2000, 400)
+QUICK = Sizes(3, 5, 5, 10, 10, 5, 20, 5, 10, 2, 10, 10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,15 +91,43 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(run(sizes, parts, args.out, args.quick, server_args))
 
 
+# Longest each part may take (full run) before it is reported as failed and the run goes on.
+PART_LIMITS = {"lock_path": 240, "memory": 420, "approvals": 180, "queue": 240, "scale": 480}
+
+
+class Run:
+    """One run of the suite: the stack, and what each part measured or why it failed."""
+
+    def __init__(self, sizes: Sizes, stack: Stack, quick: bool) -> None:
+        self.sizes = sizes
+        self.stack = stack
+        self.quick = quick
+        self.figures: list[Figure] = []
+        self.profiles: list[Profile] = []
+        self.lost = 0
+        self.failures: dict[str, str] = {}
+        self.began = time.perf_counter()
+
+    def say(self, what: str) -> None:
+        print(f"[{time.perf_counter() - self.began:6.1f} s] {what}", flush=True)
+
+    async def part(self, name: str, measure: Awaitable[None]) -> None:
+        """Run one part; a failure (or running past its limit) is reported, not fatal."""
+        try:
+            async with asyncio.timeout(PART_LIMITS[name] * (2 if self.quick else 1)):
+                await measure
+        except Exception as err:  # reported in the table and the JSON; the next part runs
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            self.failures[name] = reason
+            self.say(f"{name} FAILED: {reason}")
+
+
 async def run(sizes: Sizes, parts: set[str], out: Path, quick: bool, server_args: list[str]) -> int:
     load_before = os.getloadavg()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stack = Stack(out.parent / f"logs-{stamp}")
     print(f"benchmarks ({'quick' if quick else 'full'}): logs in {stack.logs}", flush=True)
-    figures: list[Figure] = []
-    profiles: list[Profile] = []
-    lost = 0
-    began = time.perf_counter()
+    r = Run(sizes, stack, quick)
     try:
         await stack.start(*server_args)
         # Every process the figures need starts now, side by side; idle until its figure.
@@ -126,72 +156,115 @@ async def run(sizes: Sizes, parts: set[str], out: Path, quick: bool, server_args
         baseline, worker = await baseline_task, await worker_task
         shared_worker = await shared_task if shared_task else None
         small_cache_worker = await small_cache_task if small_cache_task else None
-        _say("servers and workers up", began)
-
+        r.say("servers and workers up")
         if "lock_path" in parts:
-            _say(f"lock path: {sizes.lock_path} processes approved at once", began)
-            result = await lock_path.run(
-                stack.client,
-                worker,
-                baseline,
-                sizes.lock_path,
-                sizes.round_trips,
-                sizes.one_activity,
-            )
-            figures += result.figures
-            profiles += result.profiles
-            lost += result.expected - result.completed
-
+            await r.part("lock_path", _lock_path(r, worker, baseline))
         if parts & {"approvals", "memory"}:
-            _say(f"memory: {sizes.parked} processes parked at approval", began)
-            resource, _ = await mutex_queue.hold_lock(stack.client, worker, baseline, "held")
-            held = ProcessOptions(lock_resource=resource)
-            parked = await memory.parked_processes(
-                stack.client, worker, sizes.parked, held, "parked"
-            )
-            if shared_worker is not None:
-                bare = await memory.parked_bare(stack.client, baseline, sizes.parked)
-                shared = await memory.parked_processes(
-                    stack.client, shared_worker, sizes.parked_shared, held, "parked, shared"
-                )
-                stack.stop(shared_worker)
-                figures += memory.memory_figures(parked, shared, bare)
-            if "approvals" in parts:
-                n = sizes.approvals
-                _say(f"approvals: {n} through the API, {n} with the client", began)
-                ids = parked.ids
-                approved = await approvals.run(
-                    stack.client, stack.settings, stack.api_url, ids[:n], ids[n : 2 * n]
-                )
-                figures += approved.figures
-                lost += approved.lost
-
+            parked: list[memory.Parked] = []
+            await r.part("memory", _memory(r, worker, baseline, shared_worker, parked))
+            if "approvals" in parts and parked:
+                await r.part("approvals", _approvals(r, parked[0]))
         if "queue" in parts:
-            _say(f"mutex queue: {sizes.queue} waiters, {sizes.drain} let through", began)
-            queued = await mutex_queue.run(stack.client, worker, baseline, sizes.queue, sizes.drain)
-            figures += queued.figures
-            lost += queued.expected - queued.granted_in_order
-
+            await r.part("queue", _queue(r, worker, baseline))
         if small_cache_worker is not None:
-            _say(f"scale: {sizes.scale} parked, {sizes.scale_cache} cached", began)
-            resource, _ = await mutex_queue.hold_lock(stack.client, worker, baseline, "scale")
-            scaled = await memory.scale(
-                stack,
-                small_cache_worker,
-                sizes.scale,
-                sizes.scale_cache,
-                sizes.scale_approved,
-                held=ProcessOptions(lock_resource=resource),
-                free=ProcessOptions(lock_resource=f"bench-scale-{uuid.uuid4().hex[:8]}"),
-            )
-            figures += scaled.figures
-            lost += scaled.expected - scaled.closed_as_expected
+            await r.part("scale", _scale(r, worker, baseline, small_cache_worker))
     finally:
         await stack.close()
-    _say("done", began)
+    r.say("done")
+    return report(r, parts, out, load_before, server_args)
+
+
+async def _lock_path(r: Run, worker: Part, baseline: Part) -> None:
+    r.say(f"lock path: {r.sizes.lock_path} processes approved at once")
+    result = await lock_path.run(
+        r.stack.client,
+        worker,
+        baseline,
+        r.sizes.lock_path,
+        r.sizes.round_trips,
+        r.sizes.one_activity,
+    )
+    r.figures += result.figures
+    r.profiles += result.profiles
+    r.lost += result.expected - result.completed
+
+
+async def _memory(
+    r: Run, worker: Part, baseline: Part, shared_worker: Part | None, out: list[memory.Parked]
+) -> None:
+    """The processes parked here are the approvals' too (``out``)."""
+    client, sizes = r.stack.client, r.sizes
+    r.say(f"memory: {sizes.parked} processes parked at approval")
+    resource, _ = await mutex_queue.hold_lock(client, worker, baseline, "held")
+    held = ProcessOptions(lock_resource=resource)
+    parked = await memory.parked_processes(client, worker, sizes.parked, held, "parked")
+    parked.lock_resource = resource
+    out.append(parked)
+    if shared_worker is None:
+        return
+    r.say(f"memory: {sizes.parked} bare workflows parked")
+    bare = await memory.parked_bare(client, baseline, sizes.parked)
+    r.say(f"memory: {sizes.parked_shared} processes parked with shared modules")
+    shared = await memory.parked_processes(
+        client, shared_worker, sizes.parked_shared, held, "parked, shared"
+    )
+    r.stack.stop(shared_worker)
+    r.figures += memory.memory_figures(parked, shared, bare)
+
+
+async def _approvals(r: Run, parked: memory.Parked) -> None:
+    n = r.sizes.approvals
+    r.say(f"approvals: {n} with the client, then {n} through the API")
+    ids = parked.ids
+    approved = await approvals.run(
+        r.stack.client,
+        r.stack.settings,
+        r.stack.api_url,
+        ids[:n],
+        ids[n : 2 * n],
+        mutex_workflow_id(parked.lock_resource),
+    )
+    r.figures += approved.figures
+    r.lost += approved.lost
+
+
+async def _queue(r: Run, worker: Part, baseline: Part) -> None:
+    r.say(f"mutex queue: {r.sizes.queue} waiters, {r.sizes.drain} let through")
+    queued = await mutex_queue.run(r.stack.client, worker, baseline, r.sizes.queue, r.sizes.drain)
+    r.figures += queued.figures
+    r.lost += queued.expected - queued.granted_in_order
+
+
+async def _scale(r: Run, worker: Part, baseline: Part, small_cache_worker: Part) -> None:
+    sizes = r.sizes
+    r.say(f"scale: {sizes.scale} parked, {sizes.scale_cache} cached")
+    resource, _ = await mutex_queue.hold_lock(r.stack.client, worker, baseline, "scale")
+    scaled = await memory.scale(
+        r.stack,
+        small_cache_worker,
+        sizes.scale,
+        sizes.scale_cache,
+        sizes.scale_decided,
+        sizes.scale_approved,
+        held=ProcessOptions(lock_resource=resource),
+        free=ProcessOptions(lock_resource=f"bench-scale-{uuid.uuid4().hex[:8]}"),
+    )
+    r.figures += scaled.figures
+    r.lost += scaled.expected - scaled.closed_as_expected
+
+
+def report(
+    r: Run,
+    parts: set[str],
+    out: Path,
+    load_before: tuple[float, float, float],
+    server_args: list[str],
+) -> int:
     print()
-    print(figs.table(figures))
-    for profile in profiles:
+    print(figs.table(r.figures))
+    for name, reason in r.failures.items():
+        print(f"FAILED {name}: {reason}")
+    for profile in r.profiles:
         print()
         print(profile.render())
     info = figs.machine(load_before)
@@ -204,22 +277,19 @@ async def run(sizes: Sizes, parts: set[str], out: Path, quick: bool, server_args
     figs.write(
         out,
         info,
-        figures,
-        mode="quick" if quick else "full",
+        r.figures,
+        mode="quick" if r.quick else "full",
         dev_server_args=server_args,
-        lost=lost,
-        profiles={p.title: p.as_dict() for p in profiles},
+        seconds=round(time.perf_counter() - r.began, 1),
+        lost=r.lost,
+        failures=r.failures,
+        profiles={p.title: p.as_dict() for p in r.profiles},
     )
     print(f"results: {Path.cwd() / out}")
-    missing = [name for name in REQUIRED if name not in {f.name for f in figures}]
+    missing = [name for name in REQUIRED if name not in {f.name for f in r.figures}]
     if missing and parts == set(PARTS):
         print(f"missing figures: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    if lost:
-        print(f"lost: {lost} (see the notes above)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _say(what: str, began: float) -> None:
-    print(f"[{time.perf_counter() - began:6.1f} s] {what}", flush=True)
+    if r.lost:
+        print(f"lost: {r.lost} (see the notes above)", file=sys.stderr)
+    failed = bool(r.failures or r.lost or (missing and parts == set(PARTS)))
+    return 1 if failed else 0
