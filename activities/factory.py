@@ -10,7 +10,7 @@ import aiohttp
 
 from activities.commands import CommandActivities
 from activities.idempotency import IdempotencyStore
-from activities.mutex import describe_workflow, request_lock
+from activities.mutex import check_holder, describe_workflow, request_lock
 from activities.notifications import ApprovalNotifier
 from activities.process_table import ProcessTableActivities
 from common.aws import AwsClients
@@ -56,5 +56,6 @@ def build_activities(
         commands.send_command_one,
         commands.send_command_two,
         request_lock,
+        check_holder,
         describe_workflow,
     ]

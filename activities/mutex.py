@@ -9,6 +9,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from common import tracing
 from workflows.messages import (
     LOCK_REQUEST_SIGNAL,
+    CheckHolder,
     HolderLiveness,
     MutexInput,
     RequestLock,
@@ -29,13 +30,20 @@ async def request_lock(request: RequestLock) -> None:
 
 
 async def _join_queue(request: RequestLock) -> None:
+    lock_request = request.request
+    if lock_request.requester_run_id is None:
+        # The run that asks is the run the grant and the liveness checks must follow: a reset
+        # replaces it under the same workflow id. The activity knows it without workflow code.
+        lock_request = lock_request.model_copy(
+            update={"requester_run_id": activity.info().workflow_run_id}
+        )
     await activity.client().start_workflow(
         MUTEX_WORKFLOW_TYPE,
         MutexInput(resource=request.resource, options=request.mutex_options),
         id=mutex_workflow_id(request.resource),
         task_queue=activity.info().task_queue,
         start_signal=LOCK_REQUEST_SIGNAL,
-        start_signal_args=[request.request],
+        start_signal_args=[lock_request],
     )
 
 
@@ -54,3 +62,34 @@ async def describe_workflow(workflow_id: str) -> HolderLiveness:
         running=status == WorkflowExecutionStatus.RUNNING,
         status=status.name if status else "UNKNOWN",
     )
+
+
+@activity.defn(name="check_holder")
+async def check_holder(holder: CheckHolder) -> HolderLiveness:
+    """Whether the run holding a lease still runs; if it closed, whether a newer run replaced it.
+
+    Both answers come from the server (describe), so no worker of the holder is needed. A reset
+    closes the holder's run and starts a new one under the same workflow id: the mutex then
+    moves the lease to that run instead of marking the process abandoned.
+    """
+    client = activity.client()
+    try:
+        own = await client.get_workflow_handle(holder.workflow_id, run_id=holder.run_id).describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return HolderLiveness(workflow_id=holder.workflow_id, running=False, status="NOT_FOUND")
+    status = own.status
+    name = status.name if status else "UNKNOWN"
+    if status == WorkflowExecutionStatus.RUNNING:
+        return HolderLiveness(workflow_id=holder.workflow_id, running=True, status=name)
+    if holder.run_id is not None:
+        latest = await client.get_workflow_handle(holder.workflow_id).describe()
+        if latest.run_id != holder.run_id and latest.status == WorkflowExecutionStatus.RUNNING:
+            return HolderLiveness(
+                workflow_id=holder.workflow_id,
+                running=False,
+                status=name,
+                current_run_id=latest.run_id,
+            )
+    return HolderLiveness(workflow_id=holder.workflow_id, running=False, status=name)

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import when
@@ -86,8 +86,24 @@ async def one_lock(client: Client, name: str) -> tuple[dict[str, Any], str]:
         "problem": problem,
     }
     if state is None:
-        return document, f"lock {name} ({workflow_id})\n  ({problem})"
-    return document, render_lock(state, workflow_id)
+        text = f"lock {name} ({workflow_id})\n  ({problem})"
+    else:
+        text = render_lock(state, workflow_id)
+    status = description.status
+    if status is not None and status != WorkflowExecutionStatus.RUNNING:
+        text += "\n" + closed_mutex_note(status.name)
+    return document, text
+
+
+def closed_mutex_note(status: str) -> str:
+    """What an operator reads when the mutex run was closed from outside (it never ends itself)."""
+    return (
+        f"  note    this mutex run is {status}: someone closed it from outside (never terminate\n"
+        "          or cancel a mutex; a cancel request is ignored). The next lock request starts\n"
+        "          a new mutex whose leases are higher than any of this one, so downstream\n"
+        "          systems refuse the old holder's late commands. Processes still waiting on\n"
+        "          this run get no grant: `approval-flow cancel ID` each one and start it again."
+    )
 
 
 def render_lock(state: MutexState, workflow_id: str) -> str:

@@ -531,6 +531,10 @@ class MutexCounters(Message):
     expired_leases: int = 0
     abandoned_holders: int = 0
     failed_grants: int = 0
+    # Cancel requests the mutex ignored: cancelling it would drop its holder and queue.
+    ignored_cancels: int = 0
+    # Leases moved to a new run of their holder (the holder was reset).
+    moved_leases: int = 0
 
 
 class MutexOptions(Message):
@@ -661,7 +665,17 @@ class RequestLock(Message):
     mutex_options: MutexOptions = MutexOptions()
 
 
+class CheckHolder(Message):
+    """Activity ``check_holder``: is the run that holds a lease still running?"""
+
+    workflow_id: str
+    run_id: str | None = None  # None for a lease granted to an older requester: any run
+
+
 class HolderLiveness(Message):
     workflow_id: str
     running: bool
     status: str
+    # When the holder's own run closed but a newer run of the same workflow id runs (a reset):
+    # that run. The lease follows it.
+    current_run_id: str | None = None

@@ -4,19 +4,33 @@ Requesters join by signal-with-start and are granted the lock by a ``lock_grante
 carries a fresh, monotonic lease id. A release frees the lock only when it carries the current
 lease id. A lease that outlives its timeout is revoked and its holder told; a holder that closed
 without releasing is noticed by a periodic liveness check, its record marked ``abandoned``.
+
+Since the patch ``mutex-survives-operators`` (issue 8 §5) the mutex also:
+- ignores a cancel request (logged and counted): cancelling it would close it with its holder
+  and queue, and the next request would start a fresh mutex that grants at once;
+- starts its lease ids above any a predecessor could have granted (see ``_lease_floor``), so
+  that after an operator terminated it the fence still refuses the old holder's late commands;
+- follows the holder's run, not only its workflow id: a holder reset into a new run gets its
+  lease moved to that run (fresh lease id), instead of being marked abandoned or ignored;
+- sends grants and runs liveness checks and record-keeping beside the queue, as background
+  tasks, so a slow signal or a DynamoDB outage never holds up the next grant or a release;
+- marks an abandoned holder's record with retries that never give up (capped interval).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from datetime import timedelta
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.mutex import describe_workflow
+    from activities.mutex import check_holder, describe_workflow
     from activities.process_table import ProcessTableActivities
     from workflows.messages import (
         LOCK_CANCEL_SIGNAL,
@@ -25,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         LOCK_REQUEST_SIGNAL,
         LOCK_REVOKED_SIGNAL,
         STATE_QUERY,
+        CheckHolder,
         FailureReason,
         HolderLiveness,
         Lease,
@@ -40,12 +55,35 @@ with workflow.unsafe.imports_passed_through():
         UpdateProcessStatus,
     )
 
+# Every behaviour change since the first release is behind this patch: the mutex never ends and
+# auto-upgrades, so its running histories must replay on every new build.
+OPERATORS_PATCH = "mutex-survives-operators"
+
 _BOOKKEEPING_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
     maximum_attempts=5,
 )
+# An abandoned holder's record is final bookkeeping: it retries until DynamoDB answers, so an
+# outage never leaves a closed process ``in-progress``. It runs beside the queue, blocking no one.
+_FINAL_WRITE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,
+)
+
+
+def _lease_floor(now: datetime) -> int:
+    """The first lease id of a mutex started afresh: the start time in milliseconds.
+
+    A mutex carries its counter across continue-as-new, but a run started after an operator
+    terminated the last one knows nothing of it. Leases from the clock are above every lease an
+    earlier run granted (one grant takes far longer than a millisecond), so downstream systems
+    keep refusing the old holder's late commands. Within a run the counter still adds one.
+    """
+    return int(now.timestamp() * 1000)
 
 
 @workflow.defn
@@ -61,15 +99,40 @@ class MutexWorkflow:
         self._counters = state.counters.model_dump()
         self._changed = False
         self._next_check_at = workflow.now() + self._options.liveness_interval
+        self._v2 = False
+        # Grants, liveness checks and record-keeping in flight beside the queue (v2).
+        self._background: set[asyncio.Task[None]] = set()
+        self._checking = False
 
     @workflow.run
     async def run(self, input: MutexInput) -> None:
+        self._v2 = workflow.patched(OPERATORS_PATCH)
+        if self._v2 and input.state is None:
+            self._next_lease_id = max(self._next_lease_id, _lease_floor(workflow.now()))
+        while True:
+            try:
+                await self._serve(input)
+            except asyncio.CancelledError:
+                if not self._v2:
+                    raise
+                # Why not stop: a cancelled mutex closes with its holder and queue, and the next
+                # request would start a new one that grants at once while the holder still runs.
+                workflow.logger.warning(
+                    "cancel request for mutex %s ignored: it serves %s holder and %d waiting; "
+                    "see `approval-flow lock` to inspect it",
+                    self._resource,
+                    "a" if self._holder else "no",
+                    len(self._queue),
+                )
+                self._count("ignored_cancels")
+
+    async def _serve(self, input: MutexInput) -> None:
         while True:
             if self._holder is None and self._queue:
                 await self._grant_next()
                 continue
             if self._should_continue_as_new():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                await workflow.wait_condition(self._settled)
                 workflow.continue_as_new(
                     MutexInput(resource=self._resource, options=self._options, state=self.state())
                 )
@@ -81,7 +144,12 @@ class MutexWorkflow:
             until_check = self._next_check_at - workflow.now()
             if until_check <= timedelta(0):
                 self._next_check_at = workflow.now() + self._options.liveness_interval
-                await self._check_holder()
+                if self._v2:
+                    if not self._checking:
+                        self._checking = True
+                        self._beside(self._check_holder_v2())
+                else:
+                    await self._check_holder()
                 continue
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(self._woken, timeout=until_check)
@@ -91,9 +159,21 @@ class MutexWorkflow:
     @workflow.signal(name=LOCK_REQUEST_SIGNAL)
     def request(self, request: LockRequest) -> None:
         """Join the queue; a repeated request (an activity retry) keeps its first place."""
+        holder = self._holder
+        if self._v2 and holder is not None and _reset(holder, request):
+            # The holder was reset to before its request and asks again from its new run: the
+            # old run is closed, so the lease moves to the new one without waiting in line.
+            workflow.logger.warning(
+                "holder %s asks again from run %s; moving lease %s to it",
+                holder.holder_workflow_id,
+                request.requester_run_id,
+                holder.lease_id,
+            )
+            self._move_lease(holder, request.requester_run_id)
+            return
         known = {r.request_id for r in self._queue}
-        if self._holder is not None:
-            known.add(self._holder.request_id)
+        if holder is not None:
+            known.add(holder.request_id)
         if request.request_id in known:
             workflow.logger.info("duplicate lock request %s ignored", request.request_id)
             return
@@ -154,10 +234,16 @@ class MutexWorkflow:
             lease_id=self._next_lease_id,
             granted_at=now,
             expires_at=now + request.lease_timeout,
+            holder_run_id=request.requester_run_id if self._v2 else None,
         )
         self._next_lease_id += 1
         self._holder = lease
         self._next_check_at = now + self._options.liveness_interval
+        if self._v2:
+            # The grant is sent beside the queue: the loop goes back to waiting at once, and a
+            # grant that fails frees the lock from its own task.
+            self._beside(self._send_grant(request, lease))
+            return
         try:
             await workflow.get_external_workflow_handle(request.requester_workflow_id).signal(
                 LOCK_GRANTED_SIGNAL,
@@ -175,6 +261,85 @@ class MutexWorkflow:
                 self._free()
             return
         self._count("grants")
+
+    async def _send_grant(self, request: LockRequest, lease: Lease) -> None:
+        grant = LockGranted(
+            resource=self._resource, request_id=request.request_id, lease_id=lease.lease_id
+        )
+        try:
+            # To the workflow id, not the run: a run that was reset meanwhile gets it, and its
+            # handler hands back a grant it did not wait for.
+            await workflow.get_external_workflow_handle(request.requester_workflow_id).signal(
+                LOCK_GRANTED_SIGNAL, grant
+            )
+        except FailureError as err:
+            workflow.logger.warning(
+                "grant to %s failed (%s); passing the lock on", request.requester_workflow_id, err
+            )
+            self._count("failed_grants")
+            if self._holder is lease:
+                self._free()
+            return
+        self._count("grants")
+
+    async def _check_holder_v2(self) -> None:
+        try:
+            holder = self._holder
+            if holder is None:
+                return
+            if workflow.now() >= holder.expires_at:
+                await self._revoke(holder)
+                return
+            try:
+                liveness: HolderLiveness = await workflow.execute_activity(
+                    check_holder,
+                    CheckHolder(workflow_id=holder.holder_workflow_id, run_id=holder.holder_run_id),
+                    start_to_close_timeout=self._options.activity_attempt_timeout,
+                    retry_policy=_BOOKKEEPING_RETRY,
+                )
+            except FailureError as err:
+                # Not knowing is no reason to free the lock: try again at the next check.
+                workflow.logger.warning(
+                    "liveness of %s unknown: %s", holder.holder_workflow_id, err
+                )
+                return
+            if liveness.running or self._holder is not holder:
+                return
+            if liveness.current_run_id is not None:
+                workflow.logger.warning(
+                    "holder %s was reset: run %s is %s, run %s took over; moving lease %s",
+                    holder.holder_workflow_id,
+                    holder.holder_run_id,
+                    liveness.status,
+                    liveness.current_run_id,
+                    holder.lease_id,
+                )
+                self._move_lease(holder, liveness.current_run_id)
+                return
+            workflow.logger.warning(
+                "holder %s is %s without releasing lease %s; freeing the lock",
+                holder.holder_workflow_id,
+                liveness.status,
+                holder.lease_id,
+            )
+            self._count("abandoned_holders")
+            self._free()
+        finally:
+            self._checking = False
+        await self._mark_abandoned(holder, liveness.status, _FINAL_WRITE_RETRY)
+
+    def _move_lease(self, holder: Lease, run_id: str | None) -> None:
+        """Grant the holder's request again, to its new run, with a fresh (higher) lease id."""
+        self._count("moved_leases")
+        self._free()
+        again = LockRequest(
+            requester_workflow_id=holder.holder_workflow_id,
+            request_id=holder.request_id,
+            lease_timeout=holder.expires_at - holder.granted_at,
+            requested_at=holder.granted_at,
+            requester_run_id=run_id,
+        )
+        self._queue.insert(0, again)
 
     async def _check_holder(self) -> None:
         holder = self._holder
@@ -229,7 +394,9 @@ class MutexWorkflow:
         except FailureError as err:
             workflow.logger.warning("could not tell %s: %s", holder.holder_workflow_id, err)
 
-    async def _mark_abandoned(self, holder: Lease, status: str) -> None:
+    async def _mark_abandoned(
+        self, holder: Lease, status: str, retry: RetryPolicy = _BOOKKEEPING_RETRY
+    ) -> None:
         try:
             await workflow.execute_activity_method(
                 ProcessTableActivities.update_process_status,
@@ -241,7 +408,7 @@ class MutexWorkflow:
                     at=workflow.now(),
                 ),
                 start_to_close_timeout=self._options.activity_attempt_timeout,
-                retry_policy=_BOOKKEEPING_RETRY,
+                retry_policy=retry,
             )
         except FailureError as err:
             # The lock is already free; a record we cannot mark must not stop the queue.
@@ -252,6 +419,19 @@ class MutexWorkflow:
     def _free(self) -> None:
         self._holder = None
         self._changed = True
+
+    def _beside(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task beside the queue; continue-as-new waits for it to finish.
+
+        Tasks other than the run's own are not cancelled when a cancel is requested, so a grant
+        in flight is never withdrawn half-way.
+        """
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _settled(self) -> bool:
+        return workflow.all_handlers_finished() and not self._background
 
     def _count(self, name: str) -> None:
         self._counters[name] += 1
@@ -266,3 +446,14 @@ class MutexWorkflow:
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self._options.max_history_events
         )
+
+
+def _reset(holder: Lease, request: LockRequest) -> bool:
+    """``request`` is the holder's own, sent again from a new run of the holder."""
+    return (
+        request.request_id == holder.request_id
+        and request.requester_workflow_id == holder.holder_workflow_id
+        and request.requester_run_id is not None
+        and holder.holder_run_id is not None
+        and request.requester_run_id != holder.holder_run_id
+    )

@@ -868,6 +868,7 @@ async def test_factory_registers_every_activity(aws: Aws, http: aiohttp.ClientSe
         "send_command_two",
         "request_lock",
         "describe_workflow",
+        "check_holder",
     }
 
 

@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import mutex
 from workflows.messages import (
+    CheckHolder,
     CommandName,
     CreateProcessRecord,
     HolderLiveness,
@@ -165,6 +166,12 @@ class Fakes:
             raise RuntimeError("Temporal visibility unavailable (scripted)")
         return await mutex.describe_workflow(workflow_id)
 
+    @activity.defn(name="check_holder")
+    async def check_holder(self, holder: CheckHolder) -> HolderLiveness:
+        if self.describe_down:
+            raise RuntimeError("Temporal visibility unavailable (scripted)")
+        return await mutex.check_holder(holder)
+
     def activities(self) -> list[Any]:
         return [
             self.create_process,
@@ -175,6 +182,7 @@ class Fakes:
             self.send_command_two,
             self.request_lock,
             self.describe_workflow,
+            self.check_holder,
         ]
 
     # -- helpers for tests ----------------------------------------------------------------------

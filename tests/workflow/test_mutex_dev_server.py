@@ -7,23 +7,30 @@ enough to make the mutex roll over while it has a holder and a queue.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType, ResetReapplyType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
+from cli.lock import one_lock
 from tests.support.temporal import start_dev_server
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
 from workflows.messages import (
+    STATE_QUERY,
     CommandName,
     LockCancel,
     LockRelease,
     MutexInput,
     MutexOptions,
     MutexState,
+    ProcessState,
     mutex_workflow_id,
 )
 from workflows.mutex import MutexWorkflow
@@ -64,7 +71,13 @@ async def test_continue_as_new_keeps_holder_queue_and_counters(dev_env: Workflow
         waiters = [await h.start(requested_by=f"waiter-{i}") for i in range(2)]
         for waiter in waiters:
             await h.approve(waiter)
-        await eventually(lambda: len(h.fakes.lock_requests) == 3, what="two waiters queued")
+
+        # The fake records a request when its activity starts, before the mutex has it: wait on
+        # the mutex itself.
+        async def queued() -> bool:
+            return len((await _mutex(h)).queue) == 2
+
+        await eventually(queued, what="two waiters queued")
         before = await _mutex(h)
         assert before.holder is not None and len(before.queue) == 2
         first_run = await h.client.get_workflow_handle(mutex_workflow_id(h.resource)).describe()
@@ -105,7 +118,9 @@ async def test_continue_as_new_keeps_holder_queue_and_counters(dev_env: Workflow
             await h.call_back(handle, CommandName.TWO)
             await handle.result()
         states = [await h.state(handle) for handle in order]
-        assert [s.lock.lease_id for s in states] == [1, 2, 3]
+        first = states[0].lock.lease_id
+        assert first is not None
+        assert [s.lock.lease_id for s in states] == [first, first + 1, first + 2]
         final = await _mutex(h)
         assert final.holder is None and final.queue == []
         assert final.counters.grants == 3 and final.counters.releases == 3
@@ -143,3 +158,126 @@ async def test_signals_do_not_postpone_the_liveness_check(dev_env: WorkflowEnvir
 
 async def _no_holder(h: Harness) -> bool:
     return (await _mutex(h)).holder is None
+
+
+# -- the mutex survives operators (issue 8 §5) -----------------------------------------------
+
+
+async def _start_mutex(h: Harness, interval: timedelta = timedelta(seconds=1)) -> None:
+    await h.client.start_workflow(
+        MutexWorkflow.run,
+        MutexInput(resource=h.resource, options=MutexOptions(liveness_interval=interval)),
+        id=mutex_workflow_id(h.resource),
+        task_queue=h.task_queue,
+    )
+
+
+async def _held_lease(h: Harness, process_id: str, above: int = 0) -> int:
+    """The lease the latest run of ``process_id`` holds, once it holds one above ``above``."""
+    latest = h.client.get_workflow_handle(process_id)
+    lease: int | None = None
+
+    async def holds() -> bool:
+        nonlocal lease
+        lock = (await latest.query(STATE_QUERY, result_type=ProcessState)).lock
+        lease = lock.lease_id if lock.status == "held" else None
+        return lease is not None and lease > above
+
+    await eventually(holds, within=30, what=f"{process_id} to hold a lease above {above}")
+    assert lease is not None
+    return lease
+
+
+async def test_a_cancel_request_leaves_holder_and_queue_in_place(dev_env: WorkflowEnvironment):
+    async with harness(dev_env.client) as h:
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        waiter = await h.start(requested_by="waiter")
+        await h.approve(waiter)
+
+        async def queued() -> bool:
+            return len((await _mutex(h)).queue) == 1
+
+        await eventually(queued, what="the waiter queued")
+        before = await _mutex(h)
+        mutex = h.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.cancel()
+
+        async def ignored() -> bool:
+            return (await _mutex(h)).counters.ignored_cancels == 1
+
+        await eventually(ignored, what="the cancel to be ignored")
+        after = await _mutex(h)
+        assert after.holder == before.holder and after.queue == before.queue
+        assert (await mutex.describe()).status == WorkflowExecutionStatus.RUNNING
+
+        # The lock still works: the holder finishes, the waiter gets the next lease.
+        await h.call_back(holder, CommandName.ONE)
+        await h.call_back(holder, CommandName.TWO)
+        await holder.result()
+        assert before.holder is not None
+        assert await _held_lease(h, waiter.id) == before.holder.lease_id + 1
+
+
+async def test_a_holder_reset_to_before_its_request_gets_a_new_lease(
+    dev_env: WorkflowEnvironment,
+):
+    async with harness(dev_env.client) as h:
+        await _start_mutex(h)
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        old_lease = await _held_lease(h, holder.id)
+        history = await holder.fetch_history()
+        events = list(history.events)
+        scheduled = next(
+            i
+            for i, e in enumerate(events)
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "request_lock"
+        )
+        task_done = next(
+            e.event_id
+            for e in reversed(events[:scheduled])
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        )
+        description = await holder.describe()
+        await dev_env.client.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=dev_env.client.namespace,
+                workflow_execution=WorkflowExecution(
+                    workflow_id=holder.id, run_id=description.run_id
+                ),
+                reason="test: reset the holder to before its lock request",
+                workflow_task_finish_event_id=task_done,
+                request_id=str(uuid.uuid4()),
+                # Without reapplied signals the new run never sees the old grant: only the
+                # mutex, following the holder's run, can notice that the run it granted closed.
+                reset_reapply_type=ResetReapplyType.RESET_REAPPLY_TYPE_NONE,
+            )
+        )
+        # The old run is closed by the reset; the new run asks again and must get the lock,
+        # with a higher lease (the old run's late commands are fenced off).
+        new_lease = await _held_lease(h, holder.id, above=old_lease)
+        state = await _mutex(h)
+        assert state.holder is not None and state.holder.lease_id == new_lease
+        assert state.counters.abandoned_holders == 0
+        assert h.fakes.records[holder.id].get("reason") != "abandoned"
+
+
+async def test_a_terminated_mutex_is_replaced_with_higher_leases(dev_env: WorkflowEnvironment):
+    async with harness(dev_env.client) as h:
+        first = await h.start(requested_by="first")
+        await h.approve(first)
+        await h.wait_sent(first)
+        old_lease = await _held_lease(h, first.id)
+        mutex = h.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.terminate("operator error: terminated the mutex")
+        _, text = await one_lock(h.client, h.resource)
+        assert "this mutex run is TERMINATED" in text and "approval-flow cancel" in text
+        # The next request starts a new mutex; its lease is above every lease of the old one,
+        # so downstream systems refuse the first holder's late commands.
+        second = await h.start(requested_by="second")
+        await h.approve(second)
+        assert await _held_lease(h, second.id) > old_lease
