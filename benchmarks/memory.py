@@ -183,6 +183,8 @@ async def scale(
         await processes.wait_idle(client, arriving)
         to_reject += [pid for pid in arriving if pid not in to_approve]
         arriving = []
+        if len(to_reject) % 1000 < wave:
+            print(f"           {len(to_reject) + approved} parked", flush=True)
     await processes.wait_idle(client, arriving)
     park_seconds = time.perf_counter() - began
     worker_after = await settled_rss(worker)

@@ -108,8 +108,10 @@ async def run(
 ) -> QueueResult:
     """Queue ``waiters``; let the first ``drain`` of them through (all, if ``drain >= waiters``).
 
-    The request at position ``drain`` (when there is one) comes from a second ``LockHolder``,
-    which stops the queue there, so what is still queued can be compared with what arrived.
+    The ``drain``-th request sent (when there is one) comes from a second ``LockHolder``, which
+    stops the queue where it arrived, so what is still queued can be compared with what arrived.
+    Requests go out 50 at a time, so the mutex may queue them in another order than they were
+    sent: its own queue, read once all arrived, is the order every grant must follow.
     """
     resource, holder = await hold_lock(client, worker, baseline, "queue")
     base_queue = baseline.task_queue or ""
@@ -126,10 +128,13 @@ async def run(
     def requester(i: int) -> str:
         return stopper.id if i == drain else sinks[i % len(sinks)].id
 
+    def new_request_id(i: int) -> str:
+        return f"{i:05d}-{uuid.uuid4()}"
+
     began = time.perf_counter()
     await processes.bounded(
         [
-            partial(_request, client, worker, resource, requester(i), f"{i:05d}-{uuid.uuid4()}")
+            partial(_request, client, worker, resource, requester(i), new_request_id(i))
             for i in range(waiters)
         ],
         processes.START_CONCURRENCY,
@@ -148,7 +153,9 @@ async def run(
 
     began = time.perf_counter()
     await holder.signal("stop")
-    let_through = min(drain, waiters)
+    # Where the stopper's request arrived: everything before it is let through.
+    stops = [n for n, r in enumerate(queued.queue) if r.requester_workflow_id == stopper.id]
+    let_through = stops[0] if stops else waiters
 
     async def drained() -> bool:
         state = await _mutex_state(client, resource)
