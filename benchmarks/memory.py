@@ -24,13 +24,16 @@ from benchmarks.figures import Figure
 from benchmarks.stack import Part, Stack, rss_kib
 from workflows.messages import FailureReason, ProcessOptions
 
-WARM_UP = 10  # processes parked before the first reading: imports, clients, first allocations
+# Processes parked before the first reading (imports, clients, first allocations), and how
+# long a reading may wait to settle. A smoke run (``--quick``) makes both small.
+WARM_UP = 10
+SETTLE_SECONDS = 5.0
 
 
-async def settled_rss(part: Part, within: float = 5.0) -> int:
+async def settled_rss(part: Part, within: float | None = None) -> int:
     """RSS once two readings half a second apart agree within 0.5 % (or after ``within``)."""
     last = part.rss_kib()
-    deadline = time.monotonic() + within
+    deadline = time.monotonic() + (SETTLE_SECONDS if within is None else within)
     while time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         now = part.rss_kib()

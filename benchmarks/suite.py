@@ -58,7 +58,7 @@ class Sizes:
 
 
 FULL = Sizes(30, 50, 50, 1000, 500, 500, 5000, 500, 500, 10, 2000, 400)
-QUICK = Sizes(3, 5, 5, 10, 10, 5, 20, 5, 10, 2, 10, 10)
+QUICK = Sizes(3, 5, 5, 10, 10, 5, 20, 10, 10, 2, 10, 10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         arg for value in args.dynamic_config for arg in ("--dynamic-config-value", value)
     ]
     sizes = QUICK if args.quick else FULL
+    if args.quick:
+        memory.WARM_UP, memory.SETTLE_SECONDS = 2, 0.5
     return asyncio.run(run(sizes, parts, args.out, args.quick, server_args))
 
 
