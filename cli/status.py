@@ -8,12 +8,20 @@ import uuid
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError, when
 from cli.queries import describe, process_status_of, query_state
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
-from workflows.messages import PROCESS_ID_PREFIX, ApprovalState, ApproverState, ProcessState
+from workflows.messages import (
+    PROCESS_ID_PREFIX,
+    ApprovalState,
+    ApproverState,
+    ProcessState,
+    ProcessStatus,
+    redrive_process_id,
+)
 
 HELP = "one process's state"
 
@@ -60,7 +68,9 @@ async def run(
         "problem": problem,
     }
     if state is not None:
-        text = render_state(state, temporal_status)
+        redriven_as = await successor(client, state)
+        document["redriven_as"] = redriven_as
+        text = render_state(state, temporal_status, redriven_as)
     else:
         text = (
             f"{process_id}\n  status    {process_status_of(description) or '-'}\n"
@@ -69,7 +79,26 @@ async def run(
     return document, text
 
 
-def render_state(state: ProcessState, temporal_status: str | None) -> str:
+async def successor(client: Client, state: ProcessState) -> str | None:
+    """The redrive of this process, if one was started (one RPC, only for a closed failure)."""
+    if state.status is not ProcessStatus.FAILED:
+        return None
+    original = state.process_id
+    if state.redrive_count:
+        original = original.removesuffix(f"-redrive-{state.redrive_count}")
+    candidate = redrive_process_id(original, state.redrive_count + 1)
+    try:
+        await client.get_workflow_handle(candidate).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return candidate
+
+
+def render_state(
+    state: ProcessState, temporal_status: str | None, redriven_as: str | None = None
+) -> str:
     rows: list[tuple[str, str]] = [
         ("status", f"{state.status.value} (stage {state.stage.value})"),
         ("requested by", f"{state.requested_by}, {when(state.created_at)}"),
@@ -87,10 +116,10 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
     rows.append((f"lock {lock.resource}", lock_text))
     for name, command in sorted(state.commands.items()):
         text: str = command.status
-        if command.attempts:
-            text += f", {command.attempts} send attempt(s)"
         if command.kept_from:
             text += f" in {command.kept_from} (kept, not sent again)"
+        if command.attempts:
+            text += f", {command.attempts} send attempt(s)"
         if command.status == "sent" and command.deadline:
             text += f", callback due by {when(command.deadline)}"
         if command.status == "sent" and command.heartbeat_deadline:
@@ -109,6 +138,8 @@ def render_state(state: ProcessState, temporal_status: str | None) -> str:
         rows.append(("failure", f"{state.failure_reason.value}: {state.failure_message}"))
     if state.finished_at:
         rows.append(("finished", when(state.finished_at)))
+    if redriven_as:
+        rows.append(("redriven as", redriven_as))
     rows.append(("temporal", temporal_status or "-"))
     width = max(len(label) for label, _ in rows)
     body = "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)

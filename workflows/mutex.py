@@ -1,9 +1,11 @@
-"""MutexWorkflow: one per resource; a FIFO lock with fencing leases, replacing the polling scan.
+"""MutexWorkflow: one per resource; a lock with fencing leases, replacing the polling scan.
 
-Requesters join by signal-with-start and are granted the lock by a ``lock_granted`` signal that
-carries a fresh, monotonic lease id. A release frees the lock only when it carries the current
-lease id. A lease that outlives its timeout is revoked and its holder told; a holder that closed
-without releasing is noticed by a periodic liveness check, its record marked ``abandoned``.
+Requesters join by signal-with-start and wait in a queue ordered by priority, then first come,
+first served (``workflows/lock_queue.py``). Each is granted the lock by a ``lock_granted`` signal
+that carries a fresh, monotonic lease id; priority never preempts the holder. A release frees the
+lock only when it carries the current lease id. A lease that outlives its timeout is revoked and
+its holder told; a holder that closed without releasing is noticed by a periodic liveness check,
+its record marked ``abandoned``.
 
 Since the patch ``mutex-survives-operators`` (issue 8 §5) the mutex also:
 - ignores a cancel request (logged and counted): cancelling it would close it with its holder
@@ -15,6 +17,9 @@ Since the patch ``mutex-survives-operators`` (issue 8 §5) the mutex also:
 - sends grants and runs liveness checks and record-keeping beside the queue, as background
   tasks, so a slow signal or a DynamoDB outage never holds up the next grant or a release;
 - marks an abandoned holder's record with retries that never give up (capped interval).
+
+Since the patch ``mutex-priority`` (issue 11 §3) the queue is ordered by priority, then first come,
+first served; before it, by arrival alone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.mutex import check_holder, describe_workflow
     from activities.process_table import ProcessTableActivities
+    from workflows.lock_queue import enqueue
     from workflows.messages import (
         LOCK_CANCEL_SIGNAL,
         LOCK_GRANTED_SIGNAL,
@@ -58,6 +64,10 @@ with workflow.unsafe.imports_passed_through():
 # Every behaviour change since the first release is behind this patch: the mutex never ends and
 # auto-upgrades, so its running histories must replay on every new build.
 OPERATORS_PATCH = "mutex-survives-operators"
+# From this patch on the queue is ordered by priority, then FIFO. The mutex auto-upgrades, so a
+# running mutex meets this code mid-history: what it queued before stays in order, and the next
+# request is placed by priority.
+PRIORITY_PATCH = "mutex-priority"
 
 _BOOKKEEPING_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -158,7 +168,8 @@ class MutexWorkflow:
 
     @workflow.signal(name=LOCK_REQUEST_SIGNAL)
     def request(self, request: LockRequest) -> None:
-        """Join the queue; a repeated request (an activity retry) keeps its first place."""
+        """Join the queue behind every request at least as urgent; a repeated request (an
+        activity retry) keeps its first place. The holder is never preempted."""
         holder = self._holder
         if self._v2 and holder is not None and _reset(holder, request):
             # The holder was reset to before its request and asks again from its new run: the
@@ -177,7 +188,10 @@ class MutexWorkflow:
         if request.request_id in known:
             workflow.logger.info("duplicate lock request %s ignored", request.request_id)
             return
-        self._queue.append(request)
+        if workflow.patched(PRIORITY_PATCH):
+            self._queue = enqueue(self._queue, request)
+        else:
+            self._queue.append(request)
         self._changed = True
 
     @workflow.signal(name=LOCK_CANCEL_SIGNAL)

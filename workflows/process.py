@@ -286,6 +286,8 @@ class ProcessWorkflow:
             request_id=str(workflow.uuid4()),
             lease_timeout=self._options.lease_timeout,
             requested_at=now,
+            # The input's, so a process started before priorities asks at the default.
+            priority=self._options.lock_priority,
         )
         deadline = now + self._options.lock_timeout
         self._lock = self._lock.model_copy(

@@ -50,7 +50,7 @@ class Harness:
 
     def options(self, **overrides: object) -> ProcessOptions:
         """Default options, on a resource of this test's own so tests never share a lock."""
-        return ProcessOptions(lock_resource=self.resource, **overrides)
+        return ProcessOptions.model_validate({"lock_resource": self.resource, **overrides})
 
     async def start(
         self, requested_by: str = "alice", **option_overrides: object

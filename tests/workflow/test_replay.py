@@ -92,6 +92,10 @@ REQUIRED.setdefault("v2", []).extend(
     ]
 )
 
+# The operators' patches (issue 11), recorded with ``record_histories v2 --only ops_...``:
+# ``mutex-priority`` (a queue by priority, carried across continue-as-new).
+REQUIRED["v2"].extend(["ops_mutex_priority_run1", "ops_mutex_priority_run2"])
+
 
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()

@@ -15,7 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.support.temporal import start_dev_server
-from tests.workflow.record_histories import mutex_scenarios, policy_scenarios, process_scenarios
+from tests.workflow.record_histories import (
+    mutex_scenarios,
+    ops_scenarios,
+    policy_scenarios,
+    process_scenarios,
+)
 from tests.workflow.record_histories.recording import Recording
 
 HISTORIES = Path(__file__).resolve().parents[2] / "histories"
@@ -24,6 +29,7 @@ SCENARIOS: list[Scenario] = [
     *process_scenarios.SCENARIOS,
     *policy_scenarios.SCENARIOS,
     *mutex_scenarios.SCENARIOS,
+    *ops_scenarios.SCENARIOS,
 ]
 # Scenarios run side by side (each on its own task queue and lock resource); a few at a time
 # keep a two-core machine responsive enough for second-long timeouts.
