@@ -210,7 +210,14 @@ class Approvals:
                 task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def _worker_present(self, process_id: str) -> bool | None:
-        """Whether a worker can answer for the process; None if it ended with none to show it."""
+        """Whether a worker can answer for the process; None if it ended with none to show it.
+
+        Processes run on the configured task queue, so a worker polling it answers at once,
+        from a cached look shared by every page (a burst of 500 asks the server once, and no
+        process is described). Otherwise the process's own description decides.
+        """
+        if await self._processes.polled(self._settings.task_queue):
+            return True
         description = await self._processes.describe(process_id)
         if await self._processes.has_worker(description):
             return True

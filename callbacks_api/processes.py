@@ -126,13 +126,7 @@ class Processes:
         return state
 
     async def has_worker(self, description: WorkflowExecutionDescription) -> bool:
-        """Whether a worker is at work on this process or polls its task queue (server-side).
-
-        Tells "no worker runs" (say "being recorded" at once) from "a worker is busy" (a burst of
-        decisions: wait for it). A worker long-polls for up to a minute, so a poll seen within
-        ``POLLER_FRESHNESS`` means it is alive; a killed one still counts for that long. The
-        answer per task queue is kept for ``PRESENCE_TTL``, so a burst asks the server once.
-        """
+        """Whether a worker is at work on this process or polls its task queue (server-side)."""
         raw = description.raw_description
         if (
             raw.HasField("pending_workflow_task")
@@ -140,7 +134,16 @@ class Processes:
             == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
         ):
             return True
-        task_queue = description.task_queue
+        return await self.polled(description.task_queue)
+
+    async def polled(self, task_queue: str) -> bool:
+        """Whether a worker polls ``task_queue`` for workflow tasks, as the server saw lately.
+
+        Tells "no worker runs" (say "being recorded" at once) from "a worker is busy" (a burst of
+        decisions: wait for it). A worker long-polls for up to a minute, so a poll seen within
+        ``POLLER_FRESHNESS`` means it is alive; a killed one still counts for that long. The
+        answer per task queue is kept for ``PRESENCE_TTL``, so a burst asks the server once.
+        """
         known = self._presence.get(task_queue)
         if known is not None:
             return known
@@ -150,7 +153,7 @@ class Processes:
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )
         try:
-            async with self._call("describe task queue", description.id):
+            async with self._call("describe task queue", task_queue):
                 response = await self._client.workflow_service.describe_task_queue(
                     request, timeout=self._timeout
                 )

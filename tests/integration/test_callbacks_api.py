@@ -500,7 +500,9 @@ async def test_with_no_worker_polling_at_all_the_page_does_not_wait_for_one(
     deadline = datetime.now(UTC) + timedelta(hours=1)
     token = stack.signer.sign(process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, deadline)
     # Were a worker counted as there, the page would wait the whole (absurd) decision_wait.
-    app = create_app(stack.settings, stack.client, decision_wait=timedelta(hours=1))
+    # The API's own task queue is this one: another test's worker may poll the default one.
+    settings = stack.settings.model_copy(update={"task_queue": task_queue})
+    app = create_app(settings, stack.client, decision_wait=timedelta(hours=1))
     async with TestClient(TestServer(app, host="127.0.0.1")) as http:
         response = await asyncio.wait_for(
             http.post(
