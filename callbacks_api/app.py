@@ -68,7 +68,7 @@ def create_app(
     """
     metrics = Metrics()
     processes = Processes(client, temporal_timeout, signals=metrics.signals)
-    deliveries = RecentDeliveries(remembered_links)
+    deliveries = RecentDeliveries(remembered_links, answered=metrics.repeats)
     health = Health(processes)
     # The root's error middleware answers programs: health, metrics and unknown paths. Each
     # sub-app renders its own refusals (aiohttp's 404 and 405 under its prefix included).

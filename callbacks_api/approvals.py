@@ -112,7 +112,7 @@ class Approvals:
         delivery = Delivered(digest_of(decision), describe_decision(decision), claims.expires_at)
         outcome, first = await self._deliveries.deliver(
             # One link per approver: each named approver's first decision is delivered.
-            (process_id, APPROVAL_CALLBACK, claims.approver),
+            (process_id, APPROVAL_CALLBACK, claims.approver or ""),
             delivery,
             lambda: self._processes.signal(process_id, decision),
         )

@@ -30,7 +30,10 @@ from datetime import datetime
 from enum import StrEnum
 
 from cachetools import TLRUCache
+from prometheus_client import Counter
 from pydantic import BaseModel
+
+from workflows.messages import APPROVAL_CALLBACK
 
 # An entry takes about 0.55 KB with a 200-character label (tracemalloc, as
 # tests/unit/test_deliveries.py measures it), so a full memory is about 5.5 MB.
@@ -65,11 +68,16 @@ class RecentDeliveries:
     """A bounded memory of the first message delivered per link, shared by one app's handlers."""
 
     def __init__(
-        self, capacity: int = DEFAULT_CAPACITY, clock: Callable[[], float] = time.time
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        clock: Callable[[], float] = time.time,
+        answered: Counter | None = None,
     ) -> None:
         self._delivered: TLRUCache[Hashable, Delivered] = TLRUCache(
             capacity, ttu=_forget_at, timer=clock
         )
+        # Labelled (link kind, outcome): posts answered here instead of being signalled.
+        self._answered = answered
         self._in_flight: dict[Hashable, asyncio.Future[None]] = {}
 
     def __len__(self) -> int:
@@ -82,19 +90,23 @@ class RecentDeliveries:
 
     async def deliver(
         self,
-        link: Hashable,
+        link: tuple[str, ...],
         message: Delivered,
         send: Callable[[], Awaitable[None]],
     ) -> tuple[Outcome, Delivered]:
         """Send ``message`` unless this link already delivered one: (outcome, the first one).
 
-        ``send`` raising means nothing is remembered, so the next post on the link tries again.
+        ``link`` is (process id, callback, ...). ``send`` raising means nothing is remembered,
+        so the next post on the link tries again.
         """
         while True:
             first = self._delivered.get(link)
             if first is not None:
-                same = first.digest == message.digest
-                return (Outcome.REPEAT if same else Outcome.CONFLICT), first
+                outcome = Outcome.REPEAT if first.digest == message.digest else Outcome.CONFLICT
+                if self._answered is not None:
+                    kind = "approval" if link[1] == APPROVAL_CALLBACK else "command"
+                    self._answered.labels(kind, outcome.value).inc()
+                return outcome, first
             in_flight = self._in_flight.get(link)
             if in_flight is None:
                 break

@@ -55,6 +55,13 @@ class Metrics:
             ["signal", "outcome"],
             registry=self.registry,
         )
+        self.repeats = Counter(
+            "callbacks_api_repeats",
+            "Posts answered from the memory of recent deliveries without signalling, by link "
+            "kind and outcome: the same message again (repeat) or a different one (conflict).",
+            ["link", "outcome"],
+            registry=self.registry,
+        )
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

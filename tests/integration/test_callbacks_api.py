@@ -166,6 +166,15 @@ class Stack:
             activities=self.stubs.activities(),
         )
 
+    async def metric(self, name: str, **labels: str) -> float:
+        """One series' value from ``GET /metrics`` (0 before it first counts)."""
+        text = await (await self.http.get("/metrics")).text()
+        wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{wanted}}} "):
+                return float(line.split()[-1])
+        return 0.0
+
     async def signals(self, process_id: str, name: str) -> int:
         """How many signals called ``name`` the process's history holds."""
         count = 0
@@ -706,6 +715,8 @@ async def test_repeats_on_one_link_are_not_signalled_again(stack: Stack) -> None
     same += [{"result": {"b": 2, "a": 1}, "status": "succeeded"}] * 20
     other = [{"status": "failed", "error": "late"}] * 10
 
+    before = await stack.metric("callbacks_api_repeats_total", link="command", outcome="repeat")
+
     answers = await asyncio.gather(*(stack.callback(token, body) for body in same + other))
     answers += [await stack.callback(token, body) for body in same + other]
 
@@ -715,6 +726,9 @@ async def test_repeats_on_one_link_are_not_signalled_again(stack: Stack) -> None
     duplicates = [(await a.json()).get("duplicate", False) for a in answers if a.status == 202]
     assert duplicates.count(False) == 1  # exactly one post was sent
     assert await stack.signals(process_id, "command_callback") == 1
+    # Operators see the repeats answered from memory.
+    after = await stack.metric("callbacks_api_repeats_total", link="command", outcome="repeat")
+    assert after - before == 2 * len(same) - 1
     state = await eventually(
         lambda: stack.state(process_id),
         lambda s: s.commands[CommandName.ONE].status == "succeeded",

@@ -36,19 +36,27 @@ async def test_a_repeat_is_answered_and_a_different_message_refused_without_sign
     memory, send = RecentDeliveries(), Sender()
     first = delivered(a=1, b=2)
 
-    assert await memory.deliver("link", first, send) == (Outcome.SENT, first)
-    assert await memory.deliver("link", delivered(b=2, a=1), send) == (Outcome.REPEAT, first)
-    assert await memory.deliver("link", delivered("failed"), send) == (Outcome.CONFLICT, first)
+    assert await memory.deliver(("process-1", "command-one"), first, send) == (Outcome.SENT, first)
+    assert await memory.deliver(("process-1", "command-one"), delivered(b=2, a=1), send) == (
+        Outcome.REPEAT,
+        first,
+    )
+    assert await memory.deliver(("process-1", "command-one"), delivered("failed"), send) == (
+        Outcome.CONFLICT,
+        first,
+    )
     assert send.sent == 1
     # Another link is its own.
-    assert (await memory.deliver("other", first, send))[0] is Outcome.SENT
+    assert (await memory.deliver(("process-2", "command-one"), first, send))[0] is Outcome.SENT
     assert send.sent == 2
 
 
 async def test_a_burst_on_one_link_sends_one_signal() -> None:
     memory, send = RecentDeliveries(), Sender(pause=0.01)
 
-    outcomes = await asyncio.gather(*(memory.deliver("link", delivered(), send) for _ in range(50)))
+    outcomes = await asyncio.gather(
+        *(memory.deliver(("process-1", "command-one"), delivered(), send) for _ in range(50))
+    )
 
     assert send.sent == 1
     assert sorted(outcome for outcome, _ in outcomes).count(Outcome.SENT) == 1
@@ -58,26 +66,33 @@ async def test_a_failed_send_is_not_remembered_so_the_next_post_tries_again() ->
     memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01)
 
     results = await asyncio.gather(
-        *(memory.deliver("link", delivered(), send) for _ in range(3)), return_exceptions=True
+        *(memory.deliver(("process-1", "command-one"), delivered(), send) for _ in range(3)),
+        return_exceptions=True,
     )
 
     # The first failed; one of those waiting behind it then sent; the last heard the repeat.
     assert sum(isinstance(r, ConnectionError) for r in results) == 1
     assert send.sent == 1
-    assert (await memory.deliver("link", delivered(), send))[0] is Outcome.REPEAT
+    assert (await memory.deliver(("process-1", "command-one"), delivered(), send))[
+        0
+    ] is Outcome.REPEAT
 
 
 async def test_the_memory_is_bounded_by_capacity_least_recently_used_first() -> None:
     memory, send = RecentDeliveries(capacity=100), Sender()
 
     for n in range(1000):
-        await memory.deliver(f"link-{n}", delivered(), send)
+        await memory.deliver((f"process-{n}", "command-one"), delivered(), send)
         assert len(memory) <= 100
 
     assert len(memory) == 100
-    assert (await memory.deliver("link-999", delivered(), send))[0] is Outcome.REPEAT
+    assert (await memory.deliver(("process-999", "command-one"), delivered(), send))[
+        0
+    ] is Outcome.REPEAT
     # The oldest were forgotten: a post on one is sent again (the workflow ignores it).
-    assert (await memory.deliver("link-0", delivered(), send))[0] is Outcome.SENT
+    assert (await memory.deliver(("process-0", "command-one"), delivered(), send))[
+        0
+    ] is Outcome.SENT
     assert send.sent == 1001
 
 
@@ -86,13 +101,21 @@ async def test_a_link_is_forgotten_when_its_token_expires() -> None:
     clock = [now.timestamp()]
     memory, send = RecentDeliveries(clock=lambda: clock[0]), Sender()
 
-    await memory.deliver("link", delivered(expires_at=now + timedelta(minutes=5)), send)
-    await memory.deliver("kept", delivered(expires_at=now + timedelta(hours=2)), send)
+    await memory.deliver(
+        ("process-1", "command-one"), delivered(expires_at=now + timedelta(minutes=5)), send
+    )
+    await memory.deliver(
+        ("process-3", "command-one"), delivered(expires_at=now + timedelta(hours=2)), send
+    )
     clock[0] += timedelta(minutes=6).total_seconds()
 
     assert len(memory) == 1
-    assert (await memory.deliver("kept", delivered(), send))[0] is Outcome.REPEAT
-    assert (await memory.deliver("link", delivered(), send))[0] is Outcome.SENT
+    assert (await memory.deliver(("process-3", "command-one"), delivered(), send))[
+        0
+    ] is Outcome.REPEAT
+    assert (await memory.deliver(("process-1", "command-one"), delivered(), send))[
+        0
+    ] is Outcome.SENT
 
 
 async def test_each_entry_is_small() -> None:
@@ -107,7 +130,7 @@ async def test_each_entry_is_small() -> None:
         decision = Delivered(
             digest_of(CommandCallback(command="c", status="failed")), "x" * 200, LATER
         )
-        await memory.deliver(f"process-{n:036d}", decision, send)
+        await memory.deliver((f"process-{n:036d}", "command-one"), decision, send)
     used = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     assert len(memory) == capacity
