@@ -1,4 +1,10 @@
-"""Shared fixtures: a time-skipping server per test, one dev server for the whole session."""
+"""Shared fixtures: a time-skipping server per test, one dev server per session (per xdist worker).
+
+``make test`` runs the tests on every core with pytest-xdist (``-n auto --dist loadgroup``): most
+of them wait on servers and subprocesses, so two run at once on a 2-core machine. A session is one
+worker's share of the tests, so each worker starts its own dev server; every test already uses its
+own task queue, workflow ids, lock resource, free ports and temporary folders.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,23 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.temporal import start_dev_server, start_time_skipping
+
+SHARED_SCOPES = frozenset({"module", "package", "class"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests that share a module-scoped fixture on one xdist worker.
+
+    Spread over two workers, a module's server, stack or emulator would start once on each. A
+    test in a group of its own choosing (``xdist_group``) keeps it; the rest are spread freely.
+    """
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = item._fixtureinfo.name2fixturedefs.values()  # pytest keeps no public mapping
+        if any(defs[-1].scope in SHARED_SCOPES for defs in fixtures):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture

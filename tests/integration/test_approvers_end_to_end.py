@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 
 import aiohttp
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from tests.integration.test_end_to_end import FLOW_TIMEOUT, RunningStack, cli, local_stack
+from tests.integration.test_end_to_end import FLOW_TIMEOUT, RunningStack, cli
 
-pytestmark = pytest.mark.integration
+# On the worker that runs make run's stack for all its users (tests/integration/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("run_stack")]
 
 APPROVERS = {
     "alice@example.test": "Alice",
@@ -50,14 +50,13 @@ async def inbox(http: aiohttp.ClientSession, stack: RunningStack, process_id: st
     return messages
 
 
-async def test_two_of_three_named_approvers_approve_through_their_pages(tmp_path: Path) -> None:
-    async with (
-        local_stack(tmp_path, LOCAL_STACK_DEMO="false") as stack,
-        aiohttp.ClientSession() as http,
-    ):
+async def test_two_of_three_named_approvers_approve_through_their_pages(
+    run_stack: RunningStack,
+) -> None:
+    async with aiohttp.ClientSession() as http:
         approvers = [f"--approver={i}={name}" for i, name in APPROVERS.items()]
         code, out, err = await cli(
-            stack,
+            run_stack,
             "start",
             "--requested-by",
             "e2e",
@@ -77,7 +76,7 @@ async def test_two_of_three_named_approvers_approve_through_their_pages(tmp_path
         assert started["approval_link"] is None
 
         # The inbox shows one mail per approver, and whom it went to.
-        mails = await inbox(http, stack, process_id)
+        mails = await inbox(http, run_stack, process_id)
         assert sorted(m["approver"] for m in mails) == sorted(APPROVERS)
         for mail in mails:
             assert mail["to"] == f"{APPROVERS[mail['approver']]} <{mail['approver']}>"
@@ -88,19 +87,19 @@ async def test_two_of_three_named_approvers_approve_through_their_pages(tmp_path
         second = await decide(http, links["carol@example.test"], "Carol")
         assert "The request is now <strong>approved</strong>" in second
 
-        client = await stack.client()
+        client = await run_stack.client()
         handle = client.get_workflow_handle(process_id)
         result = await asyncio.wait_for(handle.result(), FLOW_TIMEOUT)
         assert result["status"] == "success"
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
-        assert stack.table_item(process_id)["approved_by"] == "Alice and Carol"
+        assert run_stack.table_item(process_id)["approved_by"] == "Alice and Carol"
 
         # Bob's link now says the request is settled without him.
         async with http.get(links["bob@example.test"]) as page:
             assert page.status == 409
             assert "approved by Alice and Carol" in await page.text()
 
-        code, out, err = await cli(stack, "status", process_id)
+        code, out, err = await cli(run_stack, "status", process_id)
         assert code == 0, err
         assert "approved by Alice and Carol" in out
         assert re.search(

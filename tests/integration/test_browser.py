@@ -2,8 +2,9 @@
 
 Chromium is Debian's ``chromium`` package (Playwright for Python drives it through
 ``executable_path``: no browser is downloaded). The stack is ``python -m local_stack`` on free
-ports, as in test_end_to_end. Each page the approver sees is saved as a screenshot in the test's
-temporary folder (pytest prints its path when a test fails).
+ports, as in test_end_to_end, shared with the other tests that only add processes to it
+(``run_stack``, tests/integration/conftest.py). Each page the approver sees is saved as a
+screenshot in the test's temporary folder (pytest prints its path when a test fails).
 
 Without Chromium the whole module is skipped with one reason that says how to get it; ``-ra``
 (on in pyproject.toml) shows that line in every run, so a missing browser is never a silent pass.
@@ -20,10 +21,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.integration.test_end_to_end import RunningStack, local_stack, start_through_cli
+from tests.integration.test_end_to_end import RunningStack, start_through_cli
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+# On the worker that runs make run's stack for all its users (tests/integration/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("run_stack")]
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
 if CHROMIUM is None:
@@ -55,12 +57,6 @@ CHROMIUM_ARGS = [
 PHONE = ViewportSize(width=375, height=740)
 DESKTOP = ViewportSize(width=1280, height=900)
 PAGE_TIMEOUT_MS = 30_000
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningStack]:
-    async with local_stack(tmp_path_factory.mktemp("browser"), LOCAL_STACK_DEMO="false") as s:
-        yield s
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -105,15 +101,15 @@ async def open_from_inbox(page: Page, stack: RunningStack, process_id: str, shot
 
 
 async def test_approve_in_the_browser_and_a_late_reject_sees_409(
-    stack: RunningStack, browser: Browser, tmp_path: Path
+    run_stack: RunningStack, browser: Browser, tmp_path: Path
 ) -> None:
-    started = await start_through_cli(stack, "browser: deploy v2 to production")
+    started = await start_through_cli(run_stack, "browser: deploy v2 to production")
     process_id = started["process_id"]
     approver_context, approver = await new_page(browser, DESKTOP)
     other_context, other = await new_page(browser, DESKTOP)
     try:
         # The approver follows the mail's link from the inbox page: the facts, and a form.
-        link = await open_from_inbox(approver, stack, process_id, tmp_path)
+        link = await open_from_inbox(approver, run_stack, process_id, tmp_path)
         await approver.screenshot(path=tmp_path / "confirmation.png", full_page=True)
         assert await heading(approver) == "Approval requested"
         facts = await approver.locator("dl").first.inner_text()
@@ -153,24 +149,24 @@ async def test_approve_in_the_browser_and_a_late_reject_sees_409(
 
         # The process went on with the approval, as its record says.
         async def completed() -> bool:
-            return stack.table_item(process_id).get("status") == "completed"
+            return run_stack.table_item(process_id).get("status") == "completed"
 
         await eventually(completed, f"{process_id} completed", within=60)
-        assert stack.table_item(process_id)["approved_by"] == "Browser Approver"
+        assert run_stack.table_item(process_id)["approved_by"] == "Browser Approver"
     finally:
         await approver_context.close()
         await other_context.close()
 
 
 async def test_pages_fit_a_phone_and_work_by_keyboard_alone(
-    stack: RunningStack, browser: Browser, tmp_path: Path
+    run_stack: RunningStack, browser: Browser, tmp_path: Path
 ) -> None:
-    started = await start_through_cli(stack, "browser: phone and keyboard " + "x" * 60)
+    started = await start_through_cli(run_stack, "browser: phone and keyboard " + "x" * 60)
     process_id = started["process_id"]
     context, page = await new_page(browser, PHONE)
     try:
-        link = await open_from_inbox(page, stack, process_id, tmp_path)
-        await page.goto(stack.url("INBOX", "/"))
+        link = await open_from_inbox(page, run_stack, process_id, tmp_path)
+        await page.goto(run_stack.url("INBOX", "/"))
         assert await no_horizontal_scroll(page), "the inbox scrolls sideways at 375 px"
         await page.goto(link)
         await page.screenshot(path=tmp_path / "phone-confirmation.png", full_page=True)
