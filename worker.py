@@ -81,7 +81,7 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     """The SDK's sandbox; with shared workflow modules, ``workflows`` is imported once.
 
     By default the sandbox imports the workflow modules afresh for every run it keeps in its
-    cache: measured with ``make bench``, that is about half of a parked process's memory. Shared,
+    cache: measured with ``make bench``, over a third of a parked process's memory. Shared,
     the modules' code and classes exist once, but calls made from workflow code are no longer
     checked against the sandbox's restrictions; the workflow and replay tests keep the strict
     sandbox, so a non-deterministic call still fails there.

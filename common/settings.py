@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # Worker memory. Runs kept in memory between their tasks:
     # an evicted run replays its history when its next signal or query arrives.
     worker_max_cached_workflows: int = Field(1000, ge=0)
-    # The sandbox reloads the workflow modules for every cached run, about half of what a
+    # The sandbox reloads the workflow module for every cached run, over a third of what a
     # parked process costs. Shared: loaded once; the sandbox then no longer checks calls made
     # from workflow code (the tests still run it strictly).
     worker_share_workflow_modules: bool = False
