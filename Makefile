@@ -44,10 +44,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy .
 
 # Tests run on every core (pytest-xdist); PYTEST_WORKERS=0 runs them in this one process.
+# loadgroup: tests that share a module's fixture, or carry one xdist_group, run on one worker
+# (tests/conftest.py); the rest go out in collection order (no reorder), so the long integration
+# tests start first and the short unit and workflow tests fill in at the end.
 PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test: lint typecheck pytest
 
