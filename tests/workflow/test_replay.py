@@ -96,6 +96,22 @@ REQUIRED.setdefault("v2", []).extend(
 # ``mutex-priority`` (a queue by priority, carried across continue-as-new).
 REQUIRED["v2"].extend(["ops_mutex_priority_run1", "ops_mutex_priority_run2"])
 
+# The mutex under ``mutex-survives-operators`` (issue 8 §5), recorded with
+# ``record_histories v2 --only mutex_``: liveness by run, grants and bookkeeping beside the queue.
+REQUIRED["v2"].extend(
+    [
+        "mutex_cancel_ignored",
+        "mutex_fifo_queue_liveness_alive",
+        "mutex_abandoned_holder",
+        "mutex_liveness_unknown_and_unmarkable",
+        "mutex_revoked_holder_gone",
+        "mutex_failed_grant",
+        "mutex_cancel_races_grant",
+        "mutex_continue_as_new_run1",
+        "mutex_continue_as_new_run2",
+    ]
+)
+
 
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()

@@ -33,10 +33,11 @@ from workflows.process import ProcessWorkflow
 ONE, TWO = CommandName.ONE, CommandName.TWO
 COMPLETED = E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
 ACTIVITY_FAILED = E.EVENT_TYPE_ACTIVITY_TASK_FAILED
-DESCRIBE = "describe_workflow"
+# The liveness check follows the holder's run since the patch mutex-survives-operators.
+DESCRIBE = "check_holder"
 
 
-async def fifo_queue_liveness_alive(rec: Recording) -> None:
+async def mutex_fifo_queue_liveness_alive(rec: Recording) -> None:
     """Three processes take the lock in arrival order; the first stays alive across checks."""
     async with harness(rec.client) as h:
         await rec.start_mutex(h, liveness_interval=SECOND)
@@ -68,7 +69,7 @@ async def fifo_queue_liveness_alive(rec: Recording) -> None:
         rec.save("mutex_fifo_queue_liveness_alive", history)
 
 
-async def abandoned_holder(rec: Recording) -> None:
+async def mutex_abandoned_holder(rec: Recording) -> None:
     """The holder is terminated: the next check frees the lock and marks its record abandoned."""
     async with harness(rec.client) as h:
         await rec.start_mutex(h, liveness_interval=SECOND)
@@ -96,7 +97,7 @@ async def abandoned_holder(rec: Recording) -> None:
         rec.save("mutex_abandoned_holder", history)
 
 
-async def bookkeeping_failures(rec: Recording) -> None:
+async def mutex_bookkeeping_failures(rec: Recording) -> None:
     """Liveness unknown (describe fails): the lock stays held; later an abandoned holder whose
     record cannot be marked still frees the lock."""
     fakes = Fakes(describe_down=True)
@@ -122,7 +123,7 @@ async def bookkeeping_failures(rec: Recording) -> None:
         rec.save("mutex_liveness_unknown_and_unmarkable", history)
 
 
-async def revoked_holder_gone(rec: Recording) -> None:
+async def mutex_revoked_holder_gone(rec: Recording) -> None:
     """The lease expired after its holder closed: the revoke is noticed, telling it fails."""
     async with harness(rec.client) as h:
         await rec.start_mutex(h, liveness_interval=3 * SECOND)
@@ -137,7 +138,7 @@ async def revoked_holder_gone(rec: Recording) -> None:
         rec.save("mutex_revoked_holder_gone", history)
 
 
-async def failed_grant(rec: Recording) -> None:
+async def mutex_failed_grant(rec: Recording) -> None:
     """The next in line closed before its turn: the grant fails and the lock passes on."""
     async with harness(rec.client) as h:
         holder = await start(h, requested_by="holder")
@@ -161,7 +162,7 @@ async def failed_grant(rec: Recording) -> None:
         rec.save("mutex_failed_grant", history)
 
 
-async def cancel_races_grant(rec: Recording) -> None:
+async def mutex_cancel_races_grant(rec: Recording) -> None:
     """A cancel for a request the mutex already granted frees the lock; the late release is stale.
 
     A requester that stops waiting just as its grant is sent cancels after the grant; that
@@ -188,7 +189,7 @@ async def cancel_races_grant(rec: Recording) -> None:
         rec.save("mutex_cancel_races_grant", history)
 
 
-async def continue_as_new(rec: Recording) -> None:
+async def mutex_continue_as_new(rec: Recording) -> None:
     """The mutex continues as new while one process holds the lock and two wait; every run saved."""
     async with harness(rec.client) as h:
         first_run = await rec.start_mutex(h, max_history_events=100)
@@ -243,12 +244,35 @@ async def _join(h: Harness, requested_by: str) -> WorkflowHandle[ProcessWorkflow
     return handle
 
 
+async def mutex_cancel_ignored(rec: Recording) -> None:
+    """A cancel request reaches the mutex: logged and ignored, holder and queue stay."""
+    async with harness(rec.client) as h:
+        await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await _join(h, "holder")
+        await h.wait_sent(holder)
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.cancel()
+
+        async def ignored() -> bool:
+            return (await h.mutex_state()).counters.ignored_cancels == 1
+
+        await eventually(ignored, within=PATIENCE, what="the cancel to be ignored")
+        await h.call_back(holder, ONE)
+        await h.call_back(holder, TWO)
+        await rec.completed(holder)
+        state, history = await rec.mutex_idle(h)
+        assert (state.counters.grants, state.counters.releases) == (1, 1)
+        assert len(history.of(E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)) == 1
+        rec.save("mutex_cancel_ignored", history)
+
+
 SCENARIOS = [
-    fifo_queue_liveness_alive,
-    abandoned_holder,
-    bookkeeping_failures,
-    revoked_holder_gone,
-    failed_grant,
-    cancel_races_grant,
-    continue_as_new,
+    mutex_cancel_ignored,
+    mutex_fifo_queue_liveness_alive,
+    mutex_abandoned_holder,
+    mutex_bookkeeping_failures,
+    mutex_revoked_holder_gone,
+    mutex_failed_grant,
+    mutex_cancel_races_grant,
+    mutex_continue_as_new,
 ]
