@@ -52,12 +52,15 @@ async def start_process(
     """Start one ProcessWorkflow; the process id is the workflow id (``process-<uuid>``).
 
     ``options`` replaces the settings' process options (the CLI's flags have been merged in).
+    Options a process cannot live with (a lease shorter than it may hold the lock) raise
+    ``InvalidProcessOptions`` with a one-line reason, and nothing is started.
     """
     process_input = ProcessInput(
         requested_by=requested_by,
         description=description,
         options=options if options is not None else settings.process,
     )
+    process_input.options.check()
     process_id = f"{PROCESS_ID_PREFIX}{uuid.uuid4()}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         PROCESS_WORKFLOW,

@@ -1,10 +1,11 @@
 """``approval-flow cancel ID [--wait]``: ask a running process to stop.
 
-A cancellation is a request: the workflow runs its failure cleanup (it gives the lock back or
-withdraws its place in the queue, marks the record ``failed`` with reason ``cancelled``) and
-closes as failed. A send already under way is not unsent: the downstream system may still act
-on it. ``--wait`` waits for the close and prints the state the process ended in (taken from its
-failure, so no query, and no worker, is needed to read it).
+A cancellation is a request: the workflow runs its failure cleanup (it stops its sends and waits
+until each has resolved, gives the lock back or withdraws its place in the queue, marks the record
+``failed`` with reason ``cancelled``) and closes as Cancelled (processes started before the patch
+``process-lock-guards-sends`` close as failed, their state in the failure). A send that had
+reached the downstream system is not unsent: it may still act on it, but before the lock goes
+back. ``--wait`` waits for the close and prints the state the process ended in.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import asyncio
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
-from cli.queries import describe, process_status_of
+from cli.queries import describe, process_status_of, query_state
 from cli.settings import CliSettings
 from cli.status import normalise_process_id, render_state
 from starter import PROCESS_WORKFLOW
@@ -81,6 +82,18 @@ async def _wait_for_close(
         ) from None
     except WorkflowFailureError as failure:
         cause = failure.cause
+        if isinstance(cause, CancelledError):
+            # Cleaned up, then closed Cancelled: the state is the closed run's, by query.
+            state, _ = await query_state(handle, ProcessState)
+            closed = WorkflowExecutionStatus.CANCELED.name
+            document = {
+                "process_id": process_id,
+                "outcome": "cancelled",
+                "temporal_status": closed,
+                "state": state.model_dump(mode="json") if state else None,
+            }
+            shown = render_state(state, closed) if state else ""
+            return document, "\n".join(line for line in (requested, shown) if line)
         state = _state_of(cause)
         reason = cause.type if isinstance(cause, ApplicationError) else None
         if reason != FailureReason.CANCELLED.value:

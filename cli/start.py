@@ -25,6 +25,7 @@ from workflows.messages import (
     LOWEST_LOCK_PRIORITY,
     ApprovalPolicy,
     Approver,
+    InvalidProcessOptions,
     ProcessOptions,
 )
 
@@ -195,6 +196,8 @@ async def run(
         problem = err.errors()[0]
         field = ".".join(str(p) for p in problem["loc"])
         raise CliError(f"invalid {field}: {problem['msg']}", EXIT_USAGE) from err
+    except InvalidProcessOptions as err:
+        raise CliError(f"invalid process options: {err}", EXIT_USAGE) from err
     policy = options.approval
     if settings.inbox_url and args.wait > 0:
         if policy.named:

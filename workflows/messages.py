@@ -225,6 +225,14 @@ class ApprovalPolicy(Message):
         return bool(self.approvers)
 
 
+# Room left in a lease beyond what a process needs: clocks, a slow workflow task, a release.
+LEASE_MARGIN = timedelta(minutes=10)
+
+
+class InvalidProcessOptions(ValueError):
+    """Process options that cannot work; the message says why, in one line."""
+
+
 class ProcessOptions(Message):
     """Every timeout and retry of the original, as data the starter may override."""
 
@@ -252,6 +260,12 @@ class ProcessOptions(Message):
     # all its HTTP retries (4 waits of at most 20 min) and the 1 h callback wait.
     lease_timeout: timedelta = timedelta(hours=3)
     approval: ApprovalPolicy = ApprovalPolicy()
+    # A send heartbeats at a third of this: a cancel reaches it (the policy settled early, the
+    # process was cancelled) and a worker lost mid-send is noticed within this time.
+    send_heartbeat_timeout: timedelta = timedelta(seconds=30)
+    # The final write of a record (completed or failed) retries until it succeeds, backing off
+    # up to this interval: a DynamoDB outage never leaves a record pending or in-progress.
+    final_write_max_interval: timedelta = timedelta(minutes=1)
 
     @model_validator(mode="after")
     def _escalation_before_the_deadline(self) -> ProcessOptions:
@@ -262,6 +276,47 @@ class ProcessOptions(Message):
         if heartbeat is not None and heartbeat <= timedelta(0):
             raise ValueError("command_heartbeat_timeout must be positive")
         return self
+
+    def status_write_budget(self) -> timedelta:
+        """Longest the in-progress write may take with every retry (the original's 3 x 2 min)."""
+        retry = self.aws_retry
+        delays = sum((retry.delay_after(a) for a in range(1, retry.max_attempts)), timedelta())
+        return delays + self.activity_attempt_timeout * retry.max_attempts
+
+    def send_budget(self) -> timedelta:
+        """Longest a send may take with every HTTP retry: the callback token must outlive it."""
+        retry = self.http_retry
+        delays = sum(
+            (max(retry.delay_after(a), self.max_retry_after) for a in range(1, retry.max_attempts)),
+            timedelta(),
+        )
+        return delays + self.activity_attempt_timeout * retry.max_attempts
+
+    def lease_needed(self) -> dict[str, timedelta]:
+        """What one process may spend holding the lock, part by part, in the order it happens."""
+        return {
+            "status write": self.status_write_budget(),
+            "sends": self.send_budget(),
+            "command timeout": self.command_timeout,
+            "stopping sends": self.send_heartbeat_timeout,
+            "margin": LEASE_MARGIN,
+        }
+
+    def check(self) -> None:
+        """Refuse, in one line, options with which a process could outlive its own lease.
+
+        A lease shorter than what the process may need gets it revoked mid-phase, its commands
+        fenced off downstream: raising ``command_timeout`` alone must not do that silently. Not a
+        validator: processes already running with such options must still decode.
+        """
+        parts = self.lease_needed()
+        needed = sum(parts.values(), timedelta())
+        if self.lease_timeout < needed:
+            spent = " + ".join(f"{name} {value}" for name, value in parts.items())
+            raise InvalidProcessOptions(
+                f"lease_timeout {self.lease_timeout} is shorter than a process may hold the "
+                f"lock: {needed} ({spent}); raise lease_timeout or lower the others"
+            )
 
 
 class Redrive(Message):

@@ -3,13 +3,19 @@
 Reads like the original: create the record, ask for approval, wait for the lock, start, run both
 commands in parallel, complete. Callbacks arrive as signals and every wait has a deadline. Any
 failure marks the record ``failed`` with a reason, gives the lock back and fails the workflow with
-an ``ApplicationError`` whose type is that reason.
+an ``ApplicationError`` whose type is that reason; a cancelled process ends Cancelled.
+
+The lock guards the effect, not the bookkeeping (patch ``process-lock-guards-sends``): every send
+carries the lock's resource and lease id (the fence), heartbeats so a cancel reaches it, and the
+process gives the lock back only once each send it started has resolved. Processes started before
+the patch replay as they ran: they abandoned a send still in flight when the policy settled.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -73,6 +79,25 @@ _CLEANUP_RETRY = RetryPolicy(
     maximum_attempts=10,
 )
 
+# From this patch on: sends heartbeat, carry the fence and are waited for before the lock goes
+# back; final record writes retry until they succeed; a cancelled process ends Cancelled.
+LOCK_GUARDS_SENDS_PATCH = "process-lock-guards-sends"
+
+
+def final_write_retry(options: ProcessOptions) -> RetryPolicy:
+    """For the write that closes a record (completed, failed): no attempt limit.
+
+    A record left ``pending`` or ``in-progress`` is a process nobody will ever finish; so the
+    write backs off (exponentially, up to ``final_write_max_interval``) through any outage and
+    stops only at an error no retry can fix (the record is gone, or already final).
+    """
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=options.final_write_max_interval,
+        maximum_attempts=0,
+    )
+
 
 class ProcessFailure(Exception):
     """A business failure inside the run; turned into cleanup and a typed ApplicationError."""
@@ -95,12 +120,7 @@ def linear_retry(settings: RetrySettings, **extra: Any) -> RetryPolicy:
 
 def send_budget(options: ProcessOptions) -> timedelta:
     """Longest a command send may take with every HTTP retry: the callback token must outlive it."""
-    retry = options.http_retry
-    delays = sum(
-        (max(retry.delay_after(a), options.max_retry_after) for a in range(1, retry.max_attempts)),
-        timedelta(),
-    )
-    return delays + options.activity_attempt_timeout * retry.max_attempts
+    return options.send_budget()
 
 
 @workflow.defn
@@ -123,19 +143,29 @@ class ProcessWorkflow:
         self._commands = {name: CommandState(command=name) for name in CommandName}
         self._callbacks: dict[CommandName, CommandCallback] = {}
         self._commands_settled = False
+        self._command_tasks: list[asyncio.Task[None]] = []
+        self._stopping_sends = False
         self._failure: ProcessFailure | None = None
+        # Decided once, at the start: a process keeps the behaviour it started with.
+        self._guards_sends = workflow.patched(LOCK_GUARDS_SENDS_PATCH)
 
     @workflow.run
     async def run(self, input: ProcessInput) -> ProcessResult:
         try:
-            await self._create_record()
-            await self._ask_for_approval()
-            await self._wait_for_lock()
-            await self._set_status(ProcessStatus.IN_PROGRESS, stage=Stage.RUNNING_COMMANDS)
-            outcomes = await self._run_commands()
-            self._stage = Stage.COMPLETING
-            await self._release_lock()
-            await self._set_status(ProcessStatus.COMPLETED, stage=Stage.COMPLETED)
+            with self._step("create process"):
+                await self._create_record()
+            with self._step("ask for approval"):
+                await self._ask_for_approval()
+            with self._step("wait for the lock"):
+                await self._wait_for_lock()
+            with self._step("start process"):
+                await self._set_status(ProcessStatus.IN_PROGRESS, stage=Stage.RUNNING_COMMANDS)
+            with self._step("run commands"):
+                outcomes = await self._run_commands()
+            with self._step("complete process"):
+                self._stage = Stage.COMPLETING
+                await self._release_lock()
+                await self._set_status(ProcessStatus.COMPLETED, stage=Stage.COMPLETED)
             await workflow.wait_condition(workflow.all_handlers_finished)
             return ProcessResult(process_id=self._process_id, commands=outcomes)
         except ProcessFailure as failure:
@@ -288,6 +318,8 @@ class ProcessWorkflow:
             requested_at=now,
             # The input's, so a process started before priorities asks at the default.
             priority=self._options.lock_priority,
+            # The grant and the liveness checks follow this run: a reset makes another.
+            requester_run_id=workflow.info().run_id if self._guards_sends else None,
         )
         deadline = now + self._options.lock_timeout
         self._lock = self._lock.model_copy(
@@ -310,6 +342,7 @@ class ProcessWorkflow:
     async def _run_commands(self) -> list[CommandOutcome]:
         """Both commands at once; stop waiting as soon as the completion policy is decided."""
         tasks = [asyncio.ensure_future(self._run_command(name)) for name in CommandName]
+        self._command_tasks = tasks
         try:
             await workflow.wait_condition(
                 lambda: (
@@ -328,9 +361,12 @@ class ProcessWorkflow:
                     f"({self._lock_revoked.reason}); mutual exclusion no longer holds",
                 )
         finally:
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
+            # Before the patch: a send still in flight was abandoned here, and the lock released
+            # under it. From the patch on, _stop_sends (here or in the cleanup) waits for it.
+            if not self._guards_sends:
+                for task in tasks:
+                    if not task.done():
+                        task.cancel()
         now = workflow.now()
         outcomes = [self._outcome(name) for name in CommandName]
         for outcome in outcomes:  # the state shows what each command ended as, truthfully
@@ -345,6 +381,8 @@ class ProcessWorkflow:
         # A cancelled command task may still resume once (a send that completed just before the
         # cancel returns its result): from here on the states above are final.
         self._commands_settled = True
+        if self._guards_sends:
+            await self._stop_sends(raise_cancel=True)
         succeeded = sum(o.status == "succeeded" for o in outcomes)
         failed = sum(o.status not in ("succeeded", "not-awaited") for o in outcomes)
         if self._options.completion.is_satisfied(succeeded, failed, len(outcomes)):
@@ -370,27 +408,53 @@ class ProcessWorkflow:
         callback_deadline = workflow.now() + send_budget(options) + options.command_timeout
         self._update_command(name, status="sending")
         retry = options.http_retry if name is CommandName.TWO else options.aws_retry
+        command = SendCommand(
+            process_id=self._process_id,
+            command=name,
+            deadline=callback_deadline,
+            http_retry_statuses=options.http_retry_statuses,
+            max_retry_after=options.max_retry_after,
+        )
         try:
-            sent: SendResult = await workflow.execute_activity_method(
-                method,
-                SendCommand(
-                    process_id=self._process_id,
-                    command=name,
-                    deadline=callback_deadline,
-                    http_retry_statuses=options.http_retry_statuses,
-                    max_retry_after=options.max_retry_after,
-                ),
-                start_to_close_timeout=options.activity_attempt_timeout,
-                retry_policy=linear_retry(retry),
-                # A send cannot be unsent and does not heartbeat, so a cancel request could
-                # never reach it: once the outcome is settled, just stop waiting for it.
-                cancellation_type=ActivityCancellationType.ABANDON,
-            )
+            if self._guards_sends:
+                # The fence travels with the command; the send heartbeats so a cancel reaches
+                # it, and a cancel is complete only once the send confirms it (or finishes):
+                # the lock is given back after the effect, never during it.
+                sent: SendResult = await workflow.execute_activity_method(
+                    method,
+                    command.model_copy(
+                        update={
+                            "lock_resource": self._lock.resource,
+                            "lease_id": self._lock.lease_id,
+                        }
+                    ),
+                    start_to_close_timeout=options.activity_attempt_timeout,
+                    heartbeat_timeout=options.send_heartbeat_timeout,
+                    retry_policy=linear_retry(retry),
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+            else:
+                sent = await workflow.execute_activity_method(
+                    method,
+                    command,
+                    start_to_close_timeout=options.activity_attempt_timeout,
+                    retry_policy=linear_retry(retry),
+                    # Before the patch: a send did not heartbeat, so a cancel could not reach
+                    # it; it was abandoned, and could land after the lock went back.
+                    cancellation_type=ActivityCancellationType.ABANDON,
+                )
         except ActivityError as err:
+            if self._stopping_sends and _is_cancellation(err):
+                self._update_command(
+                    name, status="not-awaited", error="send cancelled", finished_at=workflow.now()
+                )
+                return
             self._update_command(
                 name, status="send-failed", error=_describe(err), finished_at=workflow.now()
             )
             return
+        if self._stopping_sends:
+            return  # sent just before the cancel reached it; nobody waits for its callback
         deadline = workflow.now() + options.command_timeout
         self._update_command(
             name, status="sent", attempts=sent.attempt, sent_at=workflow.now(), deadline=deadline
@@ -434,6 +498,10 @@ class ProcessWorkflow:
                 workflow.logger.warning("cancel during cleanup: finishing the cleanup first")
         await cleanup
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._guards_sends and failure.reason is FailureReason.CANCELLED:
+            # Cleaned up (record failed/cancelled, sends stopped, lock released): now end as
+            # what happened, Cancelled, rather than as a failure of the process's own making.
+            raise asyncio.CancelledError(failure.message)
         raise ApplicationError(
             failure.message,
             self.state().model_dump(mode="json"),
@@ -442,6 +510,8 @@ class ProcessWorkflow:
         )
 
     async def _clean_up(self, failure: ProcessFailure) -> None:
+        if self._guards_sends:
+            await self._stop_sends(raise_cancel=False)
         await self._release_lock()
         try:
             await self._write_status(
@@ -452,11 +522,37 @@ class ProcessWorkflow:
                     message=failure.message,
                     at=workflow.now(),
                 ),
-                retry=_CLEANUP_RETRY,
+                retry=final_write_retry(self._options) if self._guards_sends else _CLEANUP_RETRY,
             )
         except FailureError as err:
             workflow.logger.error("could not mark the record failed: %s", err)
         workflow.upsert_search_attributes([STATUS_KEY.value_set(ProcessStatus.FAILED.value)])
+
+    async def _stop_sends(self, raise_cancel: bool) -> None:
+        """Cancel the sends still running and wait until each has resolved: done, failed, or
+        confirmed cancelled. Only then may the lock go back, or the next holder's commands could
+        meet this one's downstream.
+
+        A cancel of the process that arrives meanwhile does not cut the wait short; with
+        ``raise_cancel`` it is raised once the sends resolved (the cleanup then runs).
+        """
+        pending = [task for task in self._command_tasks if not task.done()]
+        if not pending:
+            return
+        if not self._stopping_sends:
+            self._stopping_sends = True
+            workflow.logger.info("stopping %d command(s) still running", len(pending))
+            for task in pending:
+                task.cancel()
+        cancel: asyncio.CancelledError | None = None
+        while not all(task.done() for task in pending):
+            try:
+                await workflow.wait_condition(lambda: all(task.done() for task in pending))
+            except asyncio.CancelledError as err:
+                cancel = err
+        workflow.logger.info("every send has resolved")
+        if cancel is not None and raise_cancel:
+            raise cancel
 
     async def _release_lock(self) -> None:
         """Give back a held lease, or withdraw a pending request; never leaves the lock taken."""
@@ -483,6 +579,7 @@ class ProcessWorkflow:
     # -- helpers --------------------------------------------------------------------------------
 
     async def _set_status(self, status: ProcessStatus, stage: Stage) -> None:
+        final = status.is_final and self._guards_sends
         await self._write_status(
             UpdateProcessStatus(
                 process_id=self._process_id,
@@ -492,7 +589,9 @@ class ProcessWorkflow:
                 else None,
                 at=workflow.now(),
             ),
-            retry=linear_retry(self._options.aws_retry),
+            retry=final_write_retry(self._options)
+            if final
+            else linear_retry(self._options.aws_retry),
         )
         self._status = status
         self._stage = stage
@@ -556,6 +655,17 @@ class ProcessWorkflow:
 
     def _touch(self) -> None:
         self._updated_at = workflow.now()
+
+    @contextlib.contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        """Log a step's start and end at INFO (the workflow logger names the process)."""
+        workflow.logger.info("step %r started", name)
+        try:
+            yield
+        except (Exception, asyncio.CancelledError) as err:  # not GeneratorExit: an eviction
+            workflow.logger.info("step %r ended: %s", name, type(err).__name__)
+            raise
+        workflow.logger.info("step %r ended", name)
 
 
 def _is_cancellation(err: BaseException) -> bool:

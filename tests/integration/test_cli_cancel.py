@@ -96,7 +96,7 @@ async def test_cancel_wait_cleans_up_and_frees_the_lock(dev_env: WorkflowEnviron
         # What an outsider sees: the record, Temporal's status, and a free lock.
         assert fakes.records[process_id]["status"] == ProcessStatus.FAILED
         assert fakes.records[process_id]["reason"] == FailureReason.CANCELLED
-        assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+        assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
         mutex = dev_env.client.get_workflow_handle(mutex_workflow_id(resource))
 
         async def lock_free() -> bool:
@@ -109,7 +109,7 @@ async def test_cancel_wait_cleans_up_and_frees_the_lock(dev_env: WorkflowEnviron
         code, out, err = await cli(dev_env, "cancel", process_id)
         assert (code, out) == (1, "")
         assert err.strip() == (
-            f"approval-flow: {process_id} is already closed (FAILED, process failed): "
+            f"approval-flow: {process_id} is already closed (CANCELED, process failed): "
             "nothing to cancel"
         )
         code, out, err = await cli(dev_env, "cancel", "process-never-started")

@@ -239,6 +239,30 @@ async def test_invalid_input_is_a_usage_error(time_env: WorkflowEnvironment) -> 
     assert str(error.value).startswith("invalid requested_by:")
 
 
+async def test_a_lease_shorter_than_a_process_needs_is_refused_at_start(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Raising command_timeout alone once got processes revoked mid-phase, silently."""
+    settings = CliSettings(
+        inbox_url=None, process=ProcessOptions(command_timeout=timedelta(hours=3))
+    )
+    args = build_parser().parse_args(["start", "--requested-by", "alice"])
+    with pytest.raises(CliError) as error:
+        await execute(args, time_env.client, settings, Output(False, io.StringIO()))
+    assert error.value.code == EXIT_USAGE
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("invalid process options: lease_timeout 3:00:00 is shorter than")
+    assert "command timeout 3:00:00" in message
+
+
+def test_default_options_fit_their_lease() -> None:
+    options = ProcessOptions()
+    options.check()
+    needed = sum(options.lease_needed().values(), timedelta())
+    assert needed <= options.lease_timeout
+
+
 async def test_lock_nobody_asked_for(time_env: WorkflowEnvironment) -> None:
     out = await execute_args(time_env, ["lock", "--resource", "never-used", "--json"])
     assert json.loads(out) == {

@@ -8,6 +8,7 @@ The mutex activities stay real: they talk to the test server through ``activity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,13 +18,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import mutex
+from activities.heartbeat import while_heartbeating
 from workflows.messages import (
+    STATE_QUERY,
     CheckHolder,
     CommandName,
     CreateProcessRecord,
     HolderLiveness,
     NotifyApprovers,
     NotifyResult,
+    ProcessState,
     ProcessStatus,
     PublishApprovalRequest,
     RequestLock,
@@ -80,6 +84,11 @@ class Fakes:
     # Gates that hold an activity until the test opens them (to act while it is in flight).
     publish_gate: asyncio.Event | None = None
     fail_gate: asyncio.Event | None = None
+    # Holds command two's request in flight (heartbeating, as the real send) until opened; a
+    # cancel that reaches the send is noted in ``cancels_seen`` and waits for the request.
+    send_gate: asyncio.Event | None = None
+    cancels_seen: set[tuple[str, CommandName]] = field(default_factory=set)
+    sends_resolved: list[tuple[str, CommandName]] = field(default_factory=list)
 
     # -- activities ---------------------------------------------------------------------------
 
@@ -99,7 +108,11 @@ class Fakes:
             await self.fail_gate.wait()
         record = self.records.get(update.process_id)
         if record is None:
-            raise ApplicationError("no such process", type="ProcessNotFound", non_retryable=True)
+            raise ApplicationError(
+                f"process record {update.process_id} does not exist",
+                type="ProcessNotFound",
+                non_retryable=True,
+            )
         current: ProcessStatus = record["status"]
         if current == update.status:
             return StatusUpdateResult(applied=True, status=current)
@@ -141,11 +154,21 @@ class Fakes:
     @activity.defn(name="send_command_two")
     async def send_command_two(self, command: SendCommand) -> SendResult:
         self._record_send(command)
+        if self.send_gate is not None:
+            key = (command.process_id, command.command)
+            try:
+                await while_heartbeating(self._request_in_flight(key, self.send_gate))
+            finally:
+                self.sends_resolved.append(key)
         replies = self.http_replies.get(command.process_id)
         reply = replies.pop(0) if replies else HttpReply(200)
         if reply.status < 300:
             return self._sent(command)
         if reply.status not in command.http_retry_statuses:
+            # A final failure settles the policy: report it only once the process has seen
+            # command one's send resolve, or it cancels that send in the very workflow task
+            # its result arrives in, which wedges the time-skipping server (sdk-java #2391).
+            await self._seen_resolved(command.process_id, CommandName.ONE)
             raise ApplicationError(
                 f"HTTP {reply.status} from command two", type="HttpStatusError", non_retryable=True
             )
@@ -184,6 +207,26 @@ class Fakes:
             self.describe_workflow,
             self.check_holder,
         ]
+
+    async def _seen_resolved(self, process_id: str, command: CommandName) -> None:
+        """Until the process has seen ``command``'s send resolve (at most a few seconds: a send
+        being retried does not resolve while this activity holds the test server's clock)."""
+        handle = activity.client().get_workflow_handle(process_id)
+
+        async def resolved() -> bool:
+            state = await handle.query(STATE_QUERY, result_type=ProcessState)
+            return state.commands[command].status not in ("not-started", "sending")
+
+        with contextlib.suppress(AssertionError):
+            await eventually(resolved, within=5.0, what=f"{command} resolved")
+
+    async def _request_in_flight(self, key: tuple[str, CommandName], gate: asyncio.Event) -> None:
+        """A request that takes until ``gate`` opens; it notes when a cancel reached the send."""
+        opened = asyncio.ensure_future(gate.wait())
+        while not opened.done():
+            if activity.is_cancelled():
+                self.cancels_seen.add(key)
+            await asyncio.wait({opened}, timeout=0.02)
 
     # -- helpers for tests ----------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ class Harness:
     task_queue: str
     fakes: Fakes
     resource: str
+    # Whether wait_sent also waits for the process to see its sends resolve (see there). A
+    # harness built by hand around other workers (test_rolling_upgrade) only watches the fakes.
+    watch_the_process: bool = False
 
     def options(self, **overrides: object) -> ProcessOptions:
         """Default options, on a resource of this test's own so tests never share a lock."""
@@ -106,9 +109,29 @@ class Harness:
         )
 
     async def wait_sent(self, handle: WorkflowHandle, *commands: CommandName) -> None:
+        """Wait until the process has seen each command's send resolve (sent, or failed).
+
+        Waiting for the workflow, not only for the fake to be called, matters: a callback that
+        settles the completion policy while the other send's result is on its way makes the
+        process cancel that send in the very task its result arrives in, which wedges the
+        time-skipping server (sdk-java issue 2391; the real server handles it).
+        """
+        await self.wait_send_started(handle, *commands)
+        if not self.watch_the_process:
+            return
+        for command in commands or tuple(CommandName):
+
+            async def resolved(c: CommandName = command) -> bool:
+                status = (await self.state(handle)).commands[c].status
+                return status not in ("not-started", "sending")
+
+            await eventually(resolved, what=f"the process to see {command} sent")
+
+    async def wait_send_started(self, handle: WorkflowHandle, *commands: CommandName) -> None:
+        """Wait until each command's send activity has been called (it may still be running)."""
         for command in commands or tuple(CommandName):
             await eventually(
-                lambda c=command: self.fakes.sent(handle.id, c), what=f"{command} sent"
+                lambda c=command: self.fakes.sent(handle.id, c), what=f"{command} send started"
             )
 
     async def advance(self, duration: timedelta) -> None:
@@ -147,4 +170,10 @@ async def harness(
             activity_executor=executor,
             interceptors=[LinearRetryInterceptor()],
         ):
-            yield Harness(client, task_queue, fakes, resource=f"res-{uuid.uuid4().hex[:8]}")
+            yield Harness(
+                client,
+                task_queue,
+                fakes,
+                resource=f"res-{uuid.uuid4().hex[:8]}",
+                watch_the_process=True,
+            )

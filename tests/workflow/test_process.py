@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.workflow.fakes import Fakes, HttpReply, eventually
@@ -225,7 +227,15 @@ async def test_min_successful_settles_without_waiting_for_the_other(
         }
 
 
-async def test_cancel_mid_run_fails_cancelled_and_releases_the_lock(
+async def _cancelled(handle) -> None:
+    """The process ended Cancelled in Temporal (not Failed), as the UI and ``describe`` show."""
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError), failure.value.cause
+    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+
+
+async def test_cancel_mid_run_ends_cancelled_after_its_cleanup(
     time_env: WorkflowEnvironment,
 ) -> None:
     async with harness(time_env.client) as h:
@@ -234,13 +244,108 @@ async def test_cancel_mid_run_fails_cancelled_and_releases_the_lock(
         await h.wait_sent(handle)
         assert (await h.mutex_state()).holder is not None
         await handle.cancel()
-        error = await _failure(handle)
-        assert error.type == "cancelled"
+        await _cancelled(handle)
+        # The cleanup ran before the close: record failed/cancelled, lock given back.
         record = h.fakes.records[handle.id]
         assert record["status"] is ProcessStatus.FAILED
         assert record["reason"] == "cancelled"
-        await eventually(lambda: _no_holder(h), what="lock released")
-        assert (await h.state(handle)).lock.status == "released"
+        assert (await h.mutex_state()).holder is None
+        state = await h.state(handle)
+        assert state.lock.status == "released"
+        assert state.failure_reason == "cancelled"
+
+
+@contextlib.asynccontextmanager
+async def _opened_at_exit(gate: asyncio.Event) -> AsyncIterator[None]:
+    """Open ``gate`` however the test ends, so the worker never waits on a held send."""
+    try:
+        yield
+    finally:
+        gate.set()
+
+
+async def test_lock_goes_back_only_after_a_send_in_flight_resolved(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """min_successful=1 settles on command one while command two's POST is still in flight:
+    the process cancels that send and holds the lock until the send has resolved."""
+    gate = asyncio.Event()
+    fakes = Fakes(send_gate=gate)
+    async with harness(time_env.client, fakes) as h, _opened_at_exit(gate):
+        handle = await h.start(
+            completion=CompletionPolicy(min_successful=1),
+            send_heartbeat_timeout=timedelta(seconds=1),
+        )
+        await h.approve(handle)
+        await h.wait_sent(handle, CommandName.ONE)
+        await h.wait_send_started(handle, CommandName.TWO)  # held in flight
+        await h.call_back(handle, CommandName.ONE)
+        await eventually(
+            lambda: (handle.id, CommandName.TWO) in fakes.cancels_seen,
+            what="the cancel to reach the send in flight",
+        )
+        # Settled, the send told to stop, but still in flight: the lock stays with the process.
+        holder = (await h.mutex_state()).holder
+        assert holder is not None and holder.holder_workflow_id == handle.id
+        assert (await h.state(handle)).lock.status == "held"
+        assert fakes.sends_resolved == []
+        gate.set()  # the request in flight ends; only now may the lock go back
+        result = await handle.result()
+        assert fakes.sends_resolved == [(handle.id, CommandName.TWO)]
+        assert [o.status for o in result.commands] == ["succeeded", "not-awaited"]
+        assert (await h.mutex_state()).holder is None
+        assert fakes.records[handle.id]["status"] is ProcessStatus.COMPLETED
+
+
+async def test_cancel_waits_for_the_send_in_flight_before_releasing(
+    time_env: WorkflowEnvironment,
+) -> None:
+    gate = asyncio.Event()
+    fakes = Fakes(send_gate=gate)
+    async with harness(time_env.client, fakes) as h, _opened_at_exit(gate):
+        handle = await h.start(send_heartbeat_timeout=timedelta(seconds=1))
+        await h.approve(handle)
+        await h.wait_sent(handle, CommandName.ONE)
+        await h.wait_send_started(handle, CommandName.TWO)  # held in flight
+        await handle.cancel()
+        await eventually(
+            lambda: (handle.id, CommandName.TWO) in fakes.cancels_seen,
+            what="the cancel to reach the send in flight",
+        )
+        holder = (await h.mutex_state()).holder
+        assert holder is not None and holder.holder_workflow_id == handle.id
+        gate.set()
+        await _cancelled(handle)
+        assert fakes.sends_resolved == [(handle.id, CommandName.TWO)]
+        assert (await h.mutex_state()).holder is None
+        assert fakes.records[handle.id]["reason"] == "cancelled"
+
+
+async def test_sends_carry_the_fence_of_the_lease(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        lease = (await h.state(handle)).lock.lease_id
+        assert lease is not None
+        for command in CommandName:
+            sent = h.fakes.commands[(handle.id, command)]
+            assert (sent.lock_resource, sent.lease_id) == (h.resource, lease)
+        await h.call_back(handle, CommandName.ONE)
+        await h.call_back(handle, CommandName.TWO)
+        await handle.result()
+
+
+async def test_a_missing_record_fails_naming_the_record(time_env: WorkflowEnvironment) -> None:
+    async with harness(time_env.client) as h:
+        handle = await h.start()
+        await eventually(lambda: handle.id in h.fakes.records, what="record created")
+        del h.fakes.records[handle.id]  # lost, as by an emulator that forgot its tables
+        await h.approve(handle)
+        error = await _failure(handle)
+        assert error.type == "error"
+        assert error.message.endswith(f"process record {handle.id} does not exist")
+        assert (await h.mutex_state()).holder is None
 
 
 async def _no_holder(h) -> bool:
@@ -333,10 +438,9 @@ async def test_cancel_during_an_activity_is_reported_as_cancelled(
         handle = await h.start()
         await eventually(lambda: handle.id in fakes.publishing, what="publish in flight")
         await handle.cancel()
-        error = await _failure(handle)
+        await _cancelled(handle)
         assert fakes.publish_gate is not None
         fakes.publish_gate.set()
-        assert error.type == "cancelled"
         assert fakes.records[handle.id]["reason"] == "cancelled"
 
 
