@@ -225,6 +225,9 @@ class ApprovalPolicy(Message):
         return bool(self.approvers)
 
 
+# Reminders per approval deadline at most: bounds the history a reminder schedule can grow.
+MAX_REMINDERS = 48
+
 # Room left in a lease beyond what a process needs: clocks, a slow workflow task, a release.
 LEASE_MARGIN = timedelta(minutes=10)
 
@@ -309,6 +312,14 @@ class ProcessOptions(Message):
         fenced off downstream: raising ``command_timeout`` alone must not do that silently. Not a
         validator: processes already running with such options must still decode.
         """
+        remind_every = self.approval.remind_every
+        if remind_every is not None and self.approval_timeout / remind_every > MAX_REMINDERS:
+            # Each reminder is a timer and an activity in the history: a short interval over a
+            # long deadline would grow it past Temporal's limit and end the run uncleaned.
+            raise InvalidProcessOptions(
+                f"approval.remind_every {remind_every} would mail more than {MAX_REMINDERS} "
+                f"reminders before approval_timeout {self.approval_timeout}; remind less often"
+            )
         parts = self.lease_needed()
         needed = sum(parts.values(), timedelta())
         if self.lease_timeout < needed:

@@ -36,6 +36,7 @@ from workflows.messages import (
     CommandName,
     CommandState,
     FailureReason,
+    InvalidProcessOptions,
     Lease,
     LockRequest,
     LockState,
@@ -254,6 +255,16 @@ async def test_a_lease_shorter_than_a_process_needs_is_refused_at_start(
     assert "\n" not in message
     assert message.startswith("invalid process options: lease_timeout 3:00:00 is shorter than")
     assert "command timeout 3:00:00" in message
+
+
+def test_reminders_that_would_flood_the_history_are_refused() -> None:
+    """10 s reminders over a day would be ~8,640 timers and mails: past Temporal's history limit."""
+    policy = ApprovalPolicy(remind_every=timedelta(seconds=10))
+    with pytest.raises(InvalidProcessOptions) as error:
+        ProcessOptions(approval_timeout=timedelta(hours=24), approval=policy).check()
+    assert "\n" not in str(error.value) and "remind less often" in str(error.value)
+    hourly = ApprovalPolicy(remind_every=timedelta(hours=1))
+    ProcessOptions(approval_timeout=timedelta(hours=24), approval=hourly).check()
 
 
 def test_default_options_fit_their_lease() -> None:
