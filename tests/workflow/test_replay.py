@@ -113,6 +113,67 @@ REQUIRED["v2"].extend(
 )
 
 
+# Every scenario again under ``process-lock-guards-sends`` (issue 8: sends stopped and waited for
+# before the lock goes back, final writes without an attempt limit, a cancel ends Cancelled),
+# with all the patches before it: ``record_histories v3``.
+REQUIRED["v3"] = [
+    "mutex_abandoned_holder",
+    "mutex_cancel_ignored",
+    "mutex_cancel_races_grant",
+    "mutex_continue_as_new_run1",
+    "mutex_continue_as_new_run2",
+    "mutex_failed_grant",
+    "mutex_fifo_queue_liveness_alive",
+    "mutex_late_grant_released",
+    "mutex_lease_revoked",
+    "mutex_liveness_unknown_and_unmarkable",
+    "mutex_queued_requests_cancelled",
+    "mutex_revoked_holder_gone",
+    "ops_mutex_priority_run1",
+    "ops_mutex_priority_run2",
+    "process_approval_timeout",
+    "process_cancelled_awaiting_approval",
+    "process_cancelled_during_activity",
+    "process_cancelled_during_cleanup",
+    "process_cancelled_send_in_flight",
+    "process_cancelled_waiting_for_lock",
+    "process_cancelled_while_sending",
+    "process_command_failed",
+    "process_command_send_failed",
+    "process_command_timeout",
+    "process_completed",
+    "process_error_lease_revoked",
+    "process_error_record_missing",
+    "process_first_decision_wins",
+    "process_late_grant_released",
+    "process_lock_timeout",
+    "process_lock_timeout_deadline_passed",
+    "process_min_successful_stops_send",
+    "process_min_successful_unreachable",
+    "process_policy_cancelled_while_mailing",
+    "process_policy_default_completed",
+    "process_policy_default_timeout",
+    "process_policy_escalated",
+    "process_policy_quorum_approved",
+    "process_policy_quorum_unreachable",
+    "process_policy_reminder_failed",
+    "process_policy_reminders",
+    "process_policy_timeout_fail",
+    "process_policy_timeout_reject",
+    "process_policy_vetoed",
+    "process_rejected",
+    "process_release_without_mutex",
+    "process_repeated_and_unknown_callbacks",
+    "process_retried_create",
+    "process_retried_http_503",
+    "process_retry_after_honoured",
+    "process_stops_send_in_flight",
+    "process_tolerated_count_exceeded",
+    "process_tolerated_failure",
+    "process_tolerated_percentage_exceeded",
+]
+
+
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()
 

@@ -193,7 +193,7 @@ async def process_policy_cancelled_while_mailing(rec: Recording) -> None:
         await eventually(lambda: 1 in fakes.notify_reached, within=PATIENCE, what="reminder")
         try:
             await handle.cancel()
-            history = await rec.failed(handle, FailureReason.CANCELLED)
+            history = await rec.cancelled(handle)
         finally:
             fakes.notify_gates[1].set()
         assert history.of(E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)

@@ -104,9 +104,10 @@ async def cancelled_awaiting_approval(rec: Recording) -> None:
             lambda history: history.of(E.EVENT_TYPE_TIMER_STARTED),
         )
         await handle.cancel()
-        history = await rec.failed(handle, FailureReason.CANCELLED)
+        history = await rec.cancelled(handle)
         assert history.of(E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
         assert not history.activities("request_lock")
+        assert h.fakes.records[handle.id]["reason"] == FailureReason.CANCELLED
         rec.save("process_cancelled_awaiting_approval", history)
 
 
@@ -118,7 +119,7 @@ async def cancelled_during_activity(rec: Recording) -> None:
         await eventually(lambda: handle.id in fakes.publishing, within=PATIENCE, what="publish")
         await handle.cancel()
         try:
-            history = await rec.failed(handle, FailureReason.CANCELLED)
+            history = await rec.cancelled(handle)
         finally:
             assert fakes.publish_gate is not None
             fakes.publish_gate.set()
@@ -136,8 +137,10 @@ async def cancelled_while_sending(rec: Recording) -> None:
             lambda: len(h.fakes.sends[(handle.id, TWO)]) >= 2, within=PATIENCE, what="a retry"
         )
         await handle.cancel()
-        history = await rec.failed(handle, FailureReason.CANCELLED)
-        assert history.unfinished_activities(SEND_TWO) == 1  # abandoned mid-retry
+        history = await rec.cancelled(handle)
+        # Cancelled between two attempts, and waited for: not abandoned.
+        assert history.unfinished_activities(SEND_TWO) == 0
+        assert history.closed_activities(SEND_TWO, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED) == 1
         assert history.signals_sent("release") == 1
         rec.save("process_cancelled_while_sending", history)
 
@@ -247,8 +250,9 @@ async def retry_after_honoured(rec: Recording) -> None:
         rec.save("process_retry_after_honoured", history)
 
 
-async def min_successful_abandons_send(rec: Recording) -> None:
-    """min_successful=1: done on the first success; the other send, still retrying, is abandoned."""
+async def min_successful_stops_send(rec: Recording) -> None:
+    """min_successful=1: done on the first success; the other send, still retrying, is cancelled
+    and waited for before the lock goes back."""
     async with harness(rec.client) as h:
         handle = await start(h, completion=CompletionPolicy(min_successful=1))
         h.fakes.http_replies[handle.id] = [HttpReply(503)] * 10
@@ -261,8 +265,68 @@ async def min_successful_abandons_send(rec: Recording) -> None:
         history = await rec.completed(handle)
         result = await handle.result()
         assert [o.status for o in result.commands] == ["succeeded", "not-awaited"]
-        assert history.unfinished_activities(SEND_TWO) == 1
-        rec.save("process_min_successful_abandons_send", history)
+        assert history.unfinished_activities(SEND_TWO) == 0
+        assert history.closed_activities(SEND_TWO, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED) == 1
+        rec.save("process_min_successful_stops_send", history)
+
+
+async def stops_send_in_flight(rec: Recording) -> None:
+    """min_successful=1 settles while the other send's request is in flight: the process cancels
+    it, the cancel reaches the send by its heartbeat, and the lock goes back once it resolved."""
+    gate = asyncio.Event()
+    fakes = Fakes(send_gate=gate)
+    async with harness(rec.client, fakes) as h:
+        try:
+            handle = await start(
+                h,
+                completion=CompletionPolicy(min_successful=1),
+                send_heartbeat_timeout=SECOND,
+            )
+            await h.approve(handle)
+            await h.wait_sent(handle, ONE)
+            await h.wait_send_started(handle, TWO)
+            await h.call_back(handle, ONE)
+            await eventually(
+                lambda: (handle.id, TWO) in fakes.cancels_seen, within=PATIENCE, what="the cancel"
+            )
+        finally:
+            gate.set()
+        history = await rec.completed(handle)
+        assert history.of(E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+        assert history.closed_activities(SEND_TWO, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED) == 1
+        canceled = history.of(E.EVENT_TYPE_ACTIVITY_TASK_CANCELED)[-1].event_id
+        released = [
+            e.event_id
+            for e in history.of(E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED)
+            if e.signal_external_workflow_execution_initiated_event_attributes.signal_name
+            == "release"
+        ]
+        assert released and released[0] > canceled  # the lock went back after the send
+        rec.save("process_stops_send_in_flight", history)
+
+
+async def cancelled_send_in_flight(rec: Recording) -> None:
+    """Cancelled while a send's request is in flight: the cleanup waits for it, then releases,
+    marks the record, and the process ends Cancelled."""
+    gate = asyncio.Event()
+    fakes = Fakes(send_gate=gate)
+    async with harness(rec.client, fakes) as h:
+        try:
+            handle = await start(h, send_heartbeat_timeout=SECOND)
+            await h.approve(handle)
+            await h.wait_sent(handle, ONE)
+            await h.wait_send_started(handle, TWO)
+            await handle.cancel()
+            await eventually(
+                lambda: (handle.id, TWO) in fakes.cancels_seen, within=PATIENCE, what="the cancel"
+            )
+        finally:
+            gate.set()
+        history = await rec.cancelled(handle)
+        assert history.closed_activities(SEND_TWO, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED) == 1
+        assert history.signals_sent("release") == 1
+        assert fakes.records[handle.id]["reason"] == FailureReason.CANCELLED
+        rec.save("process_cancelled_send_in_flight", history)
 
 
 async def tolerated_failure(rec: Recording) -> None:
@@ -325,7 +389,7 @@ async def lock_contention(rec: Recording) -> None:
         deadline_passed = await rec.failed(late, FailureReason.LOCK_TIMEOUT)
         assert deadline_passed.timers_after("request_lock") == 0  # no wait at all
         await cancelled.cancel()
-        cancel = await rec.failed(cancelled, FailureReason.CANCELLED)
+        cancel = await rec.cancelled(cancelled)
         await h.call_back(holder, ONE)
         await h.call_back(holder, TWO)
         await rec.completed(holder)
@@ -446,7 +510,9 @@ SCENARIOS = [
     retried_create,
     retried_http_503,
     retry_after_honoured,
-    min_successful_abandons_send,
+    min_successful_stops_send,
+    stops_send_in_flight,
+    cancelled_send_in_flight,
     tolerated_failure,
     tolerated_count_exceeded,
     tolerated_percentage_exceeded,

@@ -17,7 +17,7 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import ActivityTaskStartedEventAttributes, HistoryEvent
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness
@@ -219,6 +219,18 @@ class Recording:
             raise AssertionError(f"{handle.id} completed; expected {reason.value}")
         history = await self.history(handle.id)
         assert history.failure_type() == reason.value
+        return history
+
+    async def cancelled(self, handle: WorkflowHandle[Any, Any]) -> History:
+        """Wait for the process to end Cancelled (after its cleanup marked the record)."""
+        try:
+            await handle.result()
+        except WorkflowFailureError as err:
+            assert isinstance(err.cause, CancelledError), err.cause
+        else:
+            raise AssertionError(f"{handle.id} completed; expected it cancelled")
+        history = await self.history(handle.id)
+        assert history.closed_by == E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED, history.closed_by
         return history
 
     async def until(self, handle: WorkflowHandle[Any, Any], what: str, check: Any) -> History:
