@@ -461,3 +461,33 @@ async def test_cancel_during_cleanup_still_marks_the_record(time_env: WorkflowEn
 
 async def _stage_failed(h, handle) -> bool:
     return bool((await h.state(handle)).stage.value == "failed")
+
+
+async def test_each_step_logs_its_start_and_end_with_the_process_id(
+    time_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`grep process-… .data/logs/*.log` follows a completed process through the worker."""
+    steps = [
+        "create process",
+        "ask for approval",
+        "wait for the lock",
+        "start process",
+        "run commands",
+        "complete process",
+    ]
+    with caplog.at_level(logging.INFO, logger="temporalio.workflow"):
+        async with harness(time_env.client) as h:
+            handle = await h.start()
+            await h.approve(handle)
+            await h.wait_sent(handle)
+            await h.call_back(handle, CommandName.ONE)
+            await h.call_back(handle, CommandName.TWO)
+            await handle.result()
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and handle.id in r.getMessage()
+    ]
+    for step in steps:
+        assert any(f"step {step!r} started" in line for line in lines), step
+        assert any(f"step {step!r} ended" in line for line in lines), step
