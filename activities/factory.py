@@ -10,7 +10,7 @@ import aiohttp
 
 from activities.commands import CommandActivities
 from activities.idempotency import IdempotencyStore
-from activities.mutex import check_holder, describe_workflow, request_lock
+from activities.mutex import check_holder, describe_workflow, recover_mutex, request_lock
 from activities.notifications import ApprovalNotifier
 from activities.process_table import ProcessTableActivities
 from common.aws import AwsClients
@@ -58,4 +58,5 @@ def build_activities(
         request_lock,
         check_holder,
         describe_workflow,
+        recover_mutex,
     ]

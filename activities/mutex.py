@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from common import tracing
 from workflows.messages import (
     LOCK_REQUEST_SIGNAL,
+    STATE_QUERY,
     CheckHolder,
     HolderLiveness,
     MutexInput,
+    MutexState,
+    ProcessState,
+    RecoverMutex,
     RequestLock,
     mutex_workflow_id,
 )
@@ -37,14 +41,58 @@ async def _join_queue(request: RequestLock) -> None:
         lock_request = lock_request.model_copy(
             update={"requester_run_id": activity.info().workflow_run_id}
         )
-    await activity.client().start_workflow(
+    client = activity.client()
+    # If an operator closed the mutex, the run this may start takes over from the closed one.
+    # (Start arguments count only when signal-with-start starts a run.)
+    previous = await closed_mutex_run(client, request.resource)
+    await client.start_workflow(
         MUTEX_WORKFLOW_TYPE,
-        MutexInput(resource=request.resource, options=request.mutex_options),
+        MutexInput(
+            resource=request.resource, options=request.mutex_options, previous_run_id=previous
+        ),
         id=mutex_workflow_id(request.resource),
         task_queue=activity.info().task_queue,
         start_signal=LOCK_REQUEST_SIGNAL,
         start_signal_args=[lock_request],
     )
+
+
+async def closed_mutex_run(client: Client, resource: str) -> str | None:
+    """The run id of the resource's latest mutex run if it is closed; None if it runs or never
+    ran. ``describe`` without a run id answers for the latest run of the id, from the server's
+    own records (no worker, no visibility); a run that continued as new is never the latest."""
+    try:
+        latest = await client.get_workflow_handle(mutex_workflow_id(resource)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    if latest.status == WorkflowExecutionStatus.RUNNING:
+        return None
+    return latest.run_id
+
+
+@activity.defn(name="recover_mutex")
+async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
+    """The last state of a closed mutex run: holder, queue, lease ids. None if it is gone.
+
+    A query on a closed run is answered by a worker replaying its history (this worker polls the
+    mutex's task queue): the replay every recorded history gets in ``make test``. A run past its
+    retention is gone, and so is any holder it had.
+    """
+    handle = activity.client().get_workflow_handle(
+        mutex_workflow_id(recover.resource), run_id=recover.run_id
+    )
+    try:
+        state: MutexState = await handle.query(STATE_QUERY, result_type=MutexState)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            activity.logger.warning(
+                "closed mutex run %s is gone; nothing to take over", recover.run_id
+            )
+            return None
+        raise
+    return state
 
 
 @activity.defn(name="describe_workflow")
@@ -86,10 +134,20 @@ async def check_holder(holder: CheckHolder) -> HolderLiveness:
     if holder.run_id is not None:
         latest = await client.get_workflow_handle(holder.workflow_id).describe()
         if latest.run_id != holder.run_id and latest.status == WorkflowExecutionStatus.RUNNING:
+            lock = None
+            if holder.with_lock:
+                # What the new run believes decides whether the lease stays with it. Not knowing
+                # fails this check (it is retried at the next one); guessing could make two
+                # holders.
+                state = await client.get_workflow_handle(
+                    holder.workflow_id, run_id=latest.run_id
+                ).query(STATE_QUERY, result_type=ProcessState)
+                lock = state.lock
             return HolderLiveness(
                 workflow_id=holder.workflow_id,
                 running=False,
                 status=name,
                 current_run_id=latest.run_id,
+                current_lock=lock,
             )
     return HolderLiveness(workflow_id=holder.workflow_id, running=False, status=name)

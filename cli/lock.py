@@ -4,6 +4,11 @@ Every resource has its own mutex workflow (``mutex-<resource>``), which never en
 ``--resource`` the command finds them all through the visibility store (running workflows of type
 ``MutexWorkflow``) and asks each for its ``state``; with it, just that one. A queue is shown in
 the order it is granted: by priority (1 first), then first come, first served.
+
+``--resource NAME --recover`` restarts a mutex an operator closed (it must never be terminated:
+its holder and waiters do not know it is gone). The new run takes over the closed run's holder,
+queue and lease ids before it grants anything; the next process that asks for the lock starts
+such a run by itself.
 """
 
 from __future__ import annotations
@@ -13,34 +18,86 @@ import asyncio
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli.output import when
+from activities.mutex import closed_mutex_run
+from cli.output import CliError, program, when
 from cli.queries import query_state
 from cli.settings import CliSettings
 from cli.start import resource
 from workflows.lock_queue import describe
-from workflows.messages import MUTEX_ID_PREFIX, MutexState, mutex_workflow_id
+from workflows.messages import MUTEX_ID_PREFIX, MutexInput, MutexState, mutex_workflow_id
 
-HELP = "who holds each resource's lock, who waits"
+HELP = "who holds each resource's lock, who waits (--recover: restart a closed mutex)"
 
 MUTEX_WORKFLOW = "MutexWorkflow"
 # Resources asked at once; each answer needs a worker, and a slow one should not stall the rest.
 CONCURRENT_QUERIES = 8
+# How long --recover waits for the new run to have taken over before it shows the state.
+TAKE_OVER_WAIT = 15.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resource", type=resource, metavar="NAME", help="one resource (default: every resource)"
     )
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="with --resource: if its mutex run was closed, start one that takes over from it",
+    )
 
 
 async def run(
     args: argparse.Namespace, client: Client, settings: CliSettings
 ) -> tuple[dict[str, Any], str]:
+    if args.recover:
+        if args.resource is None:
+            raise CliError("--recover needs --resource NAME", 2)
+        started = await recover(client, settings, args.resource)
+        document, text = await one_lock(client, args.resource)
+        first = (
+            f"started run {started} of {mutex_workflow_id(args.resource)}, which took over the "
+            "closed run"
+            if started
+            else f"{mutex_workflow_id(args.resource)} is not closed: nothing to recover"
+        )
+        return {**document, "recovered": started}, f"{first}\n{text}"
     if args.resource is not None:
         return await one_lock(client, args.resource)
     return await every_lock(client)
+
+
+async def recover(client: Client, settings: CliSettings, name: str) -> str | None:
+    """Start a mutex run that takes over the closed one; its run id, or None if none is closed.
+
+    Waits (a little) until the new run has read the closed one, so what is shown is true.
+    """
+    previous = await closed_mutex_run(client, name)
+    if previous is None:
+        return None
+    try:
+        handle = await client.start_workflow(
+            MUTEX_WORKFLOW,
+            MutexInput(resource=name, previous_run_id=previous),
+            id=mutex_workflow_id(name),
+            task_queue=settings.task_queue,
+        )
+    except WorkflowAlreadyStartedError:
+        return None  # a process asked meanwhile: its request started the run that takes over
+    run_id = handle.result_run_id
+    assert run_id is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TAKE_OVER_WAIT
+    while loop.time() < deadline:
+        state, _ = await query_state(
+            client.get_workflow_handle(handle.id, run_id=run_id), MutexState
+        )
+        if state is not None and state.recovered_from == previous:
+            break
+        await asyncio.sleep(0.2)
+    return run_id
 
 
 def mutex_query() -> str:
@@ -91,18 +148,18 @@ async def one_lock(client: Client, name: str) -> tuple[dict[str, Any], str]:
         text = render_lock(state, workflow_id)
     status = description.status
     if status is not None and status != WorkflowExecutionStatus.RUNNING:
-        text += "\n" + closed_mutex_note(status.name)
+        text += "\n" + closed_mutex_note(status.name, name)
     return document, text
 
 
-def closed_mutex_note(status: str) -> str:
+def closed_mutex_note(status: str, name: str) -> str:
     """What an operator reads when the mutex run was closed from outside (it never ends itself)."""
     return (
         f"  note    this mutex run is {status}: someone closed it from outside (never terminate\n"
-        "          or cancel a mutex; a cancel request is ignored). The next lock request starts\n"
-        "          a new mutex whose leases are higher than any of this one, so downstream\n"
-        "          systems refuse the old holder's late commands. Processes still waiting on\n"
-        "          this run get no grant: `approval-flow cancel ID` each one and start it again."
+        "          or cancel a mutex; a cancel request is ignored). Nobody is granted this lock\n"
+        "          until a new run takes over the holder, queue and lease ids shown above: the\n"
+        "          next process that asks for the lock starts one; to take over now:\n"
+        f"          {program()} lock --resource {name} --recover"
     )
 
 

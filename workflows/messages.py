@@ -620,12 +620,18 @@ class MutexState(Message):
     queue: list[LockRequest] = []
     next_lease_id: int = 1
     counters: MutexCounters = MutexCounters()
+    # The closed run this chain took over from (its holder, queue and lease ids), if any.
+    recovered_from: str | None = None
 
 
 class MutexInput(Message):
     resource: str
     options: MutexOptions = MutexOptions()
     state: MutexState | None = None
+    # A fresh run (not a continue-as-new) names the closed run before it, when there is one: an
+    # operator terminated the mutex. The new run takes over that run's last state before it
+    # grants anything, so its holder keeps the lock and its waiters their places.
+    previous_run_id: str | None = None
 
     @model_validator(mode="after")
     def _same_resource(self) -> MutexInput:
@@ -736,6 +742,8 @@ class CheckHolder(Message):
 
     workflow_id: str
     run_id: str | None = None  # None for a lease granted to an older requester: any run
+    # Also ask a newer run (after a reset) what it believes about the lock (its state query).
+    with_lock: bool = False
 
 
 class HolderLiveness(Message):
@@ -745,3 +753,13 @@ class HolderLiveness(Message):
     # When the holder's own run closed but a newer run of the same workflow id runs (a reset):
     # that run. The lease follows it.
     current_run_id: str | None = None
+    # What that newer run believes about the lock (its ``state`` query): if it holds the very
+    # lease (reset to after its grant, or the grant reapplied), it keeps it.
+    current_lock: LockState | None = None
+
+
+class RecoverMutex(Message):
+    """Activity ``recover_mutex``: the last state of a closed run of the resource's mutex."""
+
+    resource: str
+    run_id: str

@@ -20,6 +20,11 @@ Since the patch ``mutex-survives-operators`` (issue 8 §5) the mutex also:
 
 Since the patch ``mutex-priority`` (issue 11 §3) the queue is ordered by priority, then first come,
 first served; before it, by arrival alone.
+
+Since the patch ``mutex-takes-over`` (issue 8 §5) a run started afresh after an operator
+terminated the last one takes over that run's last state (its ``state`` query, answered by
+replaying it) before it grants anything: the old holder keeps the lock, so no second holder runs
+beside it. And a holder reset to after its grant, whose new run holds the very lease, keeps it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.mutex import check_holder, describe_workflow
+    from activities.mutex import check_holder, describe_workflow, recover_mutex
     from activities.process_table import ProcessTableActivities
     from workflows.lock_queue import enqueue
     from workflows.messages import (
@@ -58,12 +63,18 @@ with workflow.unsafe.imports_passed_through():
         MutexInput,
         MutexState,
         ProcessStatus,
+        RecoverMutex,
         UpdateProcessStatus,
     )
 
 # Every behaviour change since the first release is behind this patch: the mutex never ends and
 # auto-upgrades, so its running histories must replay on every new build.
 OPERATORS_PATCH = "mutex-survives-operators"
+# From this patch on (only with the one above): a fresh run after an operator terminated the
+# mutex takes over the closed run's holder, queue and lease ids before it grants anything, so no
+# second holder runs beside the old one; and a reset holder whose new run believes it holds the
+# lease (reset to after its grant, or the grant reapplied) keeps it rather than being re-granted.
+TAKE_OVER_PATCH = "mutex-takes-over"
 # From this patch on the queue is ordered by priority, then FIFO. The mutex auto-upgrades, so a
 # running mutex meets this code mid-history: what it queued before stays in order, and the next
 # request is placed by priority.
@@ -113,10 +124,17 @@ class MutexWorkflow:
         # Grants, liveness checks and record-keeping in flight beside the queue (v2).
         self._background: set[asyncio.Task[None]] = set()
         self._checking = False
+        self._takes_over = False
+        self._recovered_from = state.recovered_from
+        # The closed run to take over from, until it has been (a fresh run's input names it).
+        self._take_over_from = input.previous_run_id if input.state is None else None
+        self._recovering = False
+        self._deferred: list[LockRelease | LockCancel] = []
 
     @workflow.run
     async def run(self, input: MutexInput) -> None:
         self._v2 = workflow.patched(OPERATORS_PATCH)
+        self._takes_over = self._v2 and workflow.patched(TAKE_OVER_PATCH)
         if self._v2 and input.state is None:
             self._next_lease_id = max(self._next_lease_id, _lease_floor(workflow.now()))
         while True:
@@ -137,6 +155,8 @@ class MutexWorkflow:
                 self._count("ignored_cancels")
 
     async def _serve(self, input: MutexInput) -> None:
+        if self._takes_over and self._take_over_from is not None:
+            await self._take_over(self._take_over_from)
         while True:
             if self._holder is None and self._queue:
                 await self._grant_next()
@@ -197,6 +217,9 @@ class MutexWorkflow:
     @workflow.signal(name=LOCK_CANCEL_SIGNAL)
     async def cancel(self, cancel: LockCancel) -> None:
         """The requester stopped waiting: drop its request, or take back a grant that raced."""
+        if self._recovering:
+            self._deferred.append(cancel)  # it may name a request of the run being taken over
+            return
         before = len(self._queue)
         self._queue = [r for r in self._queue if r.request_id != cancel.request_id]
         if len(self._queue) != before:
@@ -210,6 +233,9 @@ class MutexWorkflow:
     @workflow.signal(name=LOCK_RELEASE_SIGNAL)
     def release(self, release: LockRelease) -> None:
         """Free the lock, but only for the current lease: a stale lease id frees nothing."""
+        if self._recovering:
+            self._deferred.append(release)  # it may free the holder of the run being taken over
+            return
         holder = self._holder
         if (
             holder is None
@@ -235,6 +261,7 @@ class MutexWorkflow:
             queue=list(self._queue),
             next_lease_id=self._next_lease_id,
             counters=MutexCounters(**self._counters),
+            recovered_from=self._recovered_from,
         )
 
     # -- steps ----------------------------------------------------------------------------------
@@ -307,7 +334,11 @@ class MutexWorkflow:
             try:
                 liveness: HolderLiveness = await workflow.execute_activity(
                     check_holder,
-                    CheckHolder(workflow_id=holder.holder_workflow_id, run_id=holder.holder_run_id),
+                    CheckHolder(
+                        workflow_id=holder.holder_workflow_id,
+                        run_id=holder.holder_run_id,
+                        with_lock=self._takes_over,
+                    ),
                     start_to_close_timeout=self._options.activity_attempt_timeout,
                     retry_policy=_BOOKKEEPING_RETRY,
                 )
@@ -318,6 +349,25 @@ class MutexWorkflow:
                 )
                 return
             if liveness.running or self._holder is not holder:
+                return
+            lock = liveness.current_lock
+            if (
+                liveness.current_run_id is not None
+                and lock is not None
+                and lock.status == "held"
+                and lock.lease_id == holder.lease_id
+            ):
+                # Reset to after its grant (or the grant reapplied): the new run holds this very
+                # lease. Granting it another, which it would hand back, would free the lock under
+                # it: it keeps this one.
+                workflow.logger.warning(
+                    "holder %s was reset: run %s took over and holds lease %s; it keeps it",
+                    holder.holder_workflow_id,
+                    liveness.current_run_id,
+                    holder.lease_id,
+                )
+                self._count("moved_leases")
+                self._holder = holder.model_copy(update={"holder_run_id": liveness.current_run_id})
                 return
             if liveness.current_run_id is not None:
                 workflow.logger.warning(
@@ -341,6 +391,53 @@ class MutexWorkflow:
         finally:
             self._checking = False
         await self._mark_abandoned(holder, liveness.status, _FINAL_WRITE_RETRY)
+
+    async def _take_over(self, previous_run_id: str) -> None:
+        """Adopt the last state of the closed run before this one: its holder still holds the
+        lock, its waiters still wait, its lease ids were handed out. Nothing is granted until
+        this is done; releases and cancels that arrive meanwhile are applied after it."""
+        self._recovering = True
+        try:
+            recovered: MutexState | None = await workflow.execute_activity(
+                recover_mutex,
+                RecoverMutex(resource=self._resource, run_id=previous_run_id),
+                start_to_close_timeout=self._options.activity_attempt_timeout,
+                # Granting without the old state could make two holders: wait it out.
+                retry_policy=_FINAL_WRITE_RETRY,
+            )
+        finally:
+            self._recovering = False
+        self._take_over_from = None
+        self._recovered_from = previous_run_id
+        if recovered is not None:
+            known = {r.request_id for r in recovered.queue}
+            if recovered.holder is not None:
+                known.add(recovered.holder.request_id)
+            arrived = [r for r in self._queue if r.request_id not in known]
+            self._queue = list(recovered.queue)
+            for request in arrived:
+                if workflow.patched(PRIORITY_PATCH):
+                    self._queue = enqueue(self._queue, request)
+                else:
+                    self._queue.append(request)
+            self._holder = recovered.holder
+            self._next_lease_id = max(self._next_lease_id, recovered.next_lease_id)
+            for name, value in recovered.counters.model_dump().items():
+                self._counters[name] = self._counters.get(name, 0) + value
+            self._next_check_at = workflow.now()  # the adopted holder may be long gone
+            workflow.logger.warning(
+                "took over from closed run %s: holder %s, %d waiting",
+                previous_run_id,
+                recovered.holder.holder_workflow_id if recovered.holder else "nobody",
+                len(recovered.queue),
+            )
+        deferred, self._deferred = self._deferred, []
+        for message in deferred:
+            if isinstance(message, LockRelease):
+                self.release(message)
+            else:
+                await self.cancel(message)
+        self._changed = True
 
     def _move_lease(self, holder: Lease, run_id: str | None) -> None:
         """Grant the holder's request again, to its new run, with a fresh (higher) lease id."""

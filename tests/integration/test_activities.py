@@ -869,6 +869,7 @@ async def test_factory_registers_every_activity(aws: Aws, http: aiohttp.ClientSe
         "request_lock",
         "describe_workflow",
         "check_holder",
+        "recover_mutex",
     }
 
 

@@ -206,6 +206,7 @@ class Fakes:
             self.request_lock,
             self.describe_workflow,
             self.check_holder,
+            mutex.recover_mutex,
         ]
 
     async def _seen_resolved(self, process_id: str, command: CommandName) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.api.common.v1 import WorkflowExecution
@@ -19,6 +20,9 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from cli.lock import one_lock
+from cli.lock import run as lock_command
+from cli.main import build_parser
+from cli.settings import CliSettings
 from tests.support.temporal import start_dev_server
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
@@ -266,18 +270,123 @@ async def test_a_holder_reset_to_before_its_request_gets_a_new_lease(
         assert h.fakes.records[holder.id].get("reason") != "abandoned"
 
 
-async def test_a_terminated_mutex_is_replaced_with_higher_leases(dev_env: WorkflowEnvironment):
+async def _finish(h: Harness, handle: Any) -> int:
+    """Let a process that holds the lock complete; the lease it held."""
+    lease = await _held_lease(h, handle.id)
+    await h.call_back(handle, CommandName.ONE)
+    await h.call_back(handle, CommandName.TWO)
+    await h.client.get_workflow_handle(handle.id).result()  # its latest run, after a reset too
+    return lease
+
+
+async def _queued(h: Harness, name: str) -> Any:
+    handle = await h.start(requested_by=name)
+    await h.approve(handle)
+
+    async def in_queue() -> bool:
+        return any(r.requester_workflow_id == handle.id for r in (await _mutex(h)).queue)
+
+    await eventually(in_queue, what=f"{name} queued")
+    return handle
+
+
+async def test_a_terminated_mutex_is_taken_over_by_the_next_run(dev_env: WorkflowEnvironment):
+    """No second holder: the new run adopts the closed run's holder and queue (patch
+    mutex-takes-over); before it, the next request was granted while the old holder ran."""
     async with harness(dev_env.client) as h:
         first = await h.start(requested_by="first")
         await h.approve(first)
         await h.wait_sent(first)
-        old_lease = await _held_lease(h, first.id)
+        waiter = await _queued(h, "waiter")
         mutex = h.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        closed_run = (await mutex.describe()).run_id
         await mutex.terminate("operator error: terminated the mutex")
         _, text = await one_lock(h.client, h.resource)
-        assert "this mutex run is TERMINATED" in text and "approval-flow cancel" in text
-        # The next request starts a new mutex; its lease is above every lease of the old one,
-        # so downstream systems refuse the first holder's late commands.
-        second = await h.start(requested_by="second")
-        await h.approve(second)
-        assert await _held_lease(h, second.id) > old_lease
+        assert "this mutex run is TERMINATED" in text
+        assert f"lock --resource {h.resource} --recover" in text
+        # The next request starts a new run, which takes over the closed run's state first.
+        late = await h.start(requested_by="late")
+        await h.approve(late)
+
+        async def taken_over() -> bool:
+            state = await _mutex(h)
+            return state.recovered_from == closed_run and len(state.queue) == 2
+
+        await eventually(taken_over, what="the new run to take over")
+        state = await _mutex(h)
+        assert state.holder is not None and state.holder.holder_workflow_id == first.id
+        assert [r.requester_workflow_id for r in state.queue] == [waiter.id, late.id]
+        assert not h.fakes.sent(waiter.id, CommandName.ONE)
+        assert not h.fakes.sent(late.id, CommandName.ONE)
+        # The holder's release reaches the new run; leases keep rising across the two runs.
+        leases = [await _finish(h, p) for p in (first, waiter, late)]
+        assert leases == sorted(leases) and len(set(leases)) == 3
+
+
+async def test_lock_recover_restarts_a_terminated_mutex(dev_env: WorkflowEnvironment):
+    async with harness(dev_env.client) as h:
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        mutex = h.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        closed_run = (await mutex.describe()).run_id
+        await mutex.terminate("operator error: terminated the mutex")
+        document, text = await _lock(h, "--recover")
+        assert document["recovered"] is not None
+        assert text.startswith(f"started run {document['recovered']}")
+        state = await _mutex(h)
+        assert state.recovered_from == closed_run
+        assert state.holder is not None and state.holder.holder_workflow_id == holder.id
+        first = await _finish(h, holder)
+        nxt = await h.start(requested_by="next")
+        await h.approve(nxt)
+        assert await _finish(h, nxt) > first
+        document, text = await _lock(h, "--recover")
+        assert document["recovered"] is None and "nothing to recover" in text
+
+
+async def _lock(h: Harness, *flags: str) -> tuple[dict[str, Any], str]:
+    args = build_parser().parse_args(["lock", "--resource", h.resource, *flags])
+    return await lock_command(args, h.client, CliSettings(inbox_url=None, task_queue=h.task_queue))
+
+
+async def test_a_holder_reset_to_after_its_grant_keeps_its_lease(dev_env: WorkflowEnvironment):
+    """The new run believes it holds the lease (its history up to the reset point has the
+    grant): the mutex leaves the lease with it, rather than granting it another one that it
+    would hand back, freeing the lock for the next process while it still runs."""
+    async with harness(dev_env.client) as h:
+        await _start_mutex(h)
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        lease = await _held_lease(h, holder.id)
+        waiter = await _queued(h, "waiter")
+        events = (await holder.fetch_history()).events
+        (sending,) = [
+            e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "send_command_one"
+        ]
+        first_run = (await holder.describe()).run_id
+        reset = await dev_env.client.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=dev_env.client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=holder.id, run_id=first_run),
+                reason="test: reset the holder to after its grant",
+                workflow_task_finish_event_id=sending,
+                request_id=str(uuid.uuid4()),
+            )
+        )
+
+        async def followed() -> bool:
+            held = (await _mutex(h)).holder
+            return held is not None and held.holder_run_id == reset.run_id
+
+        await eventually(followed, what="the lease to follow the new run")
+        state = await _mutex(h)
+        assert state.holder is not None and state.holder.lease_id == lease
+        assert [r.requester_workflow_id for r in state.queue] == [waiter.id]
+        assert not h.fakes.sent(waiter.id, CommandName.ONE)
+        assert await _finish(h, holder) == lease
+        assert await _finish(h, waiter) > lease

@@ -171,6 +171,9 @@ REQUIRED["v3"] = [
     "process_tolerated_count_exceeded",
     "process_tolerated_failure",
     "process_tolerated_percentage_exceeded",
+    # ``mutex-takes-over``: ``record_histories v3 --only mutex_takeover``.
+    "mutex_takeover_terminated",
+    "mutex_takeover_reset_keeps_lease",
 ]
 
 

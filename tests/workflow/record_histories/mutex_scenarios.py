@@ -6,6 +6,10 @@ branch needs one, and saves the mutex's history once nobody holds or waits for t
 
 from __future__ import annotations
 
+import uuid
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 
 from tests.workflow.fakes import Fakes, eventually
@@ -266,6 +270,78 @@ async def mutex_cancel_ignored(rec: Recording) -> None:
         rec.save("mutex_cancel_ignored", history)
 
 
+async def mutex_takeover_terminated(rec: Recording) -> None:
+    """An operator terminates the mutex under a holder and a waiter; the next request starts a
+    run that takes over the closed run's state (recover_mutex) before it grants anything."""
+    async with harness(rec.client) as h:
+        closed_run = await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        waiter = await _join(h, "waiter")
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.terminate("operator error")
+        late = await start(h, requested_by="late")
+        await h.approve(late)
+
+        async def taken_over() -> bool:
+            state = await h.mutex_state()
+            return state.recovered_from == closed_run and len(state.queue) == 2
+
+        await eventually(taken_over, within=PATIENCE, what="the new run to take over")
+        for handle in (holder, waiter, late):
+            await h.wait_sent(handle)
+            await h.call_back(handle, ONE)
+            await h.call_back(handle, TWO)
+            await rec.completed(handle)
+        state, history = await rec.mutex_idle(h)
+        assert history.closed_activities("recover_mutex", COMPLETED) == 1
+        assert (state.counters.grants, state.counters.releases) == (3, 3)
+        rec.save("mutex_takeover_terminated", history)
+
+
+async def mutex_takeover_reset_keeps_lease(rec: Recording) -> None:
+    """The holder is reset to after its grant: its new run holds the lease, and keeps it."""
+    async with harness(rec.client) as h:
+        await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        waiter = await _join(h, "waiter")
+        history = await rec.history(holder.id)
+        (sending,) = [
+            e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id
+            for e in history.of(E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+            if e.activity_task_scheduled_event_attributes.activity_type.name == "send_command_one"
+        ]
+        first_run = (await holder.describe()).run_id
+        client = rec.client
+        reset = await client.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=holder.id, run_id=first_run),
+                reason="recording: reset the holder to after its grant",
+                workflow_task_finish_event_id=sending,
+                request_id=str(uuid.uuid4()),
+            )
+        )
+
+        async def followed() -> bool:
+            held = (await h.mutex_state()).holder
+            return held is not None and held.holder_run_id == reset.run_id
+
+        await eventually(followed, within=PATIENCE, what="the lease to follow the new run")
+        latest = client.get_workflow_handle(holder.id)
+        for handle in (latest, waiter):
+            await h.wait_sent(handle)
+            await h.call_back(handle, ONE)
+            await h.call_back(handle, TWO)
+            await rec.completed(handle)
+        state, mutex = await rec.mutex_idle(h)
+        assert state.counters.moved_leases == 1 and state.counters.grants == 2
+        rec.save("mutex_takeover_reset_keeps_lease", mutex)
+
+
 SCENARIOS = [
     mutex_cancel_ignored,
     mutex_fifo_queue_liveness_alive,
@@ -275,4 +351,6 @@ SCENARIOS = [
     mutex_failed_grant,
     mutex_cancel_races_grant,
     mutex_continue_as_new,
+    mutex_takeover_terminated,
+    mutex_takeover_reset_keeps_lease,
 ]
