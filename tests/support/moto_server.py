@@ -20,6 +20,7 @@ Pass ``moto_env(server)`` to any subprocess (worker, callbacks API) that should 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 import subprocess
@@ -65,12 +66,43 @@ class MotoServer:
         return Path(self.log.name).read_bytes()[-limit:].decode(errors="replace")
 
 
+PICKED_PORTS_FROM = 10_000  # above the well-known and most registered services' ports
+
+
 def free_loopback_port() -> int:
-    """A port free right now on 127.0.0.1 (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free right now on 127.0.0.1 (the caller binds it soon after).
+
+    Picked below the kernel's ephemeral range: a port the kernel hands out (``bind`` to port 0,
+    or the local end of any outgoing connection) can be taken by another process between this
+    check and the caller's bind, and tests run two at a time (pytest-xdist) on a machine shared
+    with other runs. A stack start binds seven ports over several seconds; once, the dev server's
+    UI port was taken that way ("address already in use"). Ports below the range are only ever
+    taken on purpose.
+    """
+    low = _ephemeral_ports()[0]
+    if low <= PICKED_PORTS_FROM:  # a kernel that picks from (almost) every port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    for _ in range(200):
+        port = random.randrange(PICKED_PORTS_FROM, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): pick another
+            return port
+    raise RuntimeError(f"no free loopback port from {PICKED_PORTS_FROM} to {low - 1}")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (Linux; its default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 32768, 60999
+    return int(low), int(high)
 
 
 def moto_env(server: MotoServer | str) -> dict[str, str]:
