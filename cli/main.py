@@ -3,6 +3,7 @@
     approval-flow start --requested-by alice --description "deploy v2"
     approval-flow status process-…
     approval-flow cancel process-… [--wait]
+    approval-flow redrive process-…
     approval-flow list [--status failed]
     approval-flow lock [--resource NAME]
     approval-flow replay [--closed-within 7d]
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli import cancel, keys, lock, replay, start, status
+from cli import cancel, keys, lock, redrive, replay, start, status
 from cli import list as listing
 from cli.output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, CommandFailed, Output
 from cli.settings import CliSettings
@@ -67,6 +68,7 @@ COMMANDS: dict[str, Command] = {
     "start": start,
     "status": status,
     "cancel": cancel,
+    "redrive": redrive,
     "list": listing,
     "lock": lock,
     "replay": replay,

@@ -14,8 +14,8 @@ one, and the failed process stays as it ended, for the record. One id per failur
 redrive of the same failure is refused by Temporal itself, the id being taken.
 
 Only a closed process that did not complete can be redriven: failed, cancelled, terminated or
-timed out. What it achieved is read from its final state (carried by its failure, so no worker
-is needed for a failed process; a cancelled or terminated one is asked with the ``state`` query).
+timed out. What it achieved is read from its final state: the one its failure carries, read from
+its history (no worker needed); a cancelled or terminated one is asked with the ``state`` query.
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from temporalio.client import (
-    Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowHandle,
-)
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
@@ -86,8 +81,8 @@ async def run(
         temporal = status.name if status else "closed"
         raise CliError(f"{process_id} {temporal.lower()}: nothing to redrive")
     handle = client.get_workflow_handle(process_id)
-    failed_input = await started_input(client, handle)
-    state = await final_state(handle, status)
+    failed_input, carried = await read_history(client, handle)
+    state = await final_state(handle, carried)
     redrive = plan(process_id, failed_input, state)
     new_id = redrive_process_id(redrive.original_process_id, redrive.count)
     try:
@@ -125,28 +120,33 @@ async def run(
     return document, render(new_id, redrive, failed_input, state, link)
 
 
-async def started_input(client: Client, handle: WorkflowHandle[Any, Any]) -> ProcessInput:
-    """The failed process's input, from the first event of its history (no worker needed)."""
+async def read_history(
+    client: Client, handle: WorkflowHandle[Any, Any]
+) -> tuple[ProcessInput, ProcessState | None]:
+    """The failed process's input (its first event) and the state its failure carries (its last
+    event, when it failed), read from its history: no worker needed."""
+    process_input: ProcessInput | None = None
+    carried: ProcessState | None = None
     async for event in handle.fetch_history_events():
-        payloads = event.workflow_execution_started_event_attributes.input.payloads
-        [decoded] = await client.data_converter.decode(payloads, [ProcessInput])
-        if not isinstance(decoded, ProcessInput):
-            raise CliError(f"{handle.id}: its input is not a process's input")
-        return decoded
-    raise CliError(f"{handle.id} has no history to redrive from")
+        if event.HasField("workflow_execution_started_event_attributes"):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            [decoded] = await client.data_converter.decode(payloads, [ProcessInput])
+            if isinstance(decoded, ProcessInput):
+                process_input = decoded
+        elif event.HasField("workflow_execution_failed_event_attributes"):
+            failure = event.workflow_execution_failed_event_attributes.failure
+            carried = _state_in(await client.data_converter.decode_failure(failure))
+    if process_input is None:
+        raise CliError(f"{handle.id}: its history holds no process input to redrive from")
+    return process_input, carried
 
 
 async def final_state(
-    handle: WorkflowHandle[Any, Any], status: WorkflowExecutionStatus | None
+    handle: WorkflowHandle[Any, Any], carried: ProcessState | None
 ) -> ProcessState:
-    """The state the process ended in: its failure carries it; otherwise the ``state`` query."""
-    if status == WorkflowExecutionStatus.FAILED:
-        try:
-            await handle.result()
-        except WorkflowFailureError as failure:
-            carried = _state_in(failure.cause)
-            if carried is not None:
-                return carried
+    """The state the process ended in: the one its failure carries, else the ``state`` query."""
+    if carried is not None:
+        return carried
     state, problem = await query_state(handle, ProcessState)
     if state is None:
         raise CliError(
@@ -202,7 +202,7 @@ def render(
     return "\n".join(lines)
 
 
-def _state_in(cause: BaseException | None) -> ProcessState | None:
+def _state_in(cause: BaseException) -> ProcessState | None:
     if not isinstance(cause, ApplicationError) or not cause.details:
         return None
     try:

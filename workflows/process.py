@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.messages import (
         APPROVAL_DECISION_SIGNAL,
         COMMAND_CALLBACK_SIGNAL,
+        COMMAND_HEARTBEAT_SIGNAL,
         LOCK_CANCEL_SIGNAL,
         LOCK_GRANTED_SIGNAL,
         LOCK_RELEASE_SIGNAL,
@@ -41,7 +42,9 @@ with workflow.unsafe.imports_passed_through():
         PROCESS_STATUS_ATTRIBUTE,
         STATE_QUERY,
         ApprovalDecision,
+        ApprovalState,
         CommandCallback,
+        CommandHeartbeat,
         CommandName,
         CommandOutcome,
         CommandState,
@@ -59,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         ProcessState,
         ProcessStatus,
         PublishApprovalRequest,
+        Redrive,
         RequestLock,
         RetrySettings,
         SendCommand,
@@ -69,6 +73,12 @@ with workflow.unsafe.imports_passed_through():
     )
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+# From this patch on, a redriven process (input ``redrive``) keeps the approval and the commands
+# that succeeded in the process it redrives, and sends the others under the original's keys.
+REDRIVE_PATCH = "redrive"
+# From this patch on, a process with ``command_heartbeat_timeout`` set ends a sent command
+# ``timed-out`` once its downstream system neither heartbeats nor calls back for that long.
+COMMAND_HEARTBEATS_PATCH = "command-heartbeats"
 LOCK_TIMEOUT_MESSAGE = "Processes not finished in a timely manner"
 
 # Signals to the mutex and the final record write must outlive short outages of their own.
@@ -148,9 +158,14 @@ class ProcessWorkflow:
         self._failure: ProcessFailure | None = None
         # Decided once, at the start: a process keeps the behaviour it started with.
         self._guards_sends = workflow.patched(LOCK_GUARDS_SENDS_PATCH)
+        # A redrive: where it came from, and the approval it keeps (None: it asks again).
+        self._redrive: Redrive | None = None
+        self._kept_approval: ApprovalState | None = None
 
     @workflow.run
     async def run(self, input: ProcessInput) -> ProcessResult:
+        if input.redrive is not None and workflow.patched(REDRIVE_PATCH):
+            self._resume(input.redrive)
         try:
             with self._step("create process"):
                 await self._create_record()
@@ -213,6 +228,34 @@ class ProcessWorkflow:
         self._callbacks[name] = callback
         self._touch()
 
+    @workflow.signal(name=COMMAND_HEARTBEAT_SIGNAL)
+    def command_heartbeat(self, heartbeat: CommandHeartbeat) -> None:
+        """A downstream system is still at work: the command's heartbeat deadline moves on.
+
+        Counted whether or not the process asked for heartbeats (the state shows the progress);
+        unknown commands and heartbeats for a finished command are logged and ignored.
+        """
+        try:
+            name = CommandName(heartbeat.command)
+        except ValueError:
+            workflow.logger.warning("heartbeat for unknown command %r ignored", heartbeat.command)
+            return
+        command = self._commands[name]
+        if command.status not in ("sending", "sent") or name in self._callbacks:
+            workflow.logger.info("heartbeat for %s (%s) ignored", name.value, command.status)
+            return
+        now = workflow.now()
+        changes: dict[str, Any] = {
+            "heartbeats": command.heartbeats + 1,
+            "last_heartbeat_at": now,
+            "progress": heartbeat.progress,
+        }
+        timeout = self._options.command_heartbeat_timeout
+        if command.heartbeat_deadline is not None and timeout is not None:
+            # The wait notices at its next timer; the state says the new due time at once.
+            changes["heartbeat_deadline"] = now + timeout
+        self._update_command(name, **changes)
+
     @workflow.signal(name=LOCK_GRANTED_SIGNAL)
     async def lock_granted(self, grant: LockGranted) -> None:
         """Take the lock, or hand back at once a grant that arrives after we stopped waiting."""
@@ -246,13 +289,33 @@ class ProcessWorkflow:
             status=self._status,
             created_at=self._created_at,
             updated_at=self._updated_at,
-            approval=self._round.state(),
+            approval=self._approval(),
             lock=self._lock,
             commands=dict(self._commands),
             failure_reason=self._failure.reason if self._failure else None,
             failure_message=self._failure.message if self._failure else None,
             finished_at=self._finished_at,
+            redriven_from=self._redrive.redriven_from if self._redrive else None,
+            redrive_count=self._redrive.count if self._redrive else 0,
         )
+
+    # -- redrive --------------------------------------------------------------------------------
+
+    def _resume(self, redrive: Redrive) -> None:
+        """Take over what the failed process achieved: its approval (when it was given) and
+        every command that succeeded, whose state stays as it ended there."""
+        self._redrive = redrive
+        self._kept_approval = redrive.approval
+        for name, command in redrive.succeeded.items():
+            self._commands[name] = command.model_copy(
+                update={
+                    "kept_from": command.kept_from or redrive.redriven_from,
+                    "heartbeat_deadline": None,
+                }
+            )
+
+    def _approval(self) -> ApprovalState:
+        return self._kept_approval or self._round.state()
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -264,12 +327,16 @@ class ProcessWorkflow:
                 requested_by=self._input.requested_by,
                 description=self._input.description,
                 created_at=self._created_at,
+                redriven_from=self._redrive.redriven_from if self._redrive else None,
+                redrive_count=self._redrive.count if self._redrive else 0,
             ),
             **self._aws_call(),
         )
         workflow.upsert_search_attributes([STATUS_KEY.value_set(ProcessStatus.PENDING.value)])
 
     async def _ask_for_approval(self) -> None:
+        if self._kept_approval is not None:
+            return  # a redrive keeps the approval given to the process it redrives
         self._stage = Stage.AWAITING_APPROVAL
         now = workflow.now()
         deadline = now + self._options.approval_timeout
@@ -341,7 +408,13 @@ class ProcessWorkflow:
 
     async def _run_commands(self) -> list[CommandOutcome]:
         """Both commands at once; stop waiting as soon as the completion policy is decided."""
-        tasks = [asyncio.ensure_future(self._run_command(name)) for name in CommandName]
+        kept = self._redrive.succeeded if self._redrive else {}
+        # A redrive does not send again what succeeded before: its state is already final.
+        tasks = [
+            asyncio.ensure_future(self._run_command(name))
+            for name in CommandName
+            if name not in kept
+        ]
         self._command_tasks = tasks
         try:
             await workflow.wait_condition(
@@ -406,6 +479,9 @@ class ProcessWorkflow:
         )
         options = self._options
         callback_deadline = workflow.now() + send_budget(options) + options.command_timeout
+        heartbeat = options.command_heartbeat_timeout
+        if heartbeat is not None and not workflow.patched(COMMAND_HEARTBEATS_PATCH):
+            heartbeat = None
         self._update_command(name, status="sending")
         retry = options.http_retry if name is CommandName.TWO else options.aws_retry
         command = SendCommand(
@@ -414,6 +490,10 @@ class ProcessWorkflow:
             deadline=callback_deadline,
             http_retry_statuses=options.http_retry_statuses,
             max_retry_after=options.max_retry_after,
+            heartbeat_timeout=heartbeat,  # so the downstream knows how often
+            # A redrive sends under the original process's idempotency key.
+            original_process_id=self._redrive.original_process_id if self._redrive else None,
+            redrive=self._redrive.count if self._redrive else 0,
         )
         try:
             if self._guards_sends:
@@ -459,13 +539,14 @@ class ProcessWorkflow:
         self._update_command(
             name, status="sent", attempts=sent.attempt, sent_at=workflow.now(), deadline=deadline
         )
-        if not await self._wait_until(lambda: name in self._callbacks, deadline):
-            self._update_command(
-                name,
-                status="timed-out",
-                error=f"no callback within {options.command_timeout}",
-                finished_at=workflow.now(),
-            )
+        if heartbeat is not None:
+            missed = await self._await_callback(name, deadline, heartbeat)
+        elif await self._wait_until(lambda: name in self._callbacks, deadline):
+            missed = None
+        else:
+            missed = f"no callback within {options.command_timeout}"
+        if missed is not None:
+            self._update_command(name, status="timed-out", error=missed, finished_at=workflow.now())
             return
         callback = self._callbacks[name]
         self._update_command(
@@ -475,6 +556,30 @@ class ProcessWorkflow:
             error=callback.error,
             finished_at=workflow.now(),
         )
+
+    async def _await_callback(
+        self, name: CommandName, deadline: datetime, heartbeat: timedelta
+    ) -> str | None:
+        """Wait for the callback until ``deadline``, the hard cap, or until a heartbeat is
+        overdue; None when the callback came, else why the command timed out.
+
+        One timer per heartbeat period, not per heartbeat: when the timer fires, a heartbeat
+        that came meanwhile sets the next due time.
+        """
+        while True:
+            command = self._commands[name]
+            since = max(t for t in (command.sent_at, command.last_heartbeat_at) if t is not None)
+            due = since + heartbeat
+            self._update_command(name, heartbeat_deadline=due)
+            if await self._wait_until(lambda: name in self._callbacks, min(due, deadline)):
+                return None
+            now = workflow.now()
+            if now >= deadline:
+                return f"no callback within {self._options.command_timeout}"
+            last = self._commands[name].last_heartbeat_at
+            if last is None or last + heartbeat <= now:
+                seen = f"the last at {last.isoformat()}" if last else "none since it was sent"
+                return f"no heartbeat within {heartbeat} ({seen})"
 
     # -- failure and cleanup --------------------------------------------------------------------
 
@@ -584,7 +689,7 @@ class ProcessWorkflow:
             UpdateProcessStatus(
                 process_id=self._process_id,
                 status=status,
-                approved_by=self._round.state().decided_by
+                approved_by=self._approval().decided_by
                 if status is ProcessStatus.IN_PROGRESS
                 else None,
                 at=workflow.now(),

@@ -100,6 +100,10 @@ class Fakes:
             raise RuntimeError("DynamoDB unavailable (scripted)")
         if record.process_id not in self.records:
             self.records[record.process_id] = {"status": ProcessStatus.PENDING}
+            if record.redriven_from is not None:
+                self.records[record.process_id].update(
+                    redriven_from=record.redriven_from, redrive_count=record.redrive_count
+                )
             self.history[record.process_id].append(ProcessStatus.PENDING)
 
     @activity.defn(name="update_process_status")

@@ -175,6 +175,14 @@ REQUIRED["v3"] = [
     "mutex_takeover_terminated",
     "mutex_takeover_reset_keeps_lease",
 ]
+# The operators' process patches (issue 11), recorded beside them with ``record_histories v3
+# --only ops_heartbeat`` and ``--only ops_redrive``: ``command-heartbeats`` and ``redrive``.
+REQUIRED["v3"] += [
+    "ops_heartbeat_missed",
+    "ops_heartbeats_kept_alive",
+    "ops_redrive_completed",
+    "ops_redrive_asks_again",
+]
 
 
 def _name(path: Path) -> str:

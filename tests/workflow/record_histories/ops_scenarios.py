@@ -1,30 +1,45 @@
-"""Scenarios of the operators' patches (issue 11): so far ``mutex-priority``.
+"""Scenarios of the operators' patches (issue 11): command heartbeats, redrive, mutex priority.
 
-Each scenario asserts its patch's marker is in the history it saves. Names start ``ops_`` so
-they can be recorded on their own (``--only ops_mutex``) beside other changes' histories in one
-version folder.
+``command-heartbeats``, ``redrive`` (ProcessWorkflow) and ``mutex-priority`` (MutexWorkflow) each
+guard a branch that only processes started from them on take; each scenario asserts its patch's
+marker is in the history it saves. Names start ``ops_`` so they can be recorded on their own
+(``--only ops_``) beside other changes' histories in one version folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import WorkflowHandle
 
+from cli import redrive
+from cli.settings import CliSettings
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
 from tests.workflow.record_histories.recording import (
     PATIENCE,
+    SECOND,
     E,
     History,
     Recording,
     start,
 )
-from workflows.messages import CommandName, LockRelease, mutex_workflow_id
+from workflows.messages import (
+    CommandHeartbeat,
+    CommandName,
+    FailureReason,
+    LockRelease,
+    mutex_workflow_id,
+)
 from workflows.mutex import PRIORITY_PATCH, MutexWorkflow
+from workflows.process import COMMAND_HEARTBEATS_PATCH, REDRIVE_PATCH, ProcessWorkflow
 
 ONE, TWO = CommandName.ONE, CommandName.TWO
+HEARTBEAT = 2 * SECOND
+# The commands' callbacks never come unless a scenario sends them: only heartbeats decide.
 PATIENT: dict[str, Any] = {
     "command_timeout": timedelta(minutes=10),
     "lease_timeout": timedelta(hours=1),
@@ -38,6 +53,98 @@ def _patched(history: History, patch: str) -> bool:
         for event in history.of(E.EVENT_TYPE_MARKER_RECORDED)
         for payload in event.marker_recorded_event_attributes.details["patch-data"].payloads
     )
+
+
+async def _beat(handle: WorkflowHandle[Any, Any], command: CommandName, progress: Any) -> None:
+    await handle.signal(
+        ProcessWorkflow.command_heartbeat,
+        CommandHeartbeat(command=command.value, progress=progress),
+    )
+
+
+async def ops_heartbeat_missed(rec: Recording) -> None:
+    """Command one's system falls silent: timed out after the heartbeat timeout, not the hour."""
+    async with harness(rec.client) as h:
+        handle = await start(h, command_heartbeat_timeout=HEARTBEAT, **PATIENT)
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await _beat(handle, ONE, {"percent": 10})
+        await h.call_back(handle, TWO)
+        history = await rec.failed(handle, FailureReason.COMMAND_TIMEOUT)
+        assert _patched(history, COMMAND_HEARTBEATS_PATCH)
+        assert history.signals_received("command_heartbeat") == 1
+        assert history.of(E.EVENT_TYPE_TIMER_FIRED)
+        rec.save("ops_heartbeat_missed", history)
+
+
+async def ops_heartbeats_kept_alive(rec: Recording) -> None:
+    """Heartbeats for twice the heartbeat timeout keep both commands alive; then they succeed.
+
+    The scenario plays the downstream systems, which heartbeat on a clock of their own: a pause
+    between heartbeats is their cadence (a quarter of the timeout), not a wait for a condition.
+    """
+    async with harness(rec.client) as h:
+        handle = await start(h, command_heartbeat_timeout=HEARTBEAT, **PATIENT)
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        for percent in range(0, 100, 12):  # 9 heartbeats, HEARTBEAT / 4 apart
+            await _beat(handle, ONE, {"percent": percent})
+            await _beat(handle, TWO, None)
+            await asyncio.sleep(HEARTBEAT.total_seconds() / 4)
+        state = await h.state(handle)
+        assert [c.status for c in state.commands.values()] == ["sent", "sent"]
+        await h.call_back(handle, ONE)
+        await h.call_back(handle, TWO)
+        history = await rec.completed(handle)
+        assert _patched(history, COMMAND_HEARTBEATS_PATCH)
+        assert history.signals_received("command_heartbeat") == 18
+        # Each command's heartbeat timer fired at least once and found a newer heartbeat.
+        assert len(history.of(E.EVENT_TYPE_TIMER_FIRED)) >= 2
+        rec.save("ops_heartbeats_kept_alive", history)
+
+
+async def _redrive(h: Harness, process_id: str) -> WorkflowHandle[Any, Any]:
+    settings = CliSettings(task_queue=h.task_queue, inbox_url=None)
+    args = argparse.Namespace(process_id=process_id, wait=0.0)
+    document, _ = await redrive.run(args, h.client, settings)
+    return h.client.get_workflow_handle(document["process_id"])
+
+
+async def ops_redrive_completed(rec: Recording) -> None:
+    """Command two failed; the redrive keeps the approval and command one, sends command two."""
+    async with harness(rec.client) as h:
+        original = await start(h)
+        await h.approve(original)
+        await h.wait_sent(original)
+        await h.call_back(original, ONE)
+        await h.call_back(original, TWO, status="failed")
+        await rec.failed(original, FailureReason.COMMAND_FAILED)
+        again = await _redrive(h, original.id)
+        await h.wait_sent(again, TWO)
+        await h.call_back(again, TWO)
+        history = await rec.completed(again)
+        assert _patched(history, REDRIVE_PATCH)
+        assert not history.activities("publish_approval_request")
+        assert not history.activities("send_command_one") and history.activities("send_command_two")
+        assert history.activities("request_lock")
+        rec.save("ops_redrive_completed", history)
+
+
+async def ops_redrive_asks_again(rec: Recording) -> None:
+    """A rejected process, redriven: asked again, approved, both commands sent."""
+    async with harness(rec.client) as h:
+        original = await start(h)
+        await h.approve(original, approved=False)
+        await rec.failed(original, FailureReason.REJECTED)
+        again = await _redrive(h, original.id)
+        await h.approve(again)
+        await h.wait_sent(again)
+        await h.call_back(again, ONE)
+        await h.call_back(again, TWO)
+        history = await rec.completed(again)
+        assert _patched(history, REDRIVE_PATCH)
+        assert history.activities("publish_approval_request")
+        rec.save("ops_redrive_asks_again", history)
 
 
 async def _known(h: Harness, process_id: str) -> bool:
@@ -100,4 +207,10 @@ async def ops_mutex_priority(rec: Recording) -> None:
         rec.save("ops_mutex_priority_run2", later)
 
 
-SCENARIOS = [ops_mutex_priority]
+SCENARIOS = [
+    ops_heartbeat_missed,
+    ops_heartbeats_kept_alive,
+    ops_redrive_completed,
+    ops_redrive_asks_again,
+    ops_mutex_priority,
+]
