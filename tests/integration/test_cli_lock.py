@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from temporalio.worker import Worker
 from cli.settings import CliSettings
 from starter import start_process
 from tests.integration.test_cli_cancel import cli
+from tests.support.temporal import start_dev_server
 from tests.support.waiting import eventually
 from tests.workflow.fakes import Fakes
 from workflows.messages import (
@@ -30,6 +32,15 @@ from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    # A server of its own: ``lock`` lists every running mutex and queries each, and on the
+    # session's server the mutexes of earlier tests have no worker left, so each of their
+    # queries ran into the CLI's 10 s query timeout (8 at a time): 20 s and growing with the suite.
+    async with await start_dev_server() as env:
+        yield env
 
 
 async def test_lock_lists_every_resource_with_its_holder_and_queue(
