@@ -9,7 +9,10 @@ API remembers, per link (the process and the callback its token names), what it 
 - the same message again is answered as the first time, and not sent;
 - a different message is refused (only the first counts), and not sent;
 - posts on one link that arrive together wait for the one in flight instead of signalling
-  beside it, so a burst sends one signal.
+  beside it, so a burst sends one signal. If that send fails, the posts that waited for it with
+  the same message get its failure at once (a burst during a Temporal outage is answered within
+  one call's timeout, not one timeout per post in turn); a different message was never tried, so
+  it tries, as does everyone if the send was only cancelled (its client went away).
 
 The memory is bounded. It holds at most ``capacity`` links (least recently used dropped first),
 each for no longer than its token is valid: after that the link is refused as expired anyway.
@@ -78,7 +81,7 @@ class RecentDeliveries:
         )
         # Labelled (link kind, outcome): posts answered here instead of being signalled.
         self._answered = answered
-        self._in_flight: dict[Hashable, asyncio.Future[None]] = {}
+        self._in_flight: dict[Hashable, _Flight] = {}
 
     def __len__(self) -> int:
         self._delivered.expire()
@@ -97,7 +100,8 @@ class RecentDeliveries:
         """Send ``message`` unless this link already delivered one: (outcome, the first one).
 
         ``link`` is (process id, callback, ...). ``send`` raising means nothing is remembered,
-        so the next post on the link tries again.
+        so the next post on the link tries again; the posts with the same message that waited
+        for that send raise what it raised.
         """
         while True:
             first = self._delivered.get(link)
@@ -107,18 +111,36 @@ class RecentDeliveries:
                     kind = "approval" if link[1] == APPROVAL_CALLBACK else "command"
                     self._answered.labels(kind, outcome.value).inc()
                 return outcome, first
-            in_flight = self._in_flight.get(link)
-            if in_flight is None:
+            flight = self._in_flight.get(link)
+            if flight is None:
                 break
             # Another post on this link is being delivered: its outcome decides ours.
-            await asyncio.shield(in_flight)
+            theirs = await asyncio.shield(flight.ended)
+            if theirs is not None and flight.digest == message.digest:
+                # The very send this post asks for just failed. Trying it again in turn would
+                # keep the Nth waiter of a burst N call timeouts long during an outage.
+                raise theirs
 
-        done = asyncio.get_running_loop().create_future()
-        self._in_flight[link] = done
+        flight = _Flight(message.digest, asyncio.get_running_loop().create_future())
+        self._in_flight[link] = flight
+        failure: Exception | None = None
         try:
             await send()
             self._delivered[link] = message
             return Outcome.SENT, message
+        except Exception as err:
+            failure = err
+            raise
         finally:
             del self._in_flight[link]
-            done.set_result(None)  # waiters look again: delivered, or theirs to try
+            # Waiters look again: delivered, failed (theirs to share), or cancelled (theirs to try).
+            flight.ended.set_result(failure)
+
+
+@dataclass(frozen=True)
+class _Flight:
+    """A send under way on one link: which message, and how it ended (None: delivered or
+    cancelled, else what it raised)."""
+
+    digest: str
+    ended: asyncio.Future[Exception | None]

@@ -156,6 +156,39 @@ def delivery_unknown() -> Problem:
     )
 
 
+def signal_limit() -> Problem:
+    """Temporal takes no more signals for this run (its per-run limit): nothing more can land."""
+    return Problem(
+        409,
+        "signal-limit",
+        "This process takes no more messages",
+        "The process has received as many messages as the workflow service allows one run, so "
+        "this one was refused and not recorded. Sending it again will not help.",
+    )
+
+
+def too_large_for_temporal() -> Problem:
+    """The workflow service's payload limit is below this API's body limit."""
+    return Problem(
+        413,
+        "too-large",
+        "Request body too large",
+        "The workflow service refused this message as larger than its payload limit; nothing "
+        "was recorded. Send a smaller one.",
+    )
+
+
+def temporal_refused() -> Problem:
+    """The workflow service refused a request for good, for a reason of ours (see the log)."""
+    return Problem(
+        500,
+        "temporal-refused",
+        "Something went wrong",
+        "The workflow service refused the request, and would refuse it again; nothing was "
+        "recorded. The service's log names the cause.",
+    )
+
+
 def internal_error() -> Problem:
     return Problem(
         500,

@@ -53,6 +53,28 @@ _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
 POLLER_FRESHNESS = timedelta(seconds=70)
 PRESENCE_TTL = timedelta(seconds=2)
 
+# Worth another try: the server was away, slow, overloaded or interrupted (503, Retry-After).
+# INTERNAL and UNKNOWN are here too: the server answers INTERNAL when its own store fails, which
+# passes, and a signal refused so may or may not have been written. Any other status
+# (INVALID_ARGUMENT, PERMISSION_DENIED, FAILED_PRECONDITION, ...) is met again by the same
+# request, so it is answered as a refusal (4xx/500), never "try again".
+TRANSIENT = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.INTERNAL,
+        RPCStatusCode.UNKNOWN,
+    }
+)
+# INVALID_ARGUMENT, worded so by the server: the run took its most signals
+# (``history.maximumSignalsPerExecution``), or the message is over its payload limit
+# (``limit.blobSize.error``).
+SIGNAL_LIMIT_MESSAGE = "exceeded workflow execution limit for signal events"
+BLOB_LIMIT_MESSAGE = "Blob data size exceeds limit"
+
 Signal = ApprovalDecision | CommandCallback | CommandHeartbeat
 _SIGNAL_NAMES: dict[type[Signal], str] = {
     ApprovalDecision: APPROVAL_DECISION_SIGNAL,
@@ -87,7 +109,9 @@ class Processes:
         """Deliver ``message``; once this returns, the server holds it durably.
 
         Refusals: 404 ``unknown-process``, 410 ``closed`` (told apart by ``describe``), 503 when
-        the server did not confirm (the signal may or may not have arrived).
+        the server did not confirm (the signal may or may not have arrived), and what the server
+        refuses for good (``refusal``): 409 ``signal-limit``, 413 ``too-large``, 500
+        ``temporal-refused``; nothing was recorded then.
         """
         name = _SIGNAL_NAMES[type(message)]
         handle = self._client.get_workflow_handle(process_id)
@@ -207,6 +231,16 @@ class Processes:
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise problems.unknown_process() from err
+            if err.status not in TRANSIENT:
+                # Sending the same request again gets the same refusal: say so, not "try again".
+                logger.error(
+                    "Temporal refused the %s: %s %s",
+                    what,
+                    err.status.name,
+                    err.message,
+                    extra=_about(process_id),
+                )
+                raise refusal(err) from err
             if err.status == RPCStatusCode.DEADLINE_EXCEEDED:
                 # The server's own deadline: for a query, no worker took it in time.
                 logger.info("Temporal %s not answered in time: %s", what, err.message)
@@ -224,6 +258,23 @@ class Processes:
             # nothing reached the server.
             logger.warning("Temporal %s could not connect: %s", what, err, extra=_about(process_id))
             raise problems.temporal_unavailable() from err
+
+
+def refusal(err: RPCError) -> Problem:
+    """The answer to a Temporal refusal that another try would meet again (not ``TRANSIENT``).
+
+    Two refusals are the process's, not ours, and a client can act on them; their wording is
+    the server's (temporal 1.32; tests/integration/test_temporal_refusals.py reads it from a real
+    dev server, so a server that words them differently fails there, not silently here). Any
+    other is this deployment's fault (credentials, namespace, a request the API built wrong):
+    500, and the log names the cause.
+    """
+    if err.status == RPCStatusCode.INVALID_ARGUMENT:
+        if SIGNAL_LIMIT_MESSAGE in err.message:
+            return problems.signal_limit()
+        if BLOB_LIMIT_MESSAGE in err.message:
+            return problems.too_large_for_temporal()
+    return problems.temporal_refused()
 
 
 def _status_of(description: WorkflowExecutionDescription) -> str:

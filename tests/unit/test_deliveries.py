@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
 from workflows.messages import CommandCallback
 
@@ -16,10 +18,12 @@ class Sender:
 
     def __init__(self, failures: int = 0, pause: float = 0.0) -> None:
         self.sent = 0
+        self.calls = 0
         self.failures = failures
         self.pause = pause
 
     async def __call__(self) -> None:
+        self.calls += 1
         await asyncio.sleep(self.pause)
         if self.failures:
             self.failures -= 1
@@ -62,20 +66,72 @@ async def test_a_burst_on_one_link_sends_one_signal() -> None:
     assert sorted(outcome for outcome, _ in outcomes).count(Outcome.SENT) == 1
 
 
-async def test_a_failed_send_is_not_remembered_so_the_next_post_tries_again() -> None:
-    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01)
+async def test_posts_waiting_on_a_failed_send_get_its_failure_without_sending_in_turn() -> None:
+    """A burst on one link during an outage: one send, and every post hears how it went.
+
+    Before, each waiter sent again in turn after the one before it failed, so the last of N
+    posts waited N call timeouts (5 s each against an unreachable Temporal).
+    """
+    memory, send = RecentDeliveries(), Sender(failures=100, pause=0.01)
 
     results = await asyncio.gather(
-        *(memory.deliver(("process-1", "command-one"), delivered(), send) for _ in range(3)),
+        *(memory.deliver(("process-1", "command-one"), delivered(), send) for _ in range(5)),
         return_exceptions=True,
     )
 
-    # The first failed; one of those waiting behind it then sent; the last heard the repeat.
-    assert sum(isinstance(r, ConnectionError) for r in results) == 1
+    assert all(isinstance(r, ConnectionError) for r in results), results
+    assert send.calls == 1
+    assert send.sent == 0
+
+
+async def test_a_failed_send_is_not_remembered_so_the_next_post_tries_again() -> None:
+    memory, send = RecentDeliveries(), Sender(failures=1)
+    link = ("process-1", "command-one")
+
+    with pytest.raises(ConnectionError):
+        await memory.deliver(link, delivered(), send)
+
+    assert (await memory.deliver(link, delivered(), send))[0] is Outcome.SENT
+    assert (await memory.deliver(link, delivered(), send))[0] is Outcome.REPEAT
+    assert (send.calls, send.sent) == (2, 1)
+
+
+async def test_a_different_message_waiting_on_a_failed_send_is_sent_itself() -> None:
+    """The failed send was not this message's: it was never tried, so it is."""
+    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01)
+    link = ("process-1", "command-one")
+
+    first, second = await asyncio.gather(
+        memory.deliver(link, delivered("failed"), send),
+        memory.deliver(link, delivered("succeeded"), send),
+        return_exceptions=True,
+    )
+
+    assert isinstance(first, ConnectionError)
+    assert second == (Outcome.SENT, delivered("succeeded"))
+    assert (send.calls, send.sent) == (2, 1)
+
+
+async def test_when_the_send_in_flight_is_cancelled_a_waiter_sends() -> None:
+    """Its client went away mid-send: nothing failed, so the post waiting behind it sends."""
+    memory, send = RecentDeliveries(), Sender()
+    link = ("process-1", "command-one")
+    stuck = asyncio.Event()
+
+    async def never_answers() -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    abandoned = asyncio.create_task(memory.deliver(link, delivered(), never_answers))
+    await stuck.wait()
+    waiting = asyncio.create_task(memory.deliver(link, delivered(), send))
+    await asyncio.sleep(0)  # the waiter is now waiting on the send in flight
+    abandoned.cancel()
+
+    assert await waiting == (Outcome.SENT, delivered())
     assert send.sent == 1
-    assert (await memory.deliver(("process-1", "command-one"), delivered(), send))[
-        0
-    ] is Outcome.REPEAT
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
 
 
 async def test_the_memory_is_bounded_by_capacity_least_recently_used_first() -> None:
