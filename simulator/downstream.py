@@ -11,8 +11,9 @@ command's ``callback_url`` (the callbacks API). It behaves as a downstream syste
 - it keeps the work it took durably (``simulator/work.py``) and resumes it after a restart;
 - while it works it heartbeats (``SIMULATOR_HEARTBEAT_INTERVAL``), reporting its progress;
 - a redrive (the same key sent again with a higher ``redrive``) is answered as a well-behaved
-  system should: work that succeeded is not done again, its result goes to the new callback;
-  work still under way reports to the new callback when done; work that failed runs again.
+  system should: work that succeeded is not done again, its result goes to the new callback
+  (also when it was being delivered to the old one); work still under way reports to the new
+  callback when done; work that failed runs again.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Downstream:
         self._sleep = sleep
         self.book = WorkBook(settings.state_path)
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
 
     def resume(self) -> int:
         """Carry on with every job the journal holds unfinished; how many."""
@@ -186,8 +188,10 @@ class Downstream:
     ) -> Taken:
         """The key again, from a redrive of its process: the fence first, then by how it went.
 
-        The job is changed in place (a task working on it sees the new callback URL) and
-        journaled whole.
+        The job is changed in place and journaled whole. Work still under way reads the new
+        callback when it ends; a result already being called back (posting, or pausing between
+        tries) stops and starts again towards the new callback, with a fresh budget of tries:
+        the old callback belongs to the run that was redriven, and the new run waits for it.
         """
         key = command.idempotency_key
         refusal = self.book.fences.refusal(fence) if fence is not None else None
@@ -202,7 +206,7 @@ class Downstream:
         held.via = via
         held.fence = fence or held.fence
         held.redrives += 1
-        if not held.done:
+        if previous == "pending":
             what = "still under way: its result goes to the new callback"
         elif previous == "succeeded":
             # Done once is done: the result is delivered again, the work is not redone.
@@ -216,6 +220,9 @@ class Downstream:
             held.callback_attempts, held.callback_status, held.done = 0, None, False
             what = f"{previous} before: it runs again"
         self.book.take(held)
+        if previous != "pending":
+            # A task still calling back holds the old callback URL (and maybe a long pause).
+            self._stop_calling_back(held)
         log.info(
             "%s redrive %d received over %s (key %s): %s",
             command.command,
@@ -234,6 +241,7 @@ class Downstream:
 
     async def close(self) -> None:
         """Stop working; what is unfinished stays in the journal for the next start."""
+        self._closing = True
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
@@ -266,11 +274,24 @@ class Downstream:
         )
 
     def _run(self, job: Job) -> None:
-        if job.done or job.key in self._running:
+        if job.done or job.key in self._running or self._closing:
             return
         task = asyncio.create_task(self._work(job), name=f"execute {job.key}")
         self._running[job.key] = task
         task.add_done_callback(lambda _: self._running.pop(job.key, None))
+
+    def _stop_calling_back(self, job: Job) -> None:
+        """Cancel the task that works on ``job``, if any, and run the job again once it stopped.
+
+        Only for a job whose work is over: a cancelled callback is resent whole, while cancelled
+        work would start its wait over.
+        """
+        task = self._running.get(job.key)
+        if task is None:
+            return
+        task.cancel()
+        # After the callback that takes the task out of ``_running`` (added first, run first).
+        task.add_done_callback(lambda _: self._run(job))
 
     async def _work(self, job: Job) -> None:
         command = job.command
@@ -364,9 +385,10 @@ class Downstream:
         """
         settings = self._settings
         timeout = aiohttp.ClientTimeout(total=settings.callback_timeout)
-        command = job.command
         detail = ""
         while job.callback_attempts < settings.callback_attempts:
+            # Read at each try: the newest sending of the key names where its result goes.
+            command = job.command
             status: int | None
             try:
                 async with self._http.post(
@@ -403,7 +425,7 @@ class Downstream:
                 await self._sleep(wait)
         log.error(
             "callback for %s gave up after %d tries (last: %s)",
-            command.command,
+            job.command.command,
             job.callback_attempts,
             job.callback_status or detail or "none",
         )

@@ -16,20 +16,32 @@ from aiohttp import web
 from simulator.downstream import Downstream, create_app
 from simulator.work import WorkBook
 from tests.support.http import serving
+from tests.support.waiting import eventually
 from tests.unit.test_simulator import command, no_sleep, post_command, settings
 
 
 class DownstreamPeer:
     """Stands in for the callbacks API: records callbacks and heartbeats, per token."""
 
-    def __init__(self, heartbeat_status: int = 202) -> None:
+    def __init__(
+        self,
+        heartbeat_status: int = 202,
+        statuses: dict[str, int] | None = None,
+        holds: dict[str, asyncio.Event] | None = None,
+    ) -> None:
         self.callbacks: list[tuple[str, dict[str, Any]]] = []
         self.heartbeats: list[tuple[str, dict[str, Any]]] = []
         self.heartbeat_status = heartbeat_status
+        # Per token: the status a callback gets (else 202), and an event its answer waits for.
+        self.statuses = statuses or {}
+        self.holds = holds or {}
 
     async def callback(self, request: web.Request) -> web.Response:
-        self.callbacks.append((request.match_info["token"], await request.json()))
-        return web.json_response({"status": "accepted"}, status=202)
+        token = request.match_info["token"]
+        self.callbacks.append((token, await request.json()))
+        if token in self.holds:
+            await self.holds[token].wait()
+        return web.json_response({"status": "seen"}, status=self.statuses.get(token, 202))
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.heartbeats.append((request.match_info["token"], await request.json()))
@@ -170,3 +182,51 @@ async def test_a_redrive_of_work_under_way_reports_to_the_new_callback(tmp_path:
     job = book.jobs[body["idempotency_key"]]
     assert (job.redrives, job.command.redrive, job.done) == (1, 1, True)
     book.close()
+
+
+def token_of(body: dict[str, Any]) -> str:
+    return str(body["callback_url"]).rsplit("/", 1)[-1]
+
+
+async def test_a_redrive_between_two_tries_sends_the_result_to_the_new_callback() -> None:
+    """The old callback fails (the redriven run's API refuses or is away); between two tries
+    the redrive arrives. The result must go to the new callback, the one its new run waits on."""
+    gate = asyncio.Event()
+
+    async def paused(seconds: float) -> None:  # the pause between two tries waits for the test
+        await gate.wait()
+
+    body = command("")
+    peer = DownstreamPeer(statuses={token_of(body): 503})
+    async with simulator(peer, paused) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await eventually(lambda: len(peer.callbacks) == 1, "the first try at the old callback")
+        status, answer = await post_command(http, base, redrive_of(body, callbacks))
+        assert (status, answer["redrive"]) == (202, 1)
+        gate.set()
+        await downstream.drain()
+        [record] = (await (await http.get(f"{base}/commands")).json())["commands"]
+
+    assert [t for t, _ in peer.callbacks] == [token_of(body), "token-redrive-1"]
+    assert peer.callbacks[1][1]["status"] == "succeeded"
+    assert (record["callback_status"], record["redrives"]) == (202, 1)
+
+
+async def test_a_redrive_while_the_old_callback_is_being_posted_sends_the_result_again() -> None:
+    """The redrive lands while the POST to the old callback is on the wire: whatever the old
+    callback answers, the new run's callback gets the result too."""
+    body = command("")
+    answer_old = asyncio.Event()
+    peer = DownstreamPeer(holds={token_of(body): answer_old})
+    async with simulator(peer) as (downstream, base, callbacks, http):
+        body = command(callbacks)
+        await post_command(http, base, body)
+        await eventually(lambda: len(peer.callbacks) == 1, "the POST to the old callback")
+        await post_command(http, base, redrive_of(body, callbacks))
+        answer_old.set()
+        await downstream.drain()
+
+    assert [t for t, _ in peer.callbacks] == [token_of(body), "token-redrive-1"]
+    first, again = (c for _, c in peer.callbacks)
+    assert again == first  # the same result, not run again
