@@ -16,11 +16,14 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 log = logging.getLogger("journal")
 
 Entry = dict[str, Any]
+
+# The exit status of a process that could not journal a change (EX_IOERR of sysexits.h).
+EXIT_JOURNAL_FAILED = 74
 
 
 class Journal:
@@ -76,23 +79,65 @@ class Journal:
         self.entries += 1
 
     def rewrite(self, entries: Iterable[Entry]) -> None:
-        """Replace the whole journal with ``entries``: all of the new one, or all of the old."""
+        """Replace the whole journal with ``entries``: all of the new one, or all of the old.
+
+        If it raises (a full disk), the old journal is still in place and still appended to.
+        """
         temporary = self.path.with_name(self.path.name + ".compacting")
         count = 0
-        with temporary.open("wb") as file:
-            for entry in entries:
-                file.write(_line(entry))
-                count += 1
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with temporary.open("wb") as file:
+                for entry in entries:
+                    file.write(_line(entry))
+                    count += 1
+                file.flush()
+                os.fsync(file.fileno())
+            # Opened before the rename, so a failure leaves the old file and handle as they were;
+            # after it, this handle appends to the file now at ``path``.
+            rewritten = temporary.open("ab")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        try:
+            os.replace(temporary, self.path)
+        except BaseException:
+            rewritten.close()
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         self._file.close()
-        os.replace(temporary, self.path)
+        self._file = rewritten
         _fsync_directory(self.path.parent)
-        self._file = self.path.open("ab")
         self.entries = count
 
     def close(self) -> None:
         self._file.close()
+
+
+def fail_stop(path: Path, err: OSError) -> NoReturn:
+    """Exit at once, answering nobody: a change was made in memory and could not be journaled.
+
+    For a writer that applies a change before journaling it (the AWS emulator: moto decides
+    whether a write succeeds). Answering an error while carrying on would leave readers seeing a
+    change that the next start, rebuilding from the journal, no longer has. Exiting keeps the
+    two equal: the change was never acknowledged, the client hears no answer (so it may or may
+    not have landed, and retries), and whoever restarts the process gets exactly the journal.
+    Nor is a second try at the write safe: after a failed fsync the kernel may already have
+    dropped the unwritten pages and reports the next fsync clean (PostgreSQL's "fsyncgate"),
+    which is why databases stop there too.
+    """
+    log.critical(
+        "%s: cannot journal a change already made (%s); exiting with %d so that a restart "
+        "rebuilds the state from the journal",
+        path,
+        err,
+        EXIT_JOURNAL_FAILED,
+    )
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_JOURNAL_FAILED)
 
 
 def _line(entry: Entry) -> bytes:

@@ -6,7 +6,11 @@ then found its record gone, or its command-one message never reached the simulat
 moto's server app in a WSGI middleware that writes every DynamoDB write moto accepted to a
 journal (``common/journal.py``), fsynced before the answer goes out, and replays the journal at
 start before serving. A write is therefore on disk before anyone hears it succeeded; one that was
-not acknowledged may or may not be there, as with any database. The journal is compacted at
+not acknowledged may or may not be there, as with any database. moto applies a write before it
+can be journaled (only moto knows whether its conditions hold), so a journal that cannot be
+written (a full disk, an I/O error) stops the emulator at once, unanswered
+(``common.journal.fail_stop``, exit 74): answering 500 and carrying on would let readers see a
+write that a restart, rebuilding from the journal, does not have. The journal is compacted at
 start and as it grows: it is rewritten as the requests that rebuild the tables as they are
 (create, time to live, items). Queues, their messages, topics and subscriptions are kept the same
 way in a journal of their own, hooked into moto's backends (``local_stack/durable_messaging.py``).
@@ -33,9 +37,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from common.journal import Entry, Journal
+from common.journal import Entry, Journal, fail_stop
 from local_stack.durable_messaging import DurableMessaging
 
 if TYPE_CHECKING:
@@ -105,9 +109,14 @@ class DurableDynamoDB:
     """
 
     def __init__(
-        self, app: WSGIApplication, path: Path, compact_after: int = COMPACT_AFTER
+        self,
+        app: WSGIApplication,
+        path: Path,
+        compact_after: int = COMPACT_AFTER,
+        on_journal_failure: Callable[[Path, OSError], NoReturn] = fail_stop,
     ) -> None:
         self._app = app
+        self._on_journal_failure = on_journal_failure
         self._lock = threading.Lock()
         self._compact_after = compact_after
         # Who wrote (access key, region): moto keeps tables per account and region.
@@ -130,12 +139,21 @@ class DurableDynamoDB:
             answer = Answer(self._app, environ)
             if answer.ok and operation not in READS:
                 scope = _scope(str(environ.get("HTTP_AUTHORIZATION", "")))
-                self._journal.append(
-                    {"op": operation, "key": scope[0], "region": scope[1], "body": body.decode()}
-                )
+                entry = {
+                    "op": operation,
+                    "key": scope[0],
+                    "region": scope[1],
+                    "body": body.decode(),
+                }
+                try:
+                    self._journal.append(entry)
+                except OSError as err:
+                    # moto holds the write already; still under the lock, so no reader has seen
+                    # it. Exit before anyone does (``fail_stop``), rather than answer 500.
+                    self._on_journal_failure(self._journal.path, err)
                 self._scopes.add(scope)
                 if self._journal.entries > self._compacted_size + self._compact_after:
-                    self._compact()
+                    self._compact_while_serving()
         start_response(answer.status, answer.headers)
         return [answer.body]
 
@@ -182,6 +200,15 @@ class DurableDynamoDB:
             # Journaled writes succeeded once, in this order; say so if one does not now.
             log.warning("journal: replayed %s answered %s", entry.get("op"), answer.status)
         return answer.ok
+
+    def _compact_while_serving(self) -> None:
+        """Compact, and carry on if that fails: the write before it is journaled already, and
+        a failed rewrite leaves the journal as it was (only longer)."""
+        try:
+            self._compact()
+        except OSError as err:
+            self._compacted_size = self._journal.entries  # try again after as many more writes
+            log.warning("journal not compacted (%s); it goes on growing", err)
 
     def _compact(self) -> None:
         """Rewrite the journal as the few calls that rebuild the tables as they are now."""

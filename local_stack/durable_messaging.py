@@ -30,6 +30,12 @@ platform applications and SMS settings.
 
 At start, and as the journal grows, it is compacted: rewritten as the entries that make what is
 left, so deleted messages drop out.
+
+A change that cannot be journaled (a full disk) stops the emulator at once, unanswered, as for
+DynamoDB (``common.journal.fail_stop``): the restart has exactly what the journal holds. Receives
+take no lock (a long poll waits inside moto), so a receive in the instant between a send and its
+failed journaling can take that message; its sender heard nothing and sends it again, a repeat
+that consumers take anyway (at least once).
 """
 
 from __future__ import annotations
@@ -42,9 +48,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from common.journal import Entry, Journal
+from common.journal import Entry, Journal, fail_stop
 
 log = logging.getLogger("aws_emulator")
 
@@ -145,8 +151,14 @@ class DurableMessaging:
     delete can only be journaled after its send, never before it.
     """
 
-    def __init__(self, journal: Journal, compact_after: int) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        compact_after: int,
+        on_journal_failure: Callable[[Path, OSError], NoReturn] = fail_stop,
+    ) -> None:
         self._journal = journal
+        self._on_journal_failure = on_journal_failure
         self._compact_after = compact_after
         self._state = Messaging()
         self._lock = threading.RLock()  # re-entered: an SNS publish sends to SQS inside it
@@ -223,10 +235,18 @@ class DurableMessaging:
     def _record(self, backend: Any, op: str, **fields: Any) -> None:
         entry: Entry = {"op": op, "account": backend.account_id, "region": backend.region_name}
         entry.update(fields)
-        self._journal.append(entry)
+        try:
+            self._journal.append(entry)
+        except OSError as err:
+            # moto made the change already: exit before the caller hears of it (``fail_stop``).
+            self._on_journal_failure(self._journal.path, err)
         self._state.apply(entry)
         if self._journal.entries > self._compacted_size + self._compact_after:
-            self._compact()
+            try:
+                self._compact()
+            except OSError as err:  # the entry is journaled; the old journal is still whole
+                self._compacted_size = self._journal.entries
+                log.warning("messaging journal not compacted (%s); it goes on growing", err)
 
     def _compact(self) -> None:
         before = self._journal.entries

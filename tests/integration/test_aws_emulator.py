@@ -22,7 +22,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
+from common.journal import EXIT_JOURNAL_FAILED
 from local_stack.children import Child
 from tests.support.moto_server import free_loopback_port
 from tests.support.waiting import eventually
@@ -57,16 +59,31 @@ class Emulator:
         await self.child.exited()
 
 
+# ``python -m local_stack.aws_emulator`` under a file size limit (RLIMIT_FSIZE, in bytes): a write
+# past it fails with EFBIG, as one on a full disk fails with ENOSPC. Python ignores SIGXFSZ, so
+# the write fails instead of killing the process.
+UNDER_A_FILE_SIZE_LIMIT = (
+    "import resource, sys\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))\n"
+    "from local_stack.aws_emulator import main\n"
+    "main(sys.argv[2:])\n"
+)
+
+
 @asynccontextmanager
-async def emulator(journal: Path, log: Path) -> AsyncIterator[Emulator]:
+async def emulator(
+    journal: Path, log: Path, file_size_limit: int | None = None
+) -> AsyncIterator[Emulator]:
     """``python -m local_stack.aws_emulator`` on a free port, answering."""
     port = free_loopback_port()
+    if file_size_limit is None:
+        command = [sys.executable, "-m", "local_stack.aws_emulator"]
+    else:
+        command = [sys.executable, "-c", UNDER_A_FILE_SIZE_LIMIT, str(file_size_limit)]
     child = Child(
         "moto",
         [
-            sys.executable,
-            "-m",
-            "local_stack.aws_emulator",
+            *command,
             "-p",
             str(port),
             "--journal",
@@ -76,7 +93,9 @@ async def emulator(journal: Path, log: Path) -> AsyncIterator[Emulator]:
             "--compact-after",
             str(COMPACT_AFTER),
         ],
-        {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+        # No bytecode written under the limit: CPython writes a .pyc with one write(2) and does not
+        # check its length, so the venv would be left with .pyc files cut at the limit.
+        {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
         log,
         sys.stderr,
         echo=False,
@@ -321,3 +340,73 @@ async def test_queued_messages_topics_and_subscriptions_survive_kill_9(tmp_path:
     assert sent in kept and "received-not-deleted" in kept
     for gone in ("deleted-alone", "deleted-in-batch", "purged-before-the-kill"):
         assert gone not in kept
+
+
+# Room for the table and a few dozen writes; the journals start empty.
+JOURNAL_ROOM = 8192
+
+
+async def test_a_write_that_cannot_be_journaled_stops_the_emulator_unanswered(
+    tmp_path: Path,
+) -> None:
+    """The journal cannot take a DynamoDB write moto already made (a full disk): the emulator
+    exits without answering, and the restart holds exactly the writes it acknowledged. It used
+    to answer 500 and serve on, readers seeing a write that the restart no longer had."""
+    journal, log = tmp_path / "dynamodb-journal.jsonl", tmp_path / "moto.log"
+    table = "processes"
+    acknowledged: set[str] = set()
+    async with emulator(journal, log, file_size_limit=JOURNAL_ROOM) as running:
+        client = running.client()
+        client.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        refused: Exception | None = None
+        for n in range(JOURNAL_ROOM // 100):
+            try:
+                item = {"k": {"S": f"item-{n}"}, "v": {"S": "x" * 200}}
+                await asyncio.to_thread(client.put_item, TableName=table, Item=item)
+            except Exception as err:
+                refused = err
+                break
+            acknowledged.add(f"item-{n}")
+        assert refused is not None, "the journal never filled up"
+        # No answer at all: not an error answer (a ClientError), which a reader's view betrays.
+        assert not isinstance(refused, ClientError), refused
+        assert await running.child.exited() == EXIT_JOURNAL_FAILED
+    assert "cannot journal a change already made" in await asyncio.to_thread(log.read_text)
+
+    async with emulator(journal, tmp_path / "moto-again.log") as running:
+        pages = running.client().get_paginator("scan").paginate(TableName=table)
+        kept = {item["k"]["S"] for page in pages for item in page["Items"]}
+    assert kept == acknowledged
+
+
+async def test_a_message_that_cannot_be_journaled_stops_the_emulator_unanswered(
+    tmp_path: Path,
+) -> None:
+    """The same for SQS: a send moto queued and the journal cannot take is never answered; the
+    restart has every message acknowledged, and that one not."""
+    journal, log = tmp_path / "dynamodb-journal.jsonl", tmp_path / "moto.log"
+    acknowledged: list[str] = []
+    async with emulator(journal, log, file_size_limit=JOURNAL_ROOM) as running:
+        sqs = running.client("sqs")
+        queue = sqs.create_queue(QueueName="commands")["QueueUrl"]
+        refused: Exception | None = None
+        for n in range(JOURNAL_ROOM // 100):
+            try:
+                body = f"command {n} " + "x" * 200
+                await asyncio.to_thread(sqs.send_message, QueueUrl=queue, MessageBody=body)
+            except Exception as err:
+                refused = err
+                break
+            acknowledged.append(body)
+        assert refused is not None, "the journal never filled up"
+        assert not isinstance(refused, ClientError), refused
+        assert await running.child.exited() == EXIT_JOURNAL_FAILED
+
+    async with emulator(journal, tmp_path / "moto-again.log") as running:
+        kept = [m["Body"] for m in everything_visible(running.client("sqs"), queue)]
+    assert sorted(kept) == sorted(acknowledged)
