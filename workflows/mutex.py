@@ -42,7 +42,7 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.mutex import check_holder, describe_workflow, recover_mutex
     from activities.process_table import ProcessTableActivities
-    from workflows.lock_queue import enqueue
+    from workflows.lock_queue import LockQueue
     from workflows.messages import (
         LOCK_CANCEL_SIGNAL,
         LOCK_GRANTED_SIGNAL,
@@ -115,7 +115,7 @@ class MutexWorkflow:
         state = input.state or MutexState(resource=input.resource)
         self._resource = state.resource
         self._holder: Lease | None = state.holder
-        self._queue: list[LockRequest] = list(state.queue)
+        self._queue = LockQueue(state.queue)
         self._next_lease_id = state.next_lease_id
         self._counters = state.counters.model_dump()
         self._changed = False
@@ -202,14 +202,15 @@ class MutexWorkflow:
             )
             self._move_lease(holder, request.requester_run_id)
             return
-        known = {r.request_id for r in self._queue}
-        if holder is not None:
-            known.add(holder.request_id)
-        if request.request_id in known:
+        # O(1) however long the queue: a burst of thousands lands in one workflow task, which
+        # must end within the deadlock timeout (see LockQueue).
+        if request.request_id in self._queue or (
+            holder is not None and holder.request_id == request.request_id
+        ):
             workflow.logger.info("duplicate lock request %s ignored", request.request_id)
             return
         if workflow.patched(PRIORITY_PATCH):
-            self._queue = enqueue(self._queue, request)
+            self._queue.enqueue(request)
         else:
             self._queue.append(request)
         self._changed = True
@@ -220,9 +221,7 @@ class MutexWorkflow:
         if self._recovering:
             self._deferred.append(cancel)  # it may name a request of the run being taken over
             return
-        before = len(self._queue)
-        self._queue = [r for r in self._queue if r.request_id != cancel.request_id]
-        if len(self._queue) != before:
+        if self._queue.remove(cancel.request_id):
             self._count("cancelled_requests")
         elif self._holder is not None and self._holder.request_id == cancel.request_id:
             workflow.logger.info("grant %s raced a cancel; releasing", self._holder.lease_id)
@@ -258,7 +257,7 @@ class MutexWorkflow:
         return MutexState(
             resource=self._resource,
             holder=self._holder,
-            queue=list(self._queue),
+            queue=self._queue.as_list(),
             next_lease_id=self._next_lease_id,
             counters=MutexCounters(**self._counters),
             recovered_from=self._recovered_from,
@@ -267,7 +266,7 @@ class MutexWorkflow:
     # -- steps ----------------------------------------------------------------------------------
 
     async def _grant_next(self) -> None:
-        request = self._queue.pop(0)
+        request = self._queue.pop_next()
         now = workflow.now()
         lease = Lease(
             request_id=request.request_id,
@@ -410,16 +409,16 @@ class MutexWorkflow:
         self._take_over_from = None
         self._recovered_from = previous_run_id
         if recovered is not None:
-            known = {r.request_id for r in recovered.queue}
-            if recovered.holder is not None:
-                known.add(recovered.holder.request_id)
-            arrived = [r for r in self._queue if r.request_id not in known]
-            self._queue = list(recovered.queue)
+            queue = LockQueue(recovered.queue)
+            held = recovered.holder.request_id if recovered.holder is not None else None
+            # What arrived here meanwhile and the closed run did not have, behind its queue.
+            arrived = [r for r in self._queue if r.request_id not in queue and r.request_id != held]
             for request in arrived:
                 if workflow.patched(PRIORITY_PATCH):
-                    self._queue = enqueue(self._queue, request)
+                    queue.enqueue(request)
                 else:
-                    self._queue.append(request)
+                    queue.append(request)
+            self._queue = queue
             self._holder = recovered.holder
             self._next_lease_id = max(self._next_lease_id, recovered.next_lease_id)
             for name, value in recovered.counters.model_dump().items():
@@ -450,7 +449,7 @@ class MutexWorkflow:
             requested_at=holder.granted_at,
             requester_run_id=run_id,
         )
-        self._queue.insert(0, again)
+        self._queue.put_first(again)
 
     async def _check_holder(self) -> None:
         holder = self._holder

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
-from workflows.lock_queue import describe, enqueue, position
+import pytest
+
+from workflows import lock_queue
+from workflows.lock_queue import LockQueue, describe, enqueue, position, urgency
 from workflows.messages import LockRequest
 
 T0 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -67,3 +71,69 @@ def test_position_and_description() -> None:
         "3 (default)",
         "5 (least urgent)",
     ]
+
+
+def test_the_lock_queue_keeps_the_order_the_list_operations_gave() -> None:
+    """LockQueue is a faster representation, not a new behaviour: a mutex replaying its history
+    must queue exactly as before. Random runs of every operation the mutex makes, against the
+    list code it replaced (a whole-list ``enqueue``, ``append``, ``insert(0)``, ``pop(0)``, a
+    filter for cancels, a set of ids for duplicates)."""
+    for seed in range(300):
+        rng = random.Random(seed)
+        reference: list[LockRequest] = []
+        queue = LockQueue()
+        names = [f"r{n}" for n in range(12)]
+        for _ in range(60):
+            op = rng.choice(["enqueue", "enqueue", "append", "first", "pop", "remove"])
+            name = rng.choice(names)
+            if op in ("enqueue", "append", "first"):
+                arrival = request(name, rng.choice([None, 0, 1, 2, 3, 4, 5, 9]))
+                if arrival.request_id in {r.request_id for r in reference}:
+                    assert arrival.request_id in queue
+                    continue
+                assert arrival.request_id not in queue
+                if op == "enqueue":
+                    reference = enqueue(reference, arrival)
+                    queue.enqueue(arrival)
+                elif op == "append":
+                    reference.append(arrival)
+                    queue.append(arrival)
+                else:
+                    reference.insert(0, arrival)
+                    queue.put_first(arrival)
+            elif op == "pop" and reference:
+                assert queue.pop_next() == reference.pop(0)
+            elif op == "remove":
+                kept = [r for r in reference if r.request_id != name]
+                assert queue.remove(name) == len(reference) - len(kept)
+                reference = kept
+            assert queue.as_list() == reference, f"seed {seed}"
+            assert len(queue) == len(reference)
+            assert all(r.request_id in queue for r in reference)
+
+
+def test_a_queue_carried_out_of_order_is_sorted_by_the_next_arrival_as_before() -> None:
+    queue = LockQueue([request("x", 4), request("y", 2)])
+    queue.enqueue(request("z", 3))
+    assert [r.request_id for r in queue] == ["y", "z", "x"]
+
+
+def test_a_burst_of_thousands_costs_no_pass_over_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each arrival looks at O(log n) requests, counted as calls of the order's key: the list
+    code it replaced looked at every queued request (and built a set of their ids) each time."""
+    looked_at = 0
+
+    def counted(request: LockRequest) -> int:
+        nonlocal looked_at
+        looked_at += 1
+        return urgency(request)
+
+    monkeypatch.setattr(lock_queue, "urgency", counted)
+    arrivals = [request(f"r{n}", 1 if n % 1000 == 0 else 3) for n in range(20_000)]
+    queue = LockQueue()
+    for arrival in arrivals:
+        if arrival.request_id not in queue:
+            queue.enqueue(arrival)
+    assert len(queue) == 20_000
+    assert [r.request_id for r in queue][:3] == ["r0", "r1000", "r2000"]
+    assert looked_at <= 20_000 * 20  # log2(20,000) ~ 15 a request; quadratic: ~10,000 each

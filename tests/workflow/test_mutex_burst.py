@@ -1,0 +1,176 @@
+"""A burst of lock requests that reaches the mutex in one workflow task (time-skipping server).
+
+Requests that arrive while the mutex's worker is away (a deploy, a restart, a loaded machine)
+wait in its history, and the next workflow task applies all of them at once. That task must end
+within the SDK's deadlock timeout (2 s, TMPRL1101): a task that runs past it fails, is retried
+with even more signals, and the queue stops for good. A benchmark saw exactly that with 2,000
+requests when each request scanned the whole queue; here 5,000 arrive while no worker polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from tests.workflow.fakes import Fakes, eventually
+from workflows.lock_queue import urgency
+from workflows.messages import (
+    LOCK_RELEASE_SIGNAL,
+    LOCK_REQUEST_SIGNAL,
+    LockGranted,
+    LockRelease,
+    LockRequest,
+    MutexInput,
+    MutexState,
+    mutex_workflow_id,
+)
+from workflows.mutex import MutexWorkflow
+
+E = EventType
+UNHANDLED_COMMAND = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
+BURST = 5000
+LET_THROUGH = 25  # handoffs after the burst; the rest stays queued behind the one kept
+
+
+@workflow.defn(sandboxed=False)
+class Requester:
+    """Stands in for every requester of the burst: gives each grant back at once, except the
+    one it was told to keep (so the queue stops there), and remembers the order of its grants."""
+
+    def __init__(self) -> None:
+        self._grants: list[str] = []
+
+    @workflow.run
+    async def run(self, keep: str) -> None:
+        self._keep = keep
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal
+    async def lock_granted(self, grant: LockGranted) -> None:
+        self._grants.append(grant.request_id)
+        if grant.request_id == self._keep:
+            return
+        await workflow.get_external_workflow_handle(mutex_workflow_id(grant.resource)).signal(
+            LOCK_RELEASE_SIGNAL, LockRelease(request_id=grant.request_id, lease_id=grant.lease_id)
+        )
+
+    @workflow.query
+    def grants(self) -> list[str]:
+        return list(self._grants)
+
+
+def _request(requester: str, n: int) -> LockRequest:
+    # Every 100th is urgent and every 150th least urgent: the burst is placed by priority too.
+    priority = 1 if n % 100 == 7 else 5 if n % 150 == 11 else 3
+    return LockRequest(
+        requester_workflow_id=requester,
+        request_id=f"{n:05d}-{uuid.uuid4().hex[:8]}",
+        lease_timeout=timedelta(hours=1),
+        requested_at=datetime.now(UTC),
+        priority=priority,
+    )
+
+
+async def _send_burst(client: Client, resource: str, task_queue: str, requester: str) -> str:
+    """Every request, a few of them twice; the run id of the mutex they reached."""
+    requests = [_request(requester, n) for n in range(BURST)]
+    mutex: WorkflowHandle[MutexWorkflow, None] = await client.start_workflow(
+        MutexWorkflow.run,
+        MutexInput(resource=resource),
+        id=mutex_workflow_id(resource),
+        task_queue=task_queue,
+        start_signal=LOCK_REQUEST_SIGNAL,
+        start_signal_args=[requests[0]],
+    )
+    limit = asyncio.Semaphore(64)
+
+    async def send(request: LockRequest) -> None:
+        async with limit:
+            await mutex.signal(MutexWorkflow.request, request)
+
+    # Each twice: a retried request_lock sends its request again, and it keeps its first place.
+    await asyncio.gather(*(send(r) for r in requests[1:] + requests[:50]))
+    assert mutex.result_run_id is not None
+    return mutex.result_run_id
+
+
+async def test_a_burst_of_requests_in_one_workflow_task_is_queued_and_granted_in_order(
+    time_env: WorkflowEnvironment,
+) -> None:
+    client = time_env.client
+    resource = f"burst-{uuid.uuid4().hex[:8]}"
+    task_queue = f"tq-{uuid.uuid4()}"
+    requester = f"requester-{uuid.uuid4()}"
+    run_id = await _send_burst(client, resource, task_queue, requester)  # no worker polls yet
+    burst_run = client.get_workflow_handle(mutex_workflow_id(resource), run_id=run_id)
+    history = await burst_run.fetch_history()
+    arrivals: dict[str, LockRequest] = {}
+    for event in history.events:
+        if event.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            (payload,) = event.workflow_execution_signaled_event_attributes.input.payloads
+            arrival = LockRequest.model_validate_json(payload.data)
+            arrivals.setdefault(arrival.request_id, arrival)
+    assert len(arrivals) == BURST
+    # The order the mutex must grant in: by priority, then as they arrived (a stable sort).
+    expected = [r.request_id for r in sorted(arrivals.values(), key=urgency)]
+    keep = expected[LET_THROUGH]
+    await client.start_workflow(Requester.run, keep, id=requester, task_queue=task_queue)
+
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[MutexWorkflow, Requester],
+        activities=Fakes().activities(),
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        history = await _let_through(client, resource, run_id, requester, keep, expected)
+    finally:
+        # Bounded: a worker with a deadlocked workflow task (the old code) never shuts down.
+        await asyncio.wait_for(worker.shutdown(), timeout=30)
+        await running
+
+    events = history.events
+    # A task may fail only as Temporal fails a continue-as-new that new signals overtook (it is
+    # retried with them); never by the worker (TMPRL1101, potential deadlock).
+    failed = [
+        e.workflow_task_failed_event_attributes
+        for e in events
+        if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    ]
+    assert all(f.cause == UNHANDLED_COMMAND for f in failed), [f.failure.message for f in failed]
+    # The test proves what it says only if one task took the whole burst.
+    first_task = next(e for e in events if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+    signals = [e for e in events if e.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+    assert sum(s.event_id < first_task.event_id for s in signals) == BURST + 50
+
+
+async def _let_through(
+    client: Client, resource: str, run_id: str, requester: str, keep: str, expected: list[str]
+) -> WorkflowHistory:
+    """Wait for the kept grant; check grants and queue; the history of the burst's run."""
+    taker = client.get_workflow_handle_for(Requester.run, requester)
+
+    async def kept() -> bool:
+        # A bounded query: a worker stuck in a deadlocked task answers none.
+        grants = await taker.query(Requester.grants, rpc_timeout=timedelta(seconds=5))
+        return keep in grants
+
+    await eventually(kept, within=60, what=f"{LET_THROUGH} grants after the burst")
+    assert await taker.query(Requester.grants) == expected[: LET_THROUGH + 1]
+    # The burst took the history past its limit: the queue went on in a new run, in order.
+    mutex = client.get_workflow_handle(mutex_workflow_id(resource))
+    state: MutexState = await mutex.query(MutexWorkflow.state)
+    assert state.holder is not None and state.holder.request_id == keep
+    assert [r.request_id for r in state.queue] == expected[LET_THROUGH + 1 :]
+    assert (await mutex.describe()).run_id != run_id
+    return await client.get_workflow_handle(
+        mutex_workflow_id(resource), run_id=run_id
+    ).fetch_history()
