@@ -26,13 +26,18 @@ async def run(settings: SimulatorSettings) -> None:
         if resumed:
             log.info("resumed %d unfinished command(s) from %s", resumed, settings.state_path)
         app = create_app(downstream, settings.command_path)
+        own = "".join(
+            f", {command} {low:g}-{high:g} s"
+            for command, (low, high) in settings.command_delays.items()
+        )
         log.info(
-            "downstream simulator on http://%s:%d%s (delay %.1f-%.1f s, failure rate %.0f%%)",
+            "downstream simulator on http://%s:%d%s (delay %.1f-%.1f s%s, failure rate %.0f%%)",
             settings.host,
             settings.port,
             settings.command_path,
             settings.min_delay,
             settings.max_delay,
+            own,
             settings.failure_rate * 100,
         )
         try:

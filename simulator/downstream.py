@@ -268,7 +268,7 @@ class Downstream:
             via=via,
             received_at=datetime.now(UTC),
             fence=fence,
-            delay=self._rng.uniform(self._settings.min_delay, self._settings.max_delay),
+            delay=self._rng.uniform(*self._settings.delays(command.command)),
             fails=self._rng.random() < self._settings.failure_rate
             or (first_run and command.command in self._settings.fail_once),
         )

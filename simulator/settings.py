@@ -41,6 +41,10 @@ class SimulatorSettings(_AwsSettings):
     # Seconds between receiving a command and calling back: uniform in [min_delay, max_delay].
     min_delay: float = Field(2.0, ge=0)
     max_delay: float = Field(5.0, ge=0)
+    # The same per command, where one should be slower or quicker than the rest: JSON, e.g.
+    # {"command-two": [4, 5]}. With SIMULATOR_FAIL_ONCE=command-two, a slow command two fails
+    # only after command one is done, so a redrive has exactly one command to send again.
+    command_delays: dict[str, tuple[float, float]] = {}
     # Probability that a command fails (its callback says "failed"); 0 never, 1 always.
     failure_rate: float = Field(0.0, ge=0, le=1)
     # Commands (e.g. "command-two") whose first run per idempotency key fails; run again by a
@@ -73,7 +77,17 @@ class SimulatorSettings(_AwsSettings):
     def _delays_ordered(self) -> SimulatorSettings:
         if self.max_delay < self.min_delay:
             raise ValueError("SIMULATOR_MAX_DELAY is below SIMULATOR_MIN_DELAY")
+        for command, (low, high) in self.command_delays.items():
+            if not 0 <= low <= high:
+                raise ValueError(
+                    f"SIMULATOR_COMMAND_DELAYS: {command}'s delays must be [min, max] "
+                    f"with 0 <= min <= max, not [{low}, {high}]"
+                )
         return self
+
+    def delays(self, command: str) -> tuple[float, float]:
+        """The range ``command``'s delay is drawn from: its own, else the common one."""
+        return self.command_delays.get(command, (self.min_delay, self.max_delay))
 
 
 class InboxSettings(_AwsSettings):

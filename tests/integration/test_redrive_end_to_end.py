@@ -6,6 +6,12 @@ kept, only command two is sent again (same idempotency key), the simulator runs 
 the redriven process completes. What an outsider checks: the simulator's list of the commands it
 received, the process table, and the CLI's answers. The simulator heartbeats while it works and
 the processes ask for heartbeats, so the state shows them too.
+
+Command two is the slow one (``SIMULATOR_COMMAND_DELAYS``), so its failure comes after command
+one's callback. A process stops waiting for its commands once the completion policy is decided:
+a command one still at work then would end "not-awaited" and be sent again by the redrive, as it
+should (under its key, and the simulator answers with its result without redoing it:
+tests/unit/test_simulator_operations.py). That is another story than this test's.
 """
 
 from __future__ import annotations
@@ -56,8 +62,10 @@ async def test_a_failed_command_is_redriven_and_the_one_that_succeeded_is_not_se
     settings = {
         "LOCAL_STACK_DEMO": "false",
         "SIMULATOR_FAIL_ONCE": "command-two",
-        "SIMULATOR_MIN_DELAY": "1",
-        "SIMULATOR_MAX_DELAY": "1.5",
+        # Command one done in well under a second; command two fails seconds later (above).
+        "SIMULATOR_MIN_DELAY": "0.2",
+        "SIMULATOR_MAX_DELAY": "0.5",
+        "SIMULATOR_COMMAND_DELAYS": '{"command-two": [5, 5]}',
         "SIMULATOR_HEARTBEAT_INTERVAL": "0.2",
         "APPROVAL_PROCESS__COMMAND_HEARTBEAT_TIMEOUT": "PT1M",
     }
@@ -71,6 +79,13 @@ async def test_a_failed_command_is_redriven_and_the_one_that_succeeded_is_not_se
             "failed",
         )
         assert stack.table_item(process_id)["reason"] == "command-failed"
+        code, out, err = await cli(stack, "status", process_id, "--json")
+        assert code == 0, err
+        commands = json.loads(out)["state"]["commands"]
+        assert (commands["command-one"]["status"], commands["command-two"]["status"]) == (
+            "succeeded",
+            "failed",
+        ), "command one's callback should have come before command two failed"
 
         code, out, err = await cli(stack, "redrive", process_id, "--json")
         assert code == 0, err

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
-from simulator.downstream import Downstream, create_app
+from simulator.downstream import Downstream, DownstreamCommand, create_app
+from simulator.settings import SimulatorSettings
 from simulator.work import WorkBook
 from tests.support.http import serving
 from tests.support.waiting import eventually
@@ -230,3 +233,32 @@ async def test_a_redrive_while_the_old_callback_is_being_posted_sends_the_result
     assert [t for t, _ in peer.callbacks] == [token_of(body), "token-redrive-1"]
     first, again = (c for _, c in peer.callbacks)
     assert again == first  # the same result, not run again
+
+
+async def test_a_command_can_be_given_its_own_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As an operator sets it: command two slow, the rest at the common delay.
+    monkeypatch.setenv("SIMULATOR_MIN_DELAY", "0.1")
+    monkeypatch.setenv("SIMULATOR_MAX_DELAY", "0.2")
+    monkeypatch.setenv("SIMULATOR_COMMAND_DELAYS", '{"command-two": [40, 40]}')
+    read = SimulatorSettings()
+    assert read.delays("command-two") == (40, 40)
+    assert read.delays("command-one") == (0.1, 0.2)
+    async with aiohttp.ClientSession() as http:
+        downstream = Downstream(read, http, sleep=no_sleep)
+        try:
+            taken = downstream.take(DownstreamCommand.model_validate(command("http://api")), "http")
+            other = command("http://api", key="process-1:command-one")
+            taken_one = downstream.take(DownstreamCommand.model_validate(other), "sqs")
+        finally:
+            await downstream.close()
+    assert taken.job is not None and taken.job.delay == 40
+    assert taken_one.job is not None and 0.1 <= taken_one.job.delay <= 0.2
+
+
+@pytest.mark.parametrize("delays", ['{"command-two": [5, 4]}', '{"command-two": [-1, 4]}'])
+def test_a_command_delay_out_of_order_is_refused(
+    monkeypatch: pytest.MonkeyPatch, delays: str
+) -> None:
+    monkeypatch.setenv("SIMULATOR_COMMAND_DELAYS", delays)
+    with pytest.raises(ValidationError, match="command-two's delays must be"):
+        SimulatorSettings()
