@@ -131,7 +131,11 @@ class ApprovalNotifier:
             APPROVAL_CALLBACK,
             Purpose.APPROVAL,
             request.deadline,
-            trace_parent=tracing.current_traceparent(),  # the approval continues this trace
+            trace_parent=(
+                request.link_trace.traceparent
+                if request.link_trace is not None
+                else tracing.current_traceparent()  # a process from before the workflow chose
+            ),
         )
         approve_url, reject_url = approval_links(self._base_url, token)
         response = self._sns.publish(
@@ -164,6 +168,8 @@ class ApprovalNotifier:
                 Purpose.APPROVAL,
                 notice.deadline,
                 approver=approver.id if approver else None,
+                # The process's trace, the same in every notice, so the link stays the same.
+                trace_parent=notice.link_trace.traceparent if notice.link_trace else None,
             )
             approve_url, reject_url = approval_links(self._base_url, token)
             response = self._sns.publish(

@@ -42,6 +42,10 @@ TRACESTATE = "tracestate"
 # The W3C trace context: what a downstream system passes on to continue a trace.
 TRACE_HEADERS = (TRACEPARENT, TRACESTATE)
 INSTRUMENTATION_NAME = "approval-flow"
+# The Temporal header temporalio's TracingInterceptor carries the context in (its fixed
+# ``header_key``), named here because the process workflow reads its own start's
+# (workflows/asking.py); tests/unit/test_tracing.py checks that the two agree.
+TEMPORAL_TRACE_HEADER = "_tracer-data"
 # The only OTLP transport installed: HTTP/protobuf needs no gRPC stack in every image.
 SUPPORTED_PROTOCOL = "http/protobuf"
 EXPORTERS = ("otlp", "console")

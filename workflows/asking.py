@@ -14,14 +14,17 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.notifications import ApprovalNotifier
+    from common.tracing import TEMPORAL_TRACE_HEADER, TRACEPARENT
     from workflows.approval import ApprovalRound, NoticeKind
     from workflows.messages import (
         ANYONE,
         Approver,
+        LinkTrace,
         NotifyApprovers,
         ProcessInput,
         PublishApprovalRequest,
@@ -30,6 +33,26 @@ with workflow.unsafe.imports_passed_through():
 # Processes started from this patch on ask under their ApprovalPolicy (named approvers, quorum,
 # reminders, escalation); older ones replay the original's one mail and one wait.
 APPROVAL_POLICY_PATCH = "approval-policy"
+# From this patch on every approval link carries the process's own trace context, so a decision
+# made through any of them (a named approver's, a reminder's) lands in the process's trace.
+# Before it, only the shared link of the first mail did (the publishing activity's), and named
+# approvers' links carried none: their decisions were traces of their own.
+APPROVAL_LINKS_TRACED_PATCH = "approval-links-traced"
+
+
+def process_link_trace() -> LinkTrace:
+    """The trace the process runs in, as its starter's tracing interceptor wrote it into the
+    start's headers. Read from the history, so it is the same on every replay and for every
+    notice: a reminder signs the very link the request did."""
+    header = workflow.info().headers.get(TEMPORAL_TRACE_HEADER)
+    if header is None:
+        return LinkTrace()  # started untraced: nothing to continue
+    try:
+        carrier = PayloadConverter.default.from_payloads([header])[0]
+    except Exception:  # a header of that name some other tool wrote: the links carry no trace
+        return LinkTrace()
+    value = carrier.get(TRACEPARENT) if isinstance(carrier, dict) else None
+    return LinkTrace(traceparent=value if isinstance(value, str) else None)
 
 
 class AskForApproval:
@@ -51,11 +74,14 @@ class AskForApproval:
         self._options = process_input.options
         self._retry = retry_policy
         self._touch = touch
+        self._link_trace: LinkTrace | None = None
 
     async def run(self) -> None:
         """Return once the round is settled, or expired at its deadline."""
         round_ = self._round
         assert round_.deadline is not None, "open the round first"
+        if workflow.patched(APPROVAL_LINKS_TRACED_PATCH):
+            self._link_trace = process_link_trace()
         await self._request()
         while not round_.settled:
             wake_at = round_.next_wakeup()
@@ -96,6 +122,7 @@ class AskForApproval:
                 description=self._input.description,
                 requested_at=self._requested_at,
                 deadline=self._round.deadline,
+                link_trace=self._link_trace,
             ),
             start_to_close_timeout=self._options.activity_attempt_timeout,
             retry_policy=self._retry,
@@ -130,6 +157,7 @@ class AskForApproval:
             to=tuple(to),
             anyone=anyone,
             summary=round_.summary() if kind != "request" else None,
+            link_trace=self._link_trace,
         )
         try:
             await workflow.execute_activity_method(

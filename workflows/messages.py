@@ -671,12 +671,25 @@ class StatusUpdateResult(Message):
     status: ProcessStatus
 
 
+class LinkTrace(Message):
+    """The trace every approval link of a process continues (patch ``approval-links-traced``).
+
+    Decided by the workflow, once per process: its own trace context, read from its start. So
+    every link (the shared one, each named approver's, in the request, reminders and escalations)
+    carries the same one, and a reminder still mails the very link the request did.
+    """
+
+    traceparent: str | None = None  # None: the process is not traced; the links carry none
+
+
 class PublishApprovalRequest(Message):
     process_id: str
     requested_by: str
     description: str
     requested_at: datetime
     deadline: datetime
+    # None (a process from before the patch): the link carries the publishing activity's trace.
+    link_trace: LinkTrace | None = None
 
 
 class NotifyApprovers(Message):
@@ -694,6 +707,8 @@ class NotifyApprovers(Message):
     # Also (or only) the shared link, to the whole topic.
     anyone: bool = False
     summary: str | None = None  # where the decision stands, for reminders
+    # None (a process from before the patch): the links carry no trace.
+    link_trace: LinkTrace | None = None
 
 
 class NotifyResult(Message):

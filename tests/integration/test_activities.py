@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio import activity
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter
@@ -31,6 +33,7 @@ from activities.factory import build_activities
 from activities.idempotency import IdempotencyStore
 from activities.notifications import ApprovalNotifier
 from activities.process_table import ProcessTableActivities
+from common import tracing
 from common.aws import AwsClients
 from common.aws_resources import ProvisionedResources, ensure_resources
 from common.settings import Settings
@@ -50,6 +53,7 @@ from workflows.messages import (
     CommandName,
     CreateProcessRecord,
     FailureReason,
+    LinkTrace,
     NotifyApprovers,
     ProcessStatus,
     PublishApprovalRequest,
@@ -773,6 +777,66 @@ def test_a_filter_policy_on_approver_routes_each_mail_to_its_approver_alone(aws:
         (mail,) = _received(aws, url, 1)
         assert mail["MessageId"] == sent.message_ids[approver]
         assert mail["Message"].startswith(f"To: {approver}")
+
+
+def test_every_link_carries_the_trace_the_process_chose(aws: Aws) -> None:
+    """The workflow names the trace every approval link continues (its start's, patch
+    approval-links-traced); the activity's own span, current while it runs, is not used."""
+    inbox = _inbox(aws)
+    notifier = ApprovalNotifier(
+        aws.clients.sns,
+        aws.resources.topic_arn,
+        aws.settings.signer,
+        aws.settings.callback_base_url,
+        aws.idempotency,
+    )
+    process_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    chosen, untraced = LinkTrace(traceparent=process_trace), LinkTrace()
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    shared = PublishApprovalRequest(
+        process_id=_process_id(),
+        requested_by="grace",
+        description="",
+        requested_at=datetime.now(UTC),
+        deadline=deadline,
+        link_trace=chosen,
+    )
+    request = NotifyApprovers(
+        process_id=_process_id(),
+        requested_by="grace",
+        description="",
+        requested_at=datetime.now(UTC),
+        deadline=deadline,
+        kind="request",
+        sequence=0,
+        to=(Approver(id="alice@example.test"),),
+        link_trace=chosen,
+    )
+    reminder = request.model_copy(update={"kind": "reminder", "sequence": 1})
+    not_traced = request.model_copy(update={"process_id": _process_id(), "link_trace": untraced})
+    traced = tracing.from_environment(
+        "test", processors=(SimpleSpanProcessor(InMemorySpanExporter()),)
+    )
+    assert traced.tracer is not None
+    with traced.tracer.start_as_current_span("RunActivity"):  # as the worker's interceptor does
+        assert tracing.current_traceparent() not in (None, process_trace)
+        for notice in (shared, request, reminder, not_traced):
+            run = (
+                notifier.publish_approval_request if notice is shared else notifier.notify_approvers
+            )
+            ActivityEnvironment().run(run, notice)  # type: ignore[arg-type]
+    traced.shutdown()
+
+    tokens: dict[str, list[str]] = {}
+    for mail in _received(aws, inbox, 4):
+        approve = re.findall(r"https?://\S+", mail["Message"])[0]
+        token = approve.rsplit("/", 1)[1]
+        claims = aws.settings.signer.verify(token, Purpose.APPROVAL)
+        tokens.setdefault(claims.workflow_id, []).append(token)
+        expected = None if claims.workflow_id == not_traced.process_id else process_trace
+        assert claims.trace_parent == expected
+    first, again = tokens[request.process_id]
+    assert first == again  # the reminder mails the very link the request did
 
 
 def _received(aws: Aws, queue_url: str, count: int) -> list[dict[str, Any]]:

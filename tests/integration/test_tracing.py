@@ -17,9 +17,11 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.factory import build_activities
@@ -46,12 +49,13 @@ from starter import StarterSettings, start_process
 from tests.support.http import serving
 from tests.support.moto_server import MotoServer, moto_settings, running_moto_server
 from worker import ACTIVITY_THREADS, build_worker
-from workflows.messages import ProcessOptions
+from workflows.messages import ApprovalPolicy, ProcessOptions
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW_TIMEOUT = 60.0
+SECOND = timedelta(seconds=1)
 ACTIVITIES = (
     "create_process",
     "publish_approval_request",
@@ -78,10 +82,14 @@ def _approval_queue(clients: AwsClients, topic_arn: str, name: str) -> str:
     return queue_url
 
 
-async def _approval_link(clients: AwsClients, queue_url: str, within: float) -> str:
-    """The approve link of the first mail to arrive, waiting (long polls) up to ``within``."""
+async def _approval_links(
+    clients: AwsClients, queue_url: str, count: int, within: float
+) -> list[str]:
+    """The approve links of the first ``count`` mails, in the order they arrive, waiting (long
+    polls) up to ``within``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
+    links: list[str] = []
     while loop.time() < deadline:
         received = await asyncio.to_thread(
             clients.sqs.receive_message, QueueUrl=queue_url, WaitTimeSeconds=1
@@ -89,8 +97,10 @@ async def _approval_link(clients: AwsClients, queue_url: str, within: float) -> 
         for message in received.get("Messages", []):
             link = InboxMessage.from_sns(json.loads(message["Body"])).approve_url
             if link:
-                return link
-    pytest.fail(f"no approval mail within {within:g} s")
+                links.append(link)
+            if len(links) == count:
+                return links
+    pytest.fail(f"{len(links)} of {count} approval mails within {within:g} s")
 
 
 async def _approve_as_a_browser(http: aiohttp.ClientSession, link: str) -> None:
@@ -120,7 +130,30 @@ def _span_id_in(traceparent: str | None) -> int:
     return int(traceparent.split("-")[2], 16)
 
 
-async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: MotoServer) -> None:
+@dataclass
+class TracedSystem:
+    """Every part of the system in this test process, each traced into one in-memory exporter."""
+
+    exporter: InMemorySpanExporter
+    client: Client
+    settings: StarterSettings
+    clients: AwsClients
+    mailbox: str
+    http: aiohttp.ClientSession
+    downstream: simulator.Downstream
+
+    async def run_to_completion(self, process_id: str) -> None:
+        handle = self.client.get_workflow_handle(process_id)
+        result = await asyncio.wait_for(handle.result(), FLOW_TIMEOUT)
+        assert result["commands"] and all(c["status"] == "succeeded" for c in result["commands"])
+        # Both callbacks answered: their server spans have ended, so they are exported.
+        await asyncio.wait_for(self.downstream.drain(), FLOW_TIMEOUT)
+
+
+@asynccontextmanager
+async def traced_system(
+    dev_env: WorkflowEnvironment, moto: MotoServer, options: ProcessOptions | None = None
+) -> AsyncIterator[TracedSystem]:
     exporter = InMemorySpanExporter()
     traced = tracing.from_environment("test", processors=(SimpleSpanProcessor(exporter),))
     suffix = uuid.uuid4().hex[:10]
@@ -142,8 +175,10 @@ async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: Moto
                 {
                     "SIMULATOR_QUEUE_URL": base.command_queue_url,
                     "AWS_ENDPOINT_URL": moto.endpoint_url,
-                    "min_delay": 0,
-                    "max_delay": 0.05,
+                    # Each command worked on briefly, with a heartbeat at its start.
+                    "min_delay": 0.05,
+                    "max_delay": 0.1,
+                    "heartbeat_interval": 1,
                 }
             ),
             http,
@@ -153,28 +188,34 @@ async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: Moto
         )
         consumer = asyncio.create_task(downstream.consume_queue(clients.sqs))
         stack.callback(consumer.cancel)
+        options = (options or ProcessOptions()).model_copy(
+            update={"lock_resource": f"tracing-{suffix}"}
+        )
         settings = StarterSettings(
             **{
                 **base.model_dump(),
                 "signing_keys": base.signing_keys,
                 "callback_base_url": api_url,
                 "command_url": f"{simulator_url}/commands/two",
-                "process": ProcessOptions(lock_resource=f"tracing-{suffix}"),
+                "process": options,
             }
         )
         executor = stack.enter_context(ThreadPoolExecutor(ACTIVITY_THREADS))
         activities = build_activities(settings, clients, http, executor)
         worker = build_worker(client, settings, activities, executor)
         await stack.enter_async_context(worker)
+        yield TracedSystem(exporter, client, settings, clients, mailbox, http, downstream)
 
-        started = await start_process(client, settings, "tracer", "one process, one trace")
-        link = await _approval_link(clients, mailbox, within=FLOW_TIMEOUT)
-        await _approve_as_a_browser(http, link)
-        handle = client.get_workflow_handle(started.process_id)
-        result = await asyncio.wait_for(handle.result(), FLOW_TIMEOUT)
-        assert result["commands"] and all(c["status"] == "succeeded" for c in result["commands"])
-        # Both callbacks answered: their server spans have ended, so they are exported.
-        await asyncio.wait_for(downstream.drain(), FLOW_TIMEOUT)
+
+async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: MotoServer) -> None:
+    async with traced_system(dev_env, moto) as system:
+        started = await start_process(
+            system.client, system.settings, "tracer", "one process, one trace"
+        )
+        [link] = await _approval_links(system.clients, system.mailbox, 1, within=FLOW_TIMEOUT)
+        await _approve_as_a_browser(system.http, link)
+        await system.run_to_completion(started.process_id)
+        downstream, exporter = system.downstream, system.exporter
 
     spans = list(exporter.get_finished_spans())
     names = sorted(s.name for s in spans)
@@ -196,14 +237,15 @@ async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: Moto
         assert _named(spans, name), f"no {name} span in {names}"
     assert len(_named(spans, "HandleSignal:command_callback")) == 2
 
-    # The approval, posted with no trace header, continues the trace from its signed link.
-    publish = _one(spans, "RunActivity:publish_approval_request")
+    # The approval, posted with no trace header, continues the trace from its signed link, at
+    # the process's start (the workflow names that span for every link it has mailed).
+    assert _named(spans, "RunActivity:publish_approval_request")
     # Post/redirect/get: the page, the POST, and the page the POST redirects to.
     pages = _named(spans, "GET /approvals/{token}")
     assert len(pages) == 2
     for page in [*pages, _one(spans, "POST /approvals/{token}")]:
         assert page.kind is SpanKind.SERVER and page.parent is not None
-        assert page.parent.span_id == publish.context.span_id
+        assert page.parent.span_id == root.context.span_id
     decision = _one(spans, "SignalWorkflow:approval_decision")
     assert decision.parent is not None
     assert decision.parent.span_id == _one(spans, "POST /approvals/{token}").context.span_id
@@ -224,12 +266,47 @@ async def test_one_process_is_one_trace(dev_env: WorkflowEnvironment, moto: Moto
         [one.context.span_id, two.context.span_id]
     )
     assert all(c.attributes and c.attributes["http.response.status_code"] == 202 for c in callbacks)
+    # So did each heartbeat the simulator sent while it worked.
+    heartbeats = _named(spans, "POST /callbacks/{token}/heartbeat")
+    assert sorted(h.parent.span_id for h in heartbeats if h.parent) == sorted(
+        [one.context.span_id, two.context.span_id]
+    )
     assert len(_named(spans, "SignalWorkflow:command_callback")) == 2
 
     # The shared mutex stays out of the process's trace, and no span holds a link's token.
     assert not [name for name in names if "Mutex" in name]
     token = link.rsplit("/", 1)[1]
     assert not [s.name for s in spans if token in json.dumps(dict(s.attributes or {})) + s.name]
+
+
+async def test_a_named_approver_s_link_and_its_reminder_are_in_the_process_trace(
+    dev_env: WorkflowEnvironment, moto: MotoServer
+) -> None:
+    # Short enough to see a reminder come; 30 reminders per deadline are within the bound.
+    options = ProcessOptions(
+        approval_timeout=timedelta(minutes=1),
+        approval=ApprovalPolicy(
+            approvers="ada@example.test=Ada", remind_every=timedelta(seconds=2)
+        ),
+    )
+    async with traced_system(dev_env, moto, options) as system:
+        started = await start_process(system.client, system.settings, "tracer", "named")
+        request, reminder = await _approval_links(
+            system.clients, system.mailbox, 2, within=FLOW_TIMEOUT
+        )
+        assert reminder == request  # the reminder mails Ada's very link
+        await _approve_as_a_browser(system.http, request)
+        await system.run_to_completion(started.process_id)
+
+    spans = list(system.exporter.get_finished_spans())
+    root = _one(spans, "StartWorkflow:ProcessWorkflow")
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}
+    assert len(_named(spans, "RunActivity:notify_approvers")) >= 2  # the request, a reminder
+    posted = _one(spans, "POST /approvals/{token}")
+    assert posted.parent is not None and posted.parent.span_id == root.context.span_id
+    decision = _one(spans, "SignalWorkflow:approval_decision")
+    assert decision.parent is not None and decision.parent.span_id == posted.context.span_id
+    assert _named(spans, "HandleSignal:approval_decision")
 
 
 # ---------------------------------------------------------------------------------------------

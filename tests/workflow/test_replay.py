@@ -183,6 +183,9 @@ REQUIRED["v3"] += [
     "ops_redrive_completed",
     "ops_redrive_asks_again",
 ]
+# ``approval-links-traced``: every approval link carries the process's own trace, read from its
+# start's headers (``record_histories v3 --only ops_links``).
+REQUIRED["v3"] += ["ops_links_traced_named", "ops_links_traced_shared"]
 
 
 def _name(path: Path) -> str:

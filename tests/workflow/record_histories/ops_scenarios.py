@@ -1,25 +1,31 @@
-"""Scenarios of the operators' patches (issue 11): command heartbeats, redrive, mutex priority.
+"""Scenarios of the operators' patches (issue 11): command heartbeats, redrive, mutex priority,
+approval links in the process's trace.
 
-``command-heartbeats``, ``redrive`` (ProcessWorkflow) and ``mutex-priority`` (MutexWorkflow) each
-guard a branch that only processes started from them on take; each scenario asserts its patch's
-marker is in the history it saves. Names start ``ops_`` so they can be recorded on their own
-(``--only ops_``) beside other changes' histories in one version folder.
+``command-heartbeats``, ``redrive``, ``approval-links-traced`` (ProcessWorkflow) and
+``mutex-priority`` (MutexWorkflow) each guard a branch that only processes started from them on
+take; each scenario asserts its patch's marker is in the history it saves. Names start ``ops_``
+so they can be recorded on their own (``--only ops_``) beside other changes' histories in one
+version folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import WorkflowHandle
+from opentelemetry.sdk.trace import TracerProvider
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from cli import redrive
 from cli.settings import CliSettings
 from tests.workflow.fakes import eventually
 from tests.workflow.harness import Harness, harness
 from tests.workflow.record_histories.recording import (
+    FAST_RETRIES,
     PATIENCE,
     SECOND,
     E,
@@ -27,11 +33,16 @@ from tests.workflow.record_histories.recording import (
     Recording,
     start,
 )
+from workflows.asking import APPROVAL_LINKS_TRACED_PATCH
 from workflows.messages import (
+    PROCESS_ID_PREFIX,
+    ApprovalPolicy,
     CommandHeartbeat,
     CommandName,
     FailureReason,
+    LinkTrace,
     LockRelease,
+    ProcessInput,
     mutex_workflow_id,
 )
 from workflows.mutex import PRIORITY_PATCH, MutexWorkflow
@@ -207,10 +218,68 @@ async def ops_mutex_priority(rec: Recording) -> None:
         rec.save("ops_mutex_priority_run2", later)
 
 
+async def _start_traced(h: Harness, **overrides: Any) -> WorkflowHandle[Any, Any]:
+    """Start a process as a traced starter does (the CLI with OTEL_* set): the start's headers
+    carry its trace context, which the workflow reads for the links it has mailed."""
+    provider = TracerProvider()  # spans made and dropped: only the header matters here
+    config = h.client.config()
+    config["interceptors"] = [TracingInterceptor(provider.get_tracer("record_histories"))]
+    options = h.options(**{**FAST_RETRIES, **overrides})
+    return await Client(**config).start_workflow(
+        ProcessWorkflow.run,
+        ProcessInput(requested_by="alice", description="traced", options=options),
+        id=f"{PROCESS_ID_PREFIX}{uuid.uuid4()}",
+        task_queue=h.task_queue,
+    )
+
+
+def _link_traces(h: Harness, process_id: str) -> set[LinkTrace | None]:
+    mailed = [n.link_trace for n in h.fakes.notices[process_id]]
+    shared = h.fakes.approvals.get(process_id)
+    return {*mailed, *([shared.link_trace] if shared else [])}
+
+
+async def ops_links_traced_named(rec: Recording) -> None:
+    """A traced process with a named approver, reminded once: every mail's links continue the
+    process's trace (patch approval-links-traced), the same in the reminder."""
+    async with harness(rec.client) as h:
+        policy = ApprovalPolicy(approvers="ada@example.test=Ada", remind_every=SECOND)
+        handle = await _start_traced(h, approval=policy)
+        await eventually(
+            lambda: h.fakes.mailed(handle.id, "reminder"), within=PATIENCE, what="a reminder"
+        )
+        await h.decide_as(handle, "ada@example.test")
+        await h.wait_sent(handle)
+        await h.call_back(handle, ONE)
+        await h.call_back(handle, TWO)
+        history = await rec.completed(handle)
+        assert _patched(history, APPROVAL_LINKS_TRACED_PATCH)
+        [trace] = _link_traces(h, handle.id)
+        assert trace is not None and trace.traceparent is not None
+        rec.save("ops_links_traced_named", history)
+
+
+async def ops_links_traced_shared(rec: Recording) -> None:
+    """A traced process without named approvers: the shared link carries the process's trace."""
+    async with harness(rec.client) as h:
+        handle = await _start_traced(h)
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, ONE)
+        await h.call_back(handle, TWO)
+        history = await rec.completed(handle)
+        assert _patched(history, APPROVAL_LINKS_TRACED_PATCH)
+        [trace] = _link_traces(h, handle.id)
+        assert trace is not None and trace.traceparent is not None
+        rec.save("ops_links_traced_shared", history)
+
+
 SCENARIOS = [
     ops_heartbeat_missed,
     ops_heartbeats_kept_alive,
     ops_redrive_completed,
     ops_redrive_asks_again,
     ops_mutex_priority,
+    ops_links_traced_named,
+    ops_links_traced_shared,
 ]
