@@ -11,13 +11,19 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 from temporalio.client import Client, WorkflowHandle
 
 from common.settings import Settings
-from workflows.messages import PROCESS_ID_PREFIX, ProcessInput, ProcessOptions
+from workflows.messages import (
+    PROCESS_ID_PREFIX,
+    InvalidProcessOptions,
+    ProcessInput,
+    ProcessOptions,
+)
 
 PROCESS_WORKFLOW = "ProcessWorkflow"
 
@@ -61,6 +67,7 @@ async def start_process(
         options=options if options is not None else settings.process,
     )
     process_input.options.check()
+    check_heartbeat_timeout(process_input.options, settings.heartbeat_min_interval)
     process_id = f"{PROCESS_ID_PREFIX}{uuid.uuid4()}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         PROCESS_WORKFLOW,
@@ -69,6 +76,24 @@ async def start_process(
         task_queue=settings.task_queue,
     )
     return Started(process_id=process_id, run_id=handle.result_run_id)
+
+
+def check_heartbeat_timeout(options: ProcessOptions, min_interval: timedelta) -> None:
+    """Refuse a heartbeat timeout no downstream system could meet.
+
+    The callbacks API passes one link's heartbeats on at most once per ``min_interval``
+    (``APPROVAL_HEARTBEAT_MIN_INTERVAL``), so the workflow sees a heartbeat at best every
+    ``min_interval``: with a timeout not longer than that, every command would time out however
+    often its system heartbeats.
+    """
+    timeout = options.command_heartbeat_timeout
+    if timeout is not None and timeout <= min_interval:
+        raise InvalidProcessOptions(
+            f"command_heartbeat_timeout {timeout} is not longer than "
+            f"APPROVAL_HEARTBEAT_MIN_INTERVAL {min_interval}, the callbacks API's closest spacing "
+            "of one command's heartbeats: every command would time out however often it "
+            "heartbeats; raise command_heartbeat_timeout to a few times that interval"
+        )
 
 
 async def wait_for_approval_link(

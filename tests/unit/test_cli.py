@@ -257,6 +257,32 @@ async def test_a_lease_shorter_than_a_process_needs_is_refused_at_start(
     assert "command timeout 3:00:00" in message
 
 
+async def test_a_heartbeat_timeout_no_system_could_meet_is_refused_at_start(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """The API passes one link's heartbeats on at most every 5 s: a 3 s timeout always fired."""
+    settings = CliSettings(
+        inbox_url=None, process=ProcessOptions(command_heartbeat_timeout=timedelta(seconds=3))
+    )
+    args = build_parser().parse_args(["start", "--requested-by", "alice"])
+    with pytest.raises(CliError) as error:
+        await execute(args, time_env.client, settings, Output(False, io.StringIO()))
+    assert error.value.code == EXIT_USAGE
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "invalid process options: command_heartbeat_timeout 0:00:03 is not longer than "
+        "APPROVAL_HEARTBEAT_MIN_INTERVAL 0:00:05"
+    )
+    # A few times the interval is fine.
+    fine = settings.model_copy(
+        update={"process": ProcessOptions(command_heartbeat_timeout=timedelta(seconds=20))}
+    )
+    out = io.StringIO()
+    await execute(args, time_env.client, fine, Output(True, out))
+    assert json.loads(out.getvalue())["process_id"].startswith("process-")
+
+
 def test_reminders_that_would_flood_the_history_are_refused() -> None:
     """10 s reminders over a day would be ~8,640 timers and mails: past Temporal's history limit."""
     policy = ApprovalPolicy(remind_every=timedelta(seconds=10))
