@@ -193,7 +193,11 @@ def render(
             lines.append(f"{name.value}: succeeded in {origin}, not sent again")
         else:
             key = f"{redrive.original_process_id}:{name.value}"
-            lines.append(f"{name.value}: sent again, idempotency key {key}")
+            # A process that failed before its commands (rejected, cancelled while queued) never
+            # sent them: "again" would send an operator looking for a first send that never was.
+            never = state.commands[name].status == "not-started" if name in state.commands else True
+            verb = "sent for the first time" if never else "sent again"
+            lines.append(f"{name.value}: {verb}, idempotency key {key}")
     lines.append(
         f"Lock: queues for {options.lock_resource} again, "
         f"priority {describe_priority(options.lock_priority)}"

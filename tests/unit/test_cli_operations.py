@@ -188,6 +188,12 @@ def test_a_redrive_asks_again_when_the_approval_was_the_failure() -> None:
     )
     redrive = plan("process-1", ProcessInput(requested_by="alice"), rejected)
     assert redrive.approval is None and redrive.succeeded == {}
+    # Never sent by the failed process: the redrive sends them for the first time.
+    text = render(
+        "process-1-redrive-1", redrive, ProcessInput(requested_by="alice"), rejected, None
+    )
+    assert "command-one: sent for the first time, idempotency key process-1:command-one" in text
+    assert "sent again" not in text
 
 
 def test_a_redrive_of_a_redrive_counts_on_and_keeps_the_original_keys() -> None:
