@@ -125,7 +125,8 @@ def from_environment(component: str, processors: tuple[SpanProcessor, ...] = ())
             # the batch size and delay from OTEL_BSP_*.
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         else:
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            # On stderr: a program's stdout is its answer (the CLI's --json must stay parseable).
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     for processor in processors:
         provider.add_span_processor(processor)
     return Tracing(provider.get_tracer(INSTRUMENTATION_NAME), provider)

@@ -112,3 +112,13 @@ def child_environment(
     env.pop("APPROVAL_METRICS_PORT", None)
     env.setdefault("APPROVAL_SIGNING_KEYS", keys)
     return env
+
+
+def temporal_server_environment(env: dict[str, str]) -> dict[str, str]:
+    """The dev server's environment: the children's, without the ``OTEL_*`` variables.
+
+    They are meant for this project's programs. The server reads them as its own and refuses an
+    exporter it does not have (``OTEL_TRACES_EXPORTER=console`` stopped ``make run`` before it
+    started), and its internal spans belong to no process's trace.
+    """
+    return {name: value for name, value in env.items() if not name.startswith("OTEL_")}

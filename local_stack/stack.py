@@ -26,7 +26,11 @@ from temporalio.client import Client
 
 from common.temporal import TemporalUnavailable, connect
 from local_stack.children import Child, ChildFailed
-from local_stack.environment import child_environment, signing_keys
+from local_stack.environment import (
+    child_environment,
+    signing_keys,
+    temporal_server_environment,
+)
 from local_stack.readiness import http_ok, temporal_ready, wait_until_ready, worker_polling
 from local_stack.settings import LocalStackSettings
 from local_stack.snapshot import import_snapshot
@@ -103,6 +107,7 @@ class Stack:
                 "--log-level",
                 "warn",
             ],
+            env=temporal_server_environment(self._env),
         )
         moto = await self._start(
             "moto",

@@ -371,8 +371,13 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
 
 
 async def test_failed_command_fails_the_process(tmp_path: Path) -> None:
+    # With tracing on, printing spans: every part and the CLI read OTEL_*, the Temporal dev server
+    # must not (it refuses "console"), and the CLI's --json must stay parseable (spans on stderr).
+    traced = {"OTEL_TRACES_EXPORTER": "console"}
     async with (
-        local_stack(tmp_path, SIMULATOR_FAILURE_RATE="1", LOCAL_STACK_DEMO="false") as stack,
+        local_stack(
+            tmp_path, SIMULATOR_FAILURE_RATE="1", LOCAL_STACK_DEMO="false", **traced
+        ) as stack,
         aiohttp.ClientSession() as http,
     ):
         assert "Approval link:" not in stack.output
@@ -404,3 +409,6 @@ async def test_failed_command_fails_the_process(tmp_path: Path) -> None:
         output = stack.output
         assert "make run: simulator exited with code -9; stopping the rest." in output
         assert "worker stopped (exit 0" in output and "temporal stopped (exit 0" in output
+        # The worker flushed its spans as it stopped: the process's are in its log.
+        worker_log = (stack.data_dir / "logs" / "worker.log").read_text()
+        assert f'"temporalWorkflowID": "{process_id}"' in worker_log

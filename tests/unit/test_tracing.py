@@ -108,6 +108,21 @@ def test_a_collector_or_an_exporter_turns_it_on(
         on.shutdown()
 
 
+def test_console_spans_go_to_stderr_so_stdout_stays_the_answer(
+    no_otel: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`OTEL_TRACES_EXPORTER=console approval-flow start --json | jq` once got spans in its JSON."""
+    no_otel.setenv("OTEL_TRACES_EXPORTER", "console")
+    on = tracing.from_environment("cli")
+    assert on.tracer is not None
+    with on.tracer.start_as_current_span("StartWorkflow:ProcessWorkflow"):
+        pass
+    on.shutdown()
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert '"name": "StartWorkflow:ProcessWorkflow"' in printed.err
+
+
 def test_the_service_name_variable_wins(no_otel: pytest.MonkeyPatch) -> None:
     no_otel.setenv("OTEL_TRACES_EXPORTER", "console")
     no_otel.setenv("OTEL_SERVICE_NAME", "approvals-eu")
