@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from tests.workflow.fakes import eventually
+from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.harness import Harness, harness
+from tests.workflow.requester import Requester
 from workflows.messages import (
     CommandCallback,
     CommandName,
     LockRelease,
+    LockRequest,
+    MutexInput,
     ProcessStatus,
     Stage,
+    mutex_workflow_id,
 )
 from workflows.mutex import MutexWorkflow
 from workflows.process import LOCK_TIMEOUT_MESSAGE, ProcessWorkflow
@@ -243,3 +250,63 @@ async def test_failing_liveness_check_keeps_the_mutex_and_its_queue(
 
 async def _no_holder(h: Harness) -> bool:
     return (await h.mutex_state()).holder is None
+
+
+async def test_requests_and_releases_start_no_timer_of_their_own(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """The liveness check keeps one timer; messages that wake the mutex do not restart it.
+
+    Before ``mutex-one-liveness-timer`` every request and release cancelled a timer and started
+    another in the handoff's own workflow task. Here 20 requests reach a held lock one task at a
+    time, then the 20 handoffs follow: no time passes, so one timer is all the check needs.
+    """
+    client = time_env.client
+    resource = f"res-{uuid.uuid4().hex[:8]}"
+    task_queue = f"tq-{uuid.uuid4()}"
+    holder, waiter = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[MutexWorkflow, Requester],
+        activities=Fakes().activities(),
+    ):
+        keeper = await client.start_workflow(
+            Requester.run, "held", id=holder, task_queue=task_queue
+        )
+        taker = await client.start_workflow(Requester.run, "", id=waiter, task_queue=task_queue)
+        mutex = await client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(resource=resource),
+            id=mutex_workflow_id(resource),
+            task_queue=task_queue,
+        )
+
+        async def queued(count: int) -> bool:
+            state = await mutex.query(MutexWorkflow.state)
+            return state.holder is not None and len(state.queue) == count
+
+        await mutex.signal(MutexWorkflow.request, _lock_request(holder, "held"))
+        for n in range(20):
+            await mutex.signal(MutexWorkflow.request, _lock_request(waiter, f"w{n}"))
+            await eventually(lambda n=n: queued(n + 1), what=f"request {n} queued")
+        await keeper.signal(Requester.let_go)
+
+        async def drained() -> bool:
+            return len(await taker.query(Requester.grants)) == 20
+
+        await eventually(drained, what="20 handoffs")
+        assert await taker.query(Requester.grants) == [f"w{n}" for n in range(20)]
+        history = await mutex.fetch_history()
+    timers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    cancelled = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_CANCELED]
+    assert (len(timers), len(cancelled)) == (1, 0)
+
+
+def _lock_request(requester: str, request_id: str) -> LockRequest:
+    return LockRequest(
+        requester_workflow_id=requester,
+        request_id=request_id,
+        lease_timeout=timedelta(hours=1),
+        requested_at=datetime.now(UTC),
+    )

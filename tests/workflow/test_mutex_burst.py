@@ -13,19 +13,16 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from temporalio import workflow
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.workflow.fakes import Fakes, eventually
+from tests.workflow.requester import Requester
 from workflows.lock_queue import urgency
 from workflows.messages import (
-    LOCK_RELEASE_SIGNAL,
     LOCK_REQUEST_SIGNAL,
-    LockGranted,
-    LockRelease,
     LockRequest,
     MutexInput,
     MutexState,
@@ -37,33 +34,6 @@ E = EventType
 UNHANDLED_COMMAND = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
 BURST = 5000
 LET_THROUGH = 25  # handoffs after the burst; the rest stays queued behind the one kept
-
-
-@workflow.defn(sandboxed=False)
-class Requester:
-    """Stands in for every requester of the burst: gives each grant back at once, except the
-    one it was told to keep (so the queue stops there), and remembers the order of its grants."""
-
-    def __init__(self) -> None:
-        self._grants: list[str] = []
-
-    @workflow.run
-    async def run(self, keep: str) -> None:
-        self._keep = keep
-        await workflow.wait_condition(lambda: False)
-
-    @workflow.signal
-    async def lock_granted(self, grant: LockGranted) -> None:
-        self._grants.append(grant.request_id)
-        if grant.request_id == self._keep:
-            return
-        await workflow.get_external_workflow_handle(mutex_workflow_id(grant.resource)).signal(
-            LOCK_RELEASE_SIGNAL, LockRelease(request_id=grant.request_id, lease_id=grant.lease_id)
-        )
-
-    @workflow.query
-    def grants(self) -> list[str]:
-        return list(self._grants)
 
 
 def _request(requester: str, n: int) -> LockRequest:

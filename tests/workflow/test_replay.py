@@ -187,6 +187,30 @@ REQUIRED["v3"] += [
 # start's headers (``record_histories v3 --only ops_links``).
 REQUIRED["v3"] += ["ops_links_traced_named", "ops_links_traced_shared"]
 
+# ``mutex-one-liveness-timer`` (issue 12): the liveness check on one timer of its own, the loop
+# waiting without a timeout. Every mutex branch again, with all the mutex patches before it:
+# ``record_histories v4 --only mutex_``, ``--only ops_mutex_priority`` and the mutex histories of
+# ``--only error_lease_revoked``, ``lock_contention``, ``late_grant_released`` (their process
+# histories are v3's again, so they were not kept).
+REQUIRED["v4"] = [
+    "mutex_abandoned_holder",
+    "mutex_cancel_ignored",
+    "mutex_cancel_races_grant",
+    "mutex_continue_as_new_run1",
+    "mutex_continue_as_new_run2",
+    "mutex_failed_grant",
+    "mutex_fifo_queue_liveness_alive",
+    "mutex_late_grant_released",
+    "mutex_lease_revoked",
+    "mutex_liveness_unknown_and_unmarkable",
+    "mutex_queued_requests_cancelled",
+    "mutex_revoked_holder_gone",
+    "mutex_takeover_reset_keeps_lease",
+    "mutex_takeover_terminated",
+    "ops_mutex_priority_run1",
+    "ops_mutex_priority_run2",
+]
+
 
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()
