@@ -23,6 +23,7 @@ from benchmarks import figures as figs
 from benchmarks.figures import Figure
 from benchmarks.stack import Part, Stack
 from benchmarks.timeline import Profile
+from local_stack.dev_server import dynamic_config_args
 from workflows.messages import ProcessOptions, mutex_workflow_id
 
 DEFAULT_OUT = Path(".bench/results.json")
@@ -77,20 +78,36 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a dynamic config value for the dev server (repeatable), e.g. "
-        "history.transferProcessorMaxPollRPS=1000",
+        help="a dynamic config value for the dev server (repeatable), over make run's own "
+        "(local_stack/dev_server.py); e.g. history.transferProcessorMaxPollRPS=20 measures on "
+        "the server's default pacing",
     )
     args = parser.parse_args(argv)
     parts = {p for p in args.only.split(",") if p} or set(PARTS)
     if parts - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
-    server_args = [
-        arg for value in args.dynamic_config for arg in ("--dynamic-config-value", value)
-    ]
+    try:
+        server_args = dev_server_args(args.dynamic_config)
+    except ValueError as err:
+        parser.error(str(err))
     sizes = QUICK if args.quick else FULL
     if args.quick:
         memory.WARM_UP, memory.SETTLE_SECONDS = 2, 0.5
     return asyncio.run(run(sizes, parts, args.out, args.quick, server_args))
+
+
+def dev_server_args(values: list[str]) -> list[str]:
+    """The dev server as ``make run`` configures it, with ``KEY=VALUE`` overrides by key.
+
+    Project and baselines run on this one server, so whatever it is set to, each ratio compares
+    both on the same pacing."""
+    overrides: dict[str, str] = {}
+    for value in values:
+        key, sep, setting = value.partition("=")
+        if not sep or not key or not setting:
+            raise ValueError(f"--dynamic-config wants KEY=VALUE, not {value!r}")
+        overrides[key] = setting
+    return dynamic_config_args(overrides)
 
 
 # Longest each part may take before it is reported as failed and the run goes on: a guard
@@ -277,6 +294,7 @@ def report(
         f"average {load_before[0]:.2f} before, {info['load_average_after'][0]:.2f} after; "
         f"Python {info['python']}, temporalio {info['temporalio']}, {info['temporal_cli']}"
     )
+    print(f"dev server: {' '.join(server_args[1::2]) or 'its defaults'}")
     figs.write(
         out,
         info,

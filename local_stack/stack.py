@@ -26,6 +26,7 @@ from temporalio.client import Client
 
 from common.temporal import TemporalUnavailable, connect
 from local_stack.children import Child, ChildFailed
+from local_stack.dev_server import dynamic_config_args
 from local_stack.environment import (
     child_environment,
     signing_keys,
@@ -106,6 +107,7 @@ class Stack:
                 "--ui-disable-news-fetch",
                 "--log-level",
                 "warn",
+                *dynamic_config_args(),  # the server's pacing of cross-workflow hops, lifted
             ],
             env=temporal_server_environment(self._env),
         )
