@@ -258,6 +258,10 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
     slow = {"SIMULATOR_MIN_DELAY": "2.5", "SIMULATOR_MAX_DELAY": "3"}
     # A send cut off by the kill is tried again after 1 s, not the original's 5 min.
     slow["APPROVAL_PROCESS__HTTP_RETRY__DELAY"] = "PT1S"
+    # The third process's command two hangs on the frozen simulator when the kill lands; the
+    # server sends it again once its heartbeat is overdue. 10 s rather than 30 s: the restart
+    # itself takes about that long, so the process no longer waits ~20 s more after it.
+    slow["APPROVAL_PROCESS__SEND_HEARTBEAT_TIMEOUT"] = "PT10S"
     async with local_stack(tmp_path, **slow) as stack, aiohttp.ClientSession() as http:
         # What make run promises on its last lines, and the UI behind the first one.
         output = stack.output
