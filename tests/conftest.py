@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.scheduling import longest_first
 from tests.support.temporal import start_dev_server, start_time_skipping
 
 SHARED_SCOPES = frozenset({"module", "package", "class"})
@@ -20,10 +21,11 @@ SHARED_SCOPES = frozenset({"module", "package", "class"})
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests that share a module-scoped fixture on one xdist worker.
+    """Keep the tests that share a module-scoped fixture on one xdist worker; longest first.
 
     Spread over two workers, a module's server, stack or emulator would start once on each. A
     test in a group of its own choosing (``xdist_group``) keeps it; the rest are spread freely.
+    Then the tests marked with a ``duration`` go out first (tests/support/scheduling.py).
     """
     for item in items:
         if not isinstance(item, pytest.Function) or item.get_closest_marker("xdist_group"):
@@ -31,6 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = item._fixtureinfo.name2fixturedefs.values()  # pytest keeps no public mapping
         if any(defs[-1].scope in SHARED_SCOPES for defs in fixtures):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    longest_first(items)
 
 
 @pytest.fixture
