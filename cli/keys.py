@@ -15,7 +15,6 @@ from typing import Any
 
 from cli.settings import CliSettings
 from workflows.messages import ProcessOptions
-from workflows.process import send_budget
 
 HELP = "signing keys, and how long links live (for key rotation)"
 
@@ -26,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def link_lives(options: ProcessOptions, grace: timedelta) -> dict[str, timedelta]:
     """How long each kind of link stays valid after the worker signs it, longest first."""
+    # Here, not at the top: the workflow module is heavy, and every other command would pay
+    # for it at each start (the CLI parses every command's arguments).
+    from workflows.process import send_budget
+
     lives = {
         "command-callback": send_budget(options) + options.command_timeout + grace,
         "approval": options.approval_timeout + grace,

@@ -17,18 +17,19 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client, WorkflowExecution, WorkflowHistory
 from temporalio.common import SearchAttributeKey
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
-from temporalio.worker import Replayer
 
 from activities.mutex import MUTEX_WORKFLOW_TYPE
-from activities.retry import LinearRetryInterceptor
 from cli.output import CommandFailed
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
+
+if TYPE_CHECKING:
+    from temporalio.worker import Replayer
 
 HELP = "replay live histories against the code on disk (before every deploy)"
 
@@ -116,7 +117,12 @@ class Replayed:
 
 
 def build_replayer(client: Client) -> Replayer:
-    import worker  # here, not at the top: only this command needs every workflow imported
+    # Here, not at the top: only this command needs the worker's code, and every other command
+    # would pay for importing it at each start (the CLI parses every command's arguments).
+    from temporalio.worker import Replayer
+
+    import worker
+    from activities.retry import LinearRetryInterceptor
 
     return Replayer(
         workflows=worker.WORKFLOWS,
