@@ -114,6 +114,17 @@ class History:
             return None
         return scheduled, started, closed
 
+    def local_activity(self, name: str, after: int = 0) -> HistoryEvent | None:
+        """The marker of the first local activity ``name`` recorded after ``after``: it runs
+        inside a workflow task and leaves only this."""
+        for event in self.events[after:]:
+            a = event.marker_recorded_event_attributes
+            if event.event_type != E.EVENT_TYPE_MARKER_RECORDED or "data" not in a.details:
+                continue
+            if _payload(a.details["data"].payloads).get("activity_type") == name:
+                return event
+        return None
+
     def count(self, kind: EventType.ValueType) -> int:
         return sum(e.event_type == kind for e in self.events)
 

@@ -9,8 +9,8 @@ replay the original single request and wait.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ProcessInput,
         PublishApprovalRequest,
     )
+    from workflows.waiting import wait_until
 
 # Processes started from this patch on ask under their ApprovalPolicy (named approvers, quorum,
 # reminders, escalation); older ones replay the original's one mail and one wait.
@@ -66,7 +67,11 @@ class AskForApproval:
         requested_at: datetime,
         retry_policy: RetryPolicy,
         touch: Callable[[], None],
+        wait: Callable[[Callable[[], bool], datetime], Awaitable[bool]] = wait_until,
+        since: Callable[[str], bool] = workflow.patched,
     ) -> None:
+        """``wait`` and ``since`` are the process's own: its timers, and whether it runs the
+        code of a patch (a newer patch of the process can stand for this module's)."""
         self._round = round_
         self._process_id = process_id
         self._input = process_input
@@ -75,18 +80,20 @@ class AskForApproval:
         self._retry = retry_policy
         self._touch = touch
         self._link_trace: LinkTrace | None = None
+        self._wait = wait  # the process's own, sharing its timers (workflows/waiting.py)
+        self._since = since
 
     async def run(self) -> None:
         """Return once the round is settled, or expired at its deadline."""
         round_ = self._round
         assert round_.deadline is not None, "open the round first"
-        if workflow.patched(APPROVAL_LINKS_TRACED_PATCH):
+        if self._since(APPROVAL_LINKS_TRACED_PATCH):
             self._link_trace = process_link_trace()
         await self._request()
         while not round_.settled:
             wake_at = round_.next_wakeup()
             assert wake_at is not None  # an unsettled round always has its deadline ahead
-            if await wait_until(lambda: round_.settled, wake_at):
+            if await self._wait(lambda: round_.settled, wake_at):
                 return
             now = workflow.now()
             if now >= round_.deadline:
@@ -174,17 +181,3 @@ class AskForApproval:
         else:
             round_.noted(kind, recipients, at)
         self._touch()
-
-
-async def wait_until(condition: Callable[[], bool], deadline: datetime) -> bool:
-    """Wait for ``condition`` until ``deadline``; False on timeout (never an untyped error)."""
-    if condition():
-        return True
-    remaining = deadline - workflow.now()
-    if remaining <= timedelta(0):
-        return False
-    try:
-        await workflow.wait_condition(condition, timeout=remaining)
-    except TimeoutError:
-        return bool(condition())
-    return True

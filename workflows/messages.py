@@ -281,10 +281,11 @@ class ProcessOptions(Message):
         return self
 
     def status_write_budget(self) -> timedelta:
-        """Longest the in-progress write may take with every retry (the original's 3 x 2 min)."""
+        """Longest the in-progress write may take with every retry (the original's 3 x 2 min),
+        after the one try in the worker that comes first (patch ``process-local-writes``)."""
         retry = self.aws_retry
         delays = sum((retry.delay_after(a) for a in range(1, retry.max_attempts)), timedelta())
-        return delays + self.activity_attempt_timeout * retry.max_attempts
+        return delays + self.activity_attempt_timeout * (retry.max_attempts + 1)
 
     def send_budget(self) -> timedelta:
         """Longest a send may take with every HTTP retry: the callback token must outlive it."""

@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateProcessStatus,
         mutex_workflow_id,
     )
+    from workflows.waiting import Deadlines, wait_until
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
 # From this patch on, a redriven process (input ``redrive``) keeps the approval and the commands
@@ -92,6 +93,20 @@ _CLEANUP_RETRY = RetryPolicy(
 # From this patch on: sends heartbeat, carry the fence and are waited for before the lock goes
 # back; final record writes retry until they succeed; a cancelled process ends Cancelled.
 LOCK_GUARDS_SENDS_PATCH = "process-lock-guards-sends"
+# From this patch on (issue 12: a happy path of 71-81 history events, and a workflow task inside
+# the lock that the in-progress write alone cost):
+# - the process table's writes (create, in-progress, completed, failed) are first tried in the
+#   worker, as local activities: one marker in the task that needs the write, where an activity
+#   costs three events and a workflow task of its own; a failed try goes on as an activity with
+#   the call's retry policy (``_table_write``);
+# - the waits share timers and never cancel them (workflows/waiting.py): one timer for the
+#   approval, the lock and the callbacks of a process that ends within its approval timeout;
+# - the patch stands for every process patch before it (lock-guards-sends, approval-policy,
+#   approval-links-traced, redrive, command-heartbeats): a process started under it asks only
+#   this one (``_since``), so its history carries one patch marker and one change-version upsert,
+#   not one of each per patch.
+# Processes started before it replay the patches they recorded.
+LOCAL_WRITES_PATCH = "process-local-writes"
 
 
 def final_write_retry(options: ProcessOptions) -> RetryPolicy:
@@ -156,15 +171,18 @@ class ProcessWorkflow:
         self._command_tasks: list[asyncio.Task[None]] = []
         self._stopping_sends = False
         self._failure: ProcessFailure | None = None
-        # Decided once, at the start: a process keeps the behaviour it started with.
-        self._guards_sends = workflow.patched(LOCK_GUARDS_SENDS_PATCH)
+        # Decided once, at the start: a process keeps the behaviour it started with. The newest
+        # patch is asked first: it implies the older ones, which it then never records.
+        self._local_writes = workflow.patched(LOCAL_WRITES_PATCH)
+        self._guards_sends = self._since(LOCK_GUARDS_SENDS_PATCH)
+        self._deadlines = Deadlines()
         # A redrive: where it came from, and the approval it keeps (None: it asks again).
         self._redrive: Redrive | None = None
         self._kept_approval: ApprovalState | None = None
 
     @workflow.run
     async def run(self, input: ProcessInput) -> ProcessResult:
-        if input.redrive is not None and workflow.patched(REDRIVE_PATCH):
+        if input.redrive is not None and self._since(REDRIVE_PATCH):
             self._resume(input.redrive)
         try:
             with self._step("create process"):
@@ -320,18 +338,24 @@ class ProcessWorkflow:
     # -- steps ----------------------------------------------------------------------------------
 
     async def _create_record(self) -> None:
-        await workflow.execute_activity_method(
-            ProcessTableActivities.create_process,
-            CreateProcessRecord(
-                process_id=self._process_id,
-                requested_by=self._input.requested_by,
-                description=self._input.description,
-                created_at=self._created_at,
-                redriven_from=self._redrive.redriven_from if self._redrive else None,
-                redrive_count=self._redrive.count if self._redrive else 0,
-            ),
-            **self._aws_call(),
+        record = CreateProcessRecord(
+            process_id=self._process_id,
+            requested_by=self._input.requested_by,
+            description=self._input.description,
+            created_at=self._created_at,
+            redriven_from=self._redrive.redriven_from if self._redrive else None,
+            redrive_count=self._redrive.count if self._redrive else 0,
         )
+        if self._local_writes:
+            await self._table_write(
+                ProcessTableActivities.create_process,
+                record,
+                linear_retry(self._options.aws_retry),
+            )
+        else:
+            await workflow.execute_activity_method(
+                ProcessTableActivities.create_process, record, **self._aws_call()
+            )
         workflow.upsert_search_attributes([STATUS_KEY.value_set(ProcessStatus.PENDING.value)])
 
     async def _ask_for_approval(self) -> None:
@@ -342,7 +366,7 @@ class ProcessWorkflow:
         deadline = now + self._options.approval_timeout
         self._round.open(now, deadline)
         self._touch()
-        if workflow.patched(APPROVAL_POLICY_PATCH):
+        if self._since(APPROVAL_POLICY_PATCH):
             # The policy: named approvers' own links, quorum, reminders, escalation.
             await AskForApproval(
                 self._round,
@@ -351,6 +375,8 @@ class ProcessWorkflow:
                 self._created_at,
                 linear_retry(self._options.aws_retry),
                 self._touch,
+                self._wait_until,
+                self._since,
             ).run()
         else:
             # Started before the policy: the original's one mail and one wait, as recorded.
@@ -480,7 +506,7 @@ class ProcessWorkflow:
         options = self._options
         callback_deadline = workflow.now() + send_budget(options) + options.command_timeout
         heartbeat = options.command_heartbeat_timeout
-        if heartbeat is not None and not workflow.patched(COMMAND_HEARTBEATS_PATCH):
+        if heartbeat is not None and not self._since(COMMAND_HEARTBEATS_PATCH):
             heartbeat = None
         self._update_command(name, status="sending")
         retry = options.http_retry if name is CommandName.TWO else options.aws_retry
@@ -706,12 +732,56 @@ class ProcessWorkflow:
         workflow.upsert_search_attributes([STATUS_KEY.value_set(status.value)])
 
     async def _write_status(self, update: UpdateProcessStatus, retry: RetryPolicy) -> None:
+        if self._local_writes:
+            await self._table_write(ProcessTableActivities.update_process_status, update, retry)
+            return
         await workflow.execute_activity_method(
             ProcessTableActivities.update_process_status,
             update,
             start_to_close_timeout=self._options.activity_attempt_timeout,
             retry_policy=retry,
         )
+
+    async def _table_write(
+        self, method: Callable[[Any, Any], Any], arg: Any, retry: RetryPolicy
+    ) -> None:
+        """One write of the process table: first tried in the worker, then as an activity.
+
+        The first try is a local activity: it runs inside the workflow task that needs it and
+        leaves one marker in the history, where an activity costs three events and a workflow
+        task of its own. If that try fails for a reason a retry could fix (DynamoDB slow or
+        down, the worker lost), the same write goes to the server as an activity with the
+        call's full retry policy: the server then retries it through the outage, visible in
+        ``describe``, without a workflow task held open. So a write gets one quick try more
+        than the policy counts. An error no retry can fix (the record is gone) ends it at once.
+        """
+        attempt = self._options.activity_attempt_timeout
+        try:
+            await workflow.execute_local_activity_method(
+                method,
+                arg,
+                start_to_close_timeout=attempt,
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+            return
+        except FailureError as err:
+            # A local activity's failure arrives as its cause (an ApplicationError, a timeout),
+            # not wrapped in an ActivityError.
+            if _is_cancellation(err) or _no_retry_fixes(err):
+                raise
+            workflow.logger.warning(
+                "%s failed in the worker (%s); retrying it as an activity",
+                getattr(method, "__name__", "table write"),
+                _describe(err),
+            )
+        await workflow.execute_activity_method(
+            method, arg, start_to_close_timeout=attempt, retry_policy=retry
+        )
+
+    def _since(self, patch: str) -> bool:
+        """Whether this process runs the code of ``patch``: every process under the newest patch
+        does, without recording the older one; an older process answers as it recorded."""
+        return self._local_writes or workflow.patched(patch)
 
     def _aws_call(self) -> dict[str, Any]:
         return {
@@ -720,17 +790,14 @@ class ProcessWorkflow:
         }
 
     async def _wait_until(self, condition: Callable[[], bool], deadline: datetime) -> bool:
-        """Wait for ``condition`` until ``deadline``; False on timeout (never an untyped error)."""
-        remaining = deadline - workflow.now()
-        if condition():
-            return True
-        if remaining <= timedelta(0):
-            return False
-        try:
-            await workflow.wait_condition(condition, timeout=remaining)
-        except TimeoutError:
-            return bool(condition())
-        return True
+        """Wait for ``condition`` until ``deadline``; False on timeout (never an untyped error).
+
+        From ``process-local-writes`` on, the waits share timers that are never cancelled
+        (workflows/waiting.py): on the happy path, one timer for every wait.
+        """
+        if self._local_writes:
+            return await self._deadlines.wait_until(condition, deadline)
+        return await wait_until(condition, deadline)
 
     def _policy_decided(self) -> bool:
         outcomes = [self._outcome(name) for name in CommandName]
@@ -788,6 +855,17 @@ def _describe(err: BaseException) -> str:
     while isinstance(err, FailureError) and err.cause is not None:
         err = err.cause
     return str(err) or type(err).__name__
+
+
+def _no_retry_fixes(err: BaseException) -> bool:
+    """True when a failure chain holds a non-retryable application error (the record is gone,
+    a transition no retry can make)."""
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, ApplicationError) and current.non_retryable:
+            return True
+        current = current.cause if isinstance(current, FailureError) else None
+    return False
 
 
 def _crashed(task: asyncio.Future[None]) -> bool:

@@ -84,6 +84,7 @@ class Fakes:
     # Gates that hold an activity until the test opens them (to act while it is in flight).
     publish_gate: asyncio.Event | None = None
     fail_gate: asyncio.Event | None = None
+    fail_waiting: set[str] = field(default_factory=set)  # processes whose failed write waits
     # Holds command two's request in flight (heartbeating, as the real send) until opened; a
     # cancel that reaches the send is noted in ``cancels_seen`` and waits for the request.
     send_gate: asyncio.Event | None = None
@@ -109,6 +110,7 @@ class Fakes:
     @activity.defn(name="update_process_status")
     async def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
         if self.fail_gate is not None and update.status is ProcessStatus.FAILED:
+            self.fail_waiting.add(update.process_id)
             await self.fail_gate.wait()
         record = self.records.get(update.process_id)
         if record is None:

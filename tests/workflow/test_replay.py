@@ -212,6 +212,59 @@ REQUIRED["v4"] = [
 ]
 
 
+# Every process scenario again under ``process-local-writes`` (issue 12: the table's writes in the
+# worker first, timers shared and never cancelled, one patch marker): ``record_histories v4``,
+# keeping only the process and ops-process files (the mutex did not change; v3 holds its runs).
+REQUIRED["v4"] = [
+    "ops_heartbeat_missed",
+    "ops_heartbeats_kept_alive",
+    "ops_links_traced_named",
+    "ops_links_traced_shared",
+    "ops_redrive_asks_again",
+    "ops_redrive_completed",
+    "process_approval_timeout",
+    "process_cancelled_awaiting_approval",
+    "process_cancelled_during_activity",
+    "process_cancelled_during_cleanup",
+    "process_cancelled_send_in_flight",
+    "process_cancelled_waiting_for_lock",
+    "process_cancelled_while_sending",
+    "process_command_failed",
+    "process_command_send_failed",
+    "process_command_timeout",
+    "process_completed",
+    "process_error_lease_revoked",
+    "process_error_record_missing",
+    "process_first_decision_wins",
+    "process_late_grant_released",
+    "process_lock_timeout",
+    "process_lock_timeout_deadline_passed",
+    "process_min_successful_stops_send",
+    "process_min_successful_unreachable",
+    "process_policy_cancelled_while_mailing",
+    "process_policy_default_completed",
+    "process_policy_default_timeout",
+    "process_policy_escalated",
+    "process_policy_quorum_approved",
+    "process_policy_quorum_unreachable",
+    "process_policy_reminder_failed",
+    "process_policy_reminders",
+    "process_policy_timeout_fail",
+    "process_policy_timeout_reject",
+    "process_policy_vetoed",
+    "process_rejected",
+    "process_release_without_mutex",
+    "process_repeated_and_unknown_callbacks",
+    "process_retried_create",
+    "process_retried_http_503",
+    "process_retry_after_honoured",
+    "process_stops_send_in_flight",
+    "process_tolerated_count_exceeded",
+    "process_tolerated_failure",
+    "process_tolerated_percentage_exceeded",
+]
+
+
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()
 

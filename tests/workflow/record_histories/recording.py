@@ -7,14 +7,20 @@ another path than its name says fails instead of quietly guarding the wrong bran
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
-from temporalio.api.history.v1 import ActivityTaskStartedEventAttributes, HistoryEvent
+from temporalio.api.history.v1 import (
+    ActivityTaskStartedEventAttributes,
+    HistoryEvent,
+    MarkerRecordedEventAttributes,
+)
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
@@ -98,6 +104,18 @@ class History:
             if e.activity_task_scheduled_event_attributes.activity_type.name == name
         ]
 
+    def local_activities(self, name: str) -> list[MarkerRecordedEventAttributes]:
+        """The markers of local activity ``name`` (the process table's writes, from patch
+        ``process-local-writes`` on): one per call, with its ``failure`` when it failed."""
+        recorded = self.of(E.EVENT_TYPE_MARKER_RECORDED)
+        markers = [e.marker_recorded_event_attributes for e in recorded]
+        return [
+            marker
+            for marker in markers
+            if marker.marker_name == "core_local_activity"
+            and _json(marker.details["data"].payloads).get("activity_type") == name
+        ]
+
     def attempts(self, name: str) -> list[ActivityTaskStartedEventAttributes]:
         """The started events of activity ``name``: ``attempt`` > 1 means it was retried."""
         scheduled = set(self.activities(name))
@@ -167,6 +185,12 @@ class History:
             )
         )
         return scheduled == ended
+
+
+def _json(payloads: Sequence[Payload]) -> dict[str, Any]:
+    """The first payload as a JSON object (a marker's details)."""
+    decoded = json.loads(payloads[0].data) if payloads else {}
+    return decoded if isinstance(decoded, dict) else {}
 
 
 def _scheduled_id(event: HistoryEvent) -> int:
