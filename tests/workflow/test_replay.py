@@ -214,8 +214,9 @@ REQUIRED["v4"] = [
 
 # Every process scenario again under ``process-local-writes`` (issue 12: the table's writes in the
 # worker first, timers shared and never cancelled, one patch marker): ``record_histories v4``,
-# keeping only the process and ops-process files (the mutex did not change; v3 holds its runs).
-REQUIRED["v4"] = [
+# keeping only the process and ops-process files: the mutex did not change with this patch, and
+# its v4 runs (``mutex-one-liveness-timer``, above) stay required too.
+REQUIRED["v4"] += [
     "ops_heartbeat_missed",
     "ops_heartbeats_kept_alive",
     "ops_links_traced_named",
