@@ -71,7 +71,8 @@ class AskForApproval:
         since: Callable[[str], bool] = workflow.patched,
     ) -> None:
         """``wait`` and ``since`` are the process's own: its timers, and whether it runs the
-        code of a patch (a newer patch of the process can stand for this module's)."""
+        code of a patch (a newer patch of the process can stand for this module's). ``since``
+        answers only the patches above; a newer one calls ``workflow.patched`` itself."""
         self._round = round_
         self._process_id = process_id
         self._input = process_input

@@ -30,7 +30,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.notifications import ApprovalNotifier
     from activities.process_table import ProcessTableActivities
     from workflows.approval import ApprovalRound
-    from workflows.asking import APPROVAL_POLICY_PATCH, AskForApproval
+    from workflows.asking import (
+        APPROVAL_LINKS_TRACED_PATCH,
+        APPROVAL_POLICY_PATCH,
+        AskForApproval,
+    )
     from workflows.messages import (
         APPROVAL_DECISION_SIGNAL,
         COMMAND_CALLBACK_SIGNAL,
@@ -107,6 +111,30 @@ LOCK_GUARDS_SENDS_PATCH = "process-lock-guards-sends"
 #   not one of each per patch.
 # Processes started before it replay the patches they recorded.
 LOCAL_WRITES_PATCH = "process-local-writes"
+# The patches ``process-local-writes`` stands for, and the only ones ``_since`` answers. A patch
+# newer than it must call ``workflow.patched`` itself: answered True for a process started under
+# ``process-local-writes``, it would take the new branch in a history recorded without it.
+SUBSUMED_BY_LOCAL_WRITES = frozenset(
+    {
+        LOCK_GUARDS_SENDS_PATCH,
+        APPROVAL_POLICY_PATCH,
+        APPROVAL_LINKS_TRACED_PATCH,
+        REDRIVE_PATCH,
+        COMMAND_HEARTBEATS_PATCH,
+    }
+)
+
+
+def runs_patch(patch: str, local_writes: bool) -> bool:
+    """Whether a process runs the code of ``patch``, one of ``SUBSUMED_BY_LOCAL_WRITES``: every
+    process under ``process-local-writes`` does, without recording it; an older process answers
+    as it recorded. Any other id is refused (a ValueError fails the workflow task, loudly)."""
+    if patch not in SUBSUMED_BY_LOCAL_WRITES:
+        raise ValueError(
+            f"patch {patch!r} is not one that {LOCAL_WRITES_PATCH!r} stands for:"
+            " a newer patch calls workflow.patched itself (docs/upgrades.md, Patch discipline)"
+        )
+    return local_writes or workflow.patched(patch)
 
 
 def final_write_retry(options: ProcessOptions) -> RetryPolicy:
@@ -779,9 +807,9 @@ class ProcessWorkflow:
         )
 
     def _since(self, patch: str) -> bool:
-        """Whether this process runs the code of ``patch``: every process under the newest patch
-        does, without recording the older one; an older process answers as it recorded."""
-        return self._local_writes or workflow.patched(patch)
+        """Whether this process runs the code of ``patch``, one the newest patch stands for
+        (``runs_patch``): never ask it about a newer one."""
+        return runs_patch(patch, self._local_writes)
 
     def _aws_call(self) -> dict[str, Any]:
         return {
