@@ -12,6 +12,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent, MarkerRecordedEventAttributes
 from temporalio.client import WorkflowFailureError, WorkflowHandle
@@ -19,7 +20,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.harness import Harness, harness
-from workflows.messages import CommandName, ProcessStatus, SendCommand
+from workflows.messages import (
+    CommandName,
+    ProcessStatus,
+    SendCommand,
+    StatusUpdateResult,
+    UpdateProcessStatus,
+)
 
 E = EventType
 # Issue 12's bound for a completed process (it was 71-80 before the local writes).
@@ -105,17 +112,50 @@ async def test_the_sends_leave_in_the_task_that_took_the_grant(
 async def test_no_send_leaves_before_the_record_says_in_progress(
     time_env: WorkflowEnvironment,
 ) -> None:
-    """The write and the sends share a task, but the write still comes first."""
+    """The write and the sends share a task, but the write still comes first: even when its try
+    in the worker fails and it goes on as an activity, no send is scheduled before it is done.
+
+    The failing try is what makes this able to fail: a local write that succeeds holds the
+    task's commands (the sends among them) until it is done, so the sends would come after it
+    even if the workflow did not wait for it."""
     seen: dict[CommandName, ProcessStatus] = {}
 
     class Watching(Fakes):
+        in_progress_failures = 1
+
+        @activity.defn(name="update_process_status")
+        async def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
+            if update.status is ProcessStatus.IN_PROGRESS and self.in_progress_failures > 0:
+                self.in_progress_failures -= 1
+                raise RuntimeError("DynamoDB unavailable (scripted)")
+            return await super().update_process_status(update)
+
         def _record_send(self, command: SendCommand) -> None:
             seen[command.command] = self.records[command.process_id]["status"]
             super()._record_send(command)
 
     async with harness(time_env.client, Watching()) as h:
-        await _completed(h)
+        _, events = await _completed(h)
     assert seen == {name: ProcessStatus.IN_PROGRESS for name in CommandName}
+    # The worker's try failed: the in-progress write went on as an activity ...
+    (write,) = [
+        e
+        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "update_process_status"
+    ]
+    (written,) = [
+        e
+        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+        if e.activity_task_completed_event_attributes.scheduled_event_id == write.event_id
+    ]
+    # ... and every send was scheduled after that activity completed.
+    sends = [
+        e
+        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        if e.activity_task_scheduled_event_attributes.activity_type.name.startswith("send_command")
+    ]
+    assert len(sends) == 2
+    assert all(s.event_id > written.event_id for s in sends), [E.Name(e.event_type) for e in events]
 
 
 async def test_a_failing_record_write_goes_on_as_an_activity_with_the_original_retries(
