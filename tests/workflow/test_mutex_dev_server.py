@@ -390,3 +390,26 @@ async def test_a_holder_reset_to_after_its_grant_keeps_its_lease(dev_env: Workfl
         assert not h.fakes.sent(waiter.id, CommandName.ONE)
         assert await _finish(h, holder) == lease
         assert await _finish(h, waiter) > lease
+
+
+async def test_after_an_ignored_cancel_the_liveness_check_still_frees_the_lock(
+    dev_env: WorkflowEnvironment,
+):
+    """The liveness check runs on a timer of its own (``mutex-one-liveness-timer``), not in the
+    loop a cancel request interrupts: a holder that closes after the cancel is still noticed."""
+    async with harness(dev_env.client) as h:
+        await _start_mutex(h)  # checks every second
+        holder = await h.start(requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        mutex = h.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.cancel()
+
+        async def ignored() -> bool:
+            return (await _mutex(h)).counters.ignored_cancels == 1
+
+        await eventually(ignored, what="the cancel to be ignored")
+        await holder.terminate("operator killed it")
+        await eventually(lambda: _no_holder(h), within=30, what="the closed holder noticed")
+        assert (await _mutex(h)).counters.abandoned_holders == 1
+        assert h.fakes.records[holder.id]["reason"] == "abandoned"
