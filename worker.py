@@ -78,13 +78,16 @@ def workflows_for(settings: Settings) -> list[type]:
 
 
 def workflow_runner(settings: Settings) -> WorkflowRunner:
-    """The SDK's sandbox; with shared workflow modules, ``workflows`` is imported once.
+    """The SDK's sandbox, with ``workflows`` imported once for every run (unless told not to).
 
-    By default the sandbox imports the workflow modules afresh for every run it keeps in its
-    cache: measured with ``make bench``, over a third of a parked process's memory. Shared,
-    the modules' code and classes exist once, but calls made from workflow code are no longer
-    checked against the sandbox's restrictions; the workflow and replay tests keep the strict
-    sandbox, so a non-deterministic call still fails there.
+    Left to itself the sandbox imports a workflow's module afresh for every run it keeps in
+    its cache, so that no run sees what another left in module state: measured with ``make
+    bench``, half of what a parked process costs (docs/testing.md, "Worker memory"). Ours hold
+    none: every module-level and class-level value in ``workflows/`` is immutable and no
+    function rebinds a global (tests/unit/test_workflow_modules.py), so one copy behaves as a
+    fresh one would. What sharing gives up is the sandbox's check of the calls made from that
+    code (``datetime.now()``, ``random``...); the workflow tests, the replay tests and
+    ``approval-flow replay`` keep the strict sandbox, where such a call still fails.
     """
     restrictions = SandboxRestrictions.default
     if settings.worker_share_workflow_modules:

@@ -48,7 +48,7 @@ class Sizes:
     round_trips: int  # bare signal round trips
     one_activity: int  # bare one-activity workflows, one after another
     parked: int  # processes parked on the worker (memory figure; approvals among them)
-    parked_shared: int  # processes parked on a worker sharing the workflow modules
+    parked_strict: int  # processes parked on a worker with the strict sandbox
     approvals: int  # approvals per path (API, bare client); 2 x this <= parked
     scale: int  # processes parked on a worker with a small cache
     scale_cache: int  # that worker's max_cached_workflows
@@ -153,10 +153,10 @@ async def run(sizes: Sizes, parts: set[str], out: Path, quick: bool, server_args
         # Every process the figures need starts now, side by side; idle until its figure.
         baseline_task = asyncio.create_task(stack.start_baseline_worker("baseline-worker"))
         worker_task = asyncio.create_task(stack.start_worker("worker"))
-        shared_task = (
+        strict_task = (
             asyncio.create_task(
                 stack.start_worker(
-                    "worker-shared-modules", APPROVAL_WORKER_SHARE_WORKFLOW_MODULES="true"
+                    "worker-strict-sandbox", APPROVAL_WORKER_SHARE_WORKFLOW_MODULES="false"
                 )
             )
             if "memory" in parts
@@ -174,14 +174,14 @@ async def run(sizes: Sizes, parts: set[str], out: Path, quick: bool, server_args
         )
         await stack.start_api_and_simulator()
         baseline, worker = await baseline_task, await worker_task
-        shared_worker = await shared_task if shared_task else None
+        strict_worker = await strict_task if strict_task else None
         small_cache_worker = await small_cache_task if small_cache_task else None
         r.say("servers and workers up")
         if "lock_path" in parts:
             await r.part("lock_path", _lock_path(r, worker, baseline))
         if parts & {"approvals", "memory"}:
             parked: list[memory.Parked] = []
-            await r.part("memory", _memory(r, worker, baseline, shared_worker, parked))
+            await r.part("memory", _memory(r, worker, baseline, strict_worker, parked))
             if "approvals" in parts and parked:
                 await r.part("approvals", _approvals(r, parked[0]))
         if "queue" in parts:
@@ -210,7 +210,7 @@ async def _lock_path(r: Run, worker: Part, baseline: Part) -> None:
 
 
 async def _memory(
-    r: Run, worker: Part, baseline: Part, shared_worker: Part | None, out: list[memory.Parked]
+    r: Run, worker: Part, baseline: Part, strict_worker: Part | None, out: list[memory.Parked]
 ) -> None:
     """The processes parked here are the approvals' too (``out``)."""
     client, sizes = r.stack.client, r.sizes
@@ -220,16 +220,16 @@ async def _memory(
     parked = await memory.parked_processes(client, worker, sizes.parked, held, "parked")
     parked.lock_resource = resource
     out.append(parked)
-    if shared_worker is None:
+    if strict_worker is None:
         return
     r.say(f"memory: {sizes.parked} bare workflows parked")
     bare = await memory.parked_bare(client, baseline, sizes.parked)
-    r.say(f"memory: {sizes.parked_shared} processes parked with shared modules")
-    shared = await memory.parked_processes(
-        client, shared_worker, sizes.parked_shared, held, "parked, shared"
+    r.say(f"memory: {sizes.parked_strict} processes parked with the strict sandbox")
+    strict = await memory.parked_processes(
+        client, strict_worker, sizes.parked_strict, held, "parked, strict sandbox"
     )
-    r.stack.stop(shared_worker)
-    r.figures += memory.memory_figures(parked, shared, bare)
+    r.stack.stop(strict_worker)
+    r.figures += memory.memory_figures(parked, strict, bare)
 
 
 async def _approvals(r: Run, parked: memory.Parked) -> None:

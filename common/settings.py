@@ -141,10 +141,11 @@ class Settings(BaseSettings):
     # Worker memory. Runs kept in memory between their tasks:
     # an evicted run replays its history when its next signal or query arrives.
     worker_max_cached_workflows: int = Field(1000, ge=0)
-    # The sandbox reloads the workflow module for every cached run, over a third of what a
-    # parked process costs. Shared: loaded once; the sandbox then no longer checks calls made
-    # from workflow code (the tests still run it strictly).
-    worker_share_workflow_modules: bool = False
+    # Shared (the default): workflows/ is imported once, not once more for every cached run
+    # (half of what a parked process costs). Safe because those modules hold no state a run
+    # could change (tests/unit/test_workflow_modules.py); the sandbox then no longer checks the
+    # calls they make, so the tests and `approval-flow replay` keep the strict sandbox.
+    worker_share_workflow_modules: bool = True
 
     # Worker Versioning (docs/upgrades.md). Both set: the worker polls as this build of this
     # Worker Deployment and pins each process to the build it started on. Neither: unversioned.

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from common.settings import Settings
 from worker import build_worker
@@ -37,24 +37,27 @@ def _runner_and_cache(
     return runner, config.get("max_cached_workflows")
 
 
-async def test_by_default_the_sdk_cache_and_the_strict_sandbox(
+async def test_by_default_the_sdk_cache_and_workflow_modules_imported_once(
     dev_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner, cache = _runner_and_cache(dev_env, _settings(monkeypatch))
     assert cache == 1000
-    assert "workflows" not in runner.restrictions.passthrough_modules
+    assert "workflows" in runner.restrictions.passthrough_modules
+    # Everything else the SDK passes through still is (the standard library, temporalio).
+    assert {"temporalio", "datetime"} <= runner.restrictions.passthrough_modules
 
 
-async def test_cache_size_and_shared_workflow_modules_from_the_environment(
+async def test_cache_size_and_the_strict_sandbox_from_the_environment(
     dev_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(
         monkeypatch,
         APPROVAL_WORKER_MAX_CACHED_WORKFLOWS="50",
-        APPROVAL_WORKER_SHARE_WORKFLOW_MODULES="true",
+        APPROVAL_WORKER_SHARE_WORKFLOW_MODULES="false",
     )
     runner, cache = _runner_and_cache(dev_env, settings)
     assert cache == 50
-    assert "workflows" in runner.restrictions.passthrough_modules
-    # Everything else the SDK passes through still is (the standard library, temporalio).
-    assert {"temporalio", "datetime"} <= runner.restrictions.passthrough_modules
+    assert "workflows" not in runner.restrictions.passthrough_modules
+    assert (
+        runner.restrictions.passthrough_modules == SandboxRestrictions.default.passthrough_modules
+    )
