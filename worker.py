@@ -42,10 +42,18 @@ from workflows.versioning import AutoUpgradeMutexWorkflow
 
 log = logging.getLogger("worker")
 
-# boto3 calls are blocking; they run on this many threads: the sync activities, and the boto3
-# calls of the async ones (sends). Each activity uses at most one thread at a time, so as many
-# threads as concurrent activities means no activity ever queues for a thread.
+# boto3 calls are blocking; they run on the worker's one thread pool: the sync activities, local
+# or not (the process table's writes are first tried as local activities), and the boto3 calls
+# of the async ones (sends). Each activity uses at most one thread at a time, and the SDK runs at
+# most ACTIVITY_THREADS activities and LOCAL_ACTIVITY_THREADS local activities at once (it would
+# allow 100 local ones by default); so a pool of WORKER_THREADS means no activity of either kind
+# queues for a thread, and a kind that is full (a burst of writes, or DynamoDB hanging) cannot
+# take the other's threads: a local write's attempt timeout never runs out in the pool's queue.
+# A thread outlives its activity's timeout only as long as its boto3 call, which botocore ends
+# (common/aws.py: 2 x (3 s connect + 10 s read)).
 ACTIVITY_THREADS = 32
+LOCAL_ACTIVITY_THREADS = 16
+WORKER_THREADS = ACTIVITY_THREADS + LOCAL_ACTIVITY_THREADS
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 
 # The workflow code as an unversioned worker runs it; ``approval-flow replay`` and the replay
@@ -95,6 +103,11 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
+def activity_executor() -> ThreadPoolExecutor:
+    """The pool for both kinds of activity: as many threads as both may run at once."""
+    return ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="activity")
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -108,6 +121,7 @@ def build_worker(
         activities=activities,
         activity_executor=executor,
         max_concurrent_activities=ACTIVITY_THREADS,
+        max_concurrent_local_activities=LOCAL_ACTIVITY_THREADS,
         interceptors=[LinearRetryInterceptor()],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         deployment_config=deployment_config(settings),
@@ -125,11 +139,11 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    aws = AwsClients.from_settings(settings)
+    aws = AwsClients.from_settings(settings, max_pool_connections=WORKER_THREADS)
     meter = (runtime or Runtime.default()).metric_meter
     with (
         counting_dropped_signals(meter),
-        ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="activity") as executor,
+        activity_executor() as executor,
     ):
         async with aiohttp.ClientSession() as http:
             activities = build_activities(settings, aws, http, executor)

@@ -20,7 +20,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -42,7 +41,7 @@ from starter import StarterSettings, start_process
 from tests.support.http import serving
 from tests.support.moto_server import MotoServer, moto_settings, running_moto_server
 from tests.support.temporal import start_dev_server
-from worker import ACTIVITY_THREADS, build_worker
+from worker import activity_executor, build_worker
 from workflows.messages import ProcessOptions
 
 # (start -> approval mail, approval POST, approved -> completed), in seconds
@@ -95,7 +94,7 @@ async def run(
                 "process": ProcessOptions(lock_resource=f"bench-tracing-{suffix}"),
             }
         )
-        executor = stack.enter_context(ThreadPoolExecutor(ACTIVITY_THREADS))
+        executor = stack.enter_context(activity_executor())
         activities = build_activities(settings, clients, http, executor)
         await stack.enter_async_context(build_worker(client, settings, activities, executor))
         for number in range(processes + 1):

@@ -18,7 +18,6 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,7 +47,7 @@ from simulator.settings import SimulatorSettings
 from starter import StarterSettings, start_process
 from tests.support.http import serving
 from tests.support.moto_server import MotoServer, moto_settings, running_moto_server
-from worker import ACTIVITY_THREADS, build_worker
+from worker import activity_executor, build_worker
 from workflows.messages import ApprovalPolicy, ProcessOptions
 
 pytestmark = pytest.mark.integration
@@ -200,7 +199,7 @@ async def traced_system(
                 "process": options,
             }
         )
-        executor = stack.enter_context(ThreadPoolExecutor(ACTIVITY_THREADS))
+        executor = stack.enter_context(activity_executor())
         activities = build_activities(settings, clients, http, executor)
         worker = build_worker(client, settings, activities, executor)
         await stack.enter_async_context(worker)
