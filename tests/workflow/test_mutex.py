@@ -24,6 +24,7 @@ from workflows.messages import (
     LockRelease,
     LockRequest,
     MutexInput,
+    MutexOptions,
     ProcessStatus,
     Stage,
     mutex_workflow_id,
@@ -259,7 +260,11 @@ async def test_requests_and_releases_start_no_timer_of_their_own(
 
     Before ``mutex-one-liveness-timer`` every request and release cancelled a timer and started
     another in the handoff's own workflow task. Here 20 requests reach a held lock one task at a
-    time, then the 20 handoffs follow: no time passes, so one timer is all the check needs.
+    time, then the 20 handoffs follow: one timer is all the check needs.
+
+    The check runs every 6 hours here: the time-skipping server lets time run in real time while
+    signals and queries are in flight, so on a loaded machine the test may take longer than the
+    default minute, and a second timer would be the check's own, started when the first fired.
     """
     client = time_env.client
     resource = f"res-{uuid.uuid4().hex[:8]}"
@@ -277,7 +282,9 @@ async def test_requests_and_releases_start_no_timer_of_their_own(
         taker = await client.start_workflow(Requester.run, "", id=waiter, task_queue=task_queue)
         mutex = await client.start_workflow(
             MutexWorkflow.run,
-            MutexInput(resource=resource),
+            MutexInput(
+                resource=resource, options=MutexOptions(liveness_interval=timedelta(hours=6))
+            ),
             id=mutex_workflow_id(resource),
             task_queue=task_queue,
         )
