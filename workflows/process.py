@@ -103,8 +103,8 @@ LOCK_GUARDS_SENDS_PATCH = "process-lock-guards-sends"
 #   worker, as local activities: one marker in the task that needs the write, where an activity
 #   costs three events and a workflow task of its own; a failed try goes on as an activity with
 #   the call's retry policy (``_table_write``);
-# - the waits share timers and never cancel them (workflows/waiting.py): one timer for the
-#   approval, the lock and the callbacks of a process that ends within its approval timeout;
+# - the waits share timers and never cancel them (workflows/waiting.py): a wait reuses a running
+#   timer that fires by its deadline, so a happy path starts one or two timers, not one per wait;
 # - the patch stands for every process patch before it (lock-guards-sends, approval-policy,
 #   approval-links-traced, redrive, command-heartbeats): a process started under it asks only
 #   this one (``_since``), so its history carries one patch marker and one change-version upsert,
@@ -821,7 +821,7 @@ class ProcessWorkflow:
         """Wait for ``condition`` until ``deadline``; False on timeout (never an untyped error).
 
         From ``process-local-writes`` on, the waits share timers that are never cancelled
-        (workflows/waiting.py): on the happy path, one timer for every wait.
+        (workflows/waiting.py): a wait reuses a running timer that fires by its deadline.
         """
         if self._local_writes:
             return await self._deadlines.wait_until(condition, deadline)

@@ -3,16 +3,20 @@
 ``workflow.wait_condition(..., timeout=...)`` starts a timer for each wait and cancels it when
 the condition comes first: two events (started, cancelled) for every wait that ends early, and
 on the happy path every wait does (the approval, the lock, each command's callback). Their
-deadlines are far off (an hour or more) and each comes later than the one before: the first
-wait's timer, still running, can stand guard for every later deadline too, and a process that
-ends before it fires has paid one event for all its waits.
+deadlines are far off (an hour or more), so a timer still running from an earlier wait can often
+stand guard for a later deadline too.
 
 So from the patch ``process-local-writes`` on, a process waits with one ``Deadlines``: a wait
 uses a running timer that fires at or before its deadline (the latest such), or starts one for
-its deadline; timers are never cancelled. The price, when a process outlives a deadline it no
-longer waits for: that timer fires and wakes the workflow for a task that finds nothing due, and
-a wait still going then starts the next timer (one event and a workflow task more than a cancel
-would have cost; an hour into a process).
+its deadline when every running timer fires after it; timers are never cancelled. The deadlines
+do not always come in order: the callbacks' (1 h after the sends) comes before the lock's (100
+min after the request) when the lock is granted at once. So the happy path has one or two
+timers, not one: ``tests/histories/v4/process_completed.json`` has two (the lock wait's, and the
+callbacks' that the lock's timer, firing later, could not guard; the approval came before its
+wait needed one). The price, when a process outlives a deadline it no longer waits for: that
+timer fires and wakes the workflow for a task that finds nothing due, and a wait still going
+then starts the next timer (one event and a workflow task more than a cancel would have cost;
+an hour into a process).
 """
 
 from __future__ import annotations
