@@ -220,6 +220,10 @@ class ProcessWorkflow:
             with self._step("wait for the lock"):
                 await self._wait_for_lock()
             with self._step("start process"):
+                # Under ``process-local-writes`` this write runs inside the task that took the
+                # grant, which then schedules the sends: a ``lock_revoked`` that arrives while it
+                # runs is seen in the next task, after the sends are scheduled (they are then
+                # stopped); the lease id every command carries fences them off downstream.
                 await self._set_status(ProcessStatus.IN_PROGRESS, stage=Stage.RUNNING_COMMANDS)
             with self._step("run commands"):
                 outcomes = await self._run_commands()
