@@ -202,7 +202,9 @@ class Approvals:
         except Problem as problem:
             if problem.kind == "no-worker-answer":
                 return None
-            raise outcome_unknown() if problem.status == 503 else problem from None
+            # The decision was delivered (the signal was accepted), whatever the read says: a
+            # refused or failed read never means "nothing was recorded".
+            raise outcome_unknown() from None
         finally:
             for task in (query, presence):
                 task.cancel()

@@ -121,6 +121,18 @@ def no_worker_answer() -> Problem:
     )
 
 
+def process_not_ready() -> Problem:
+    """The server cannot have the process read yet: its workflow task keeps failing (a worker
+    crashing or stopped, a bad deploy) or is not scheduled yet. It passes once a worker runs it."""
+    return Problem(
+        503,
+        "not-ready",
+        "Service temporarily unavailable",
+        "The process cannot be read just now (it is not ready to answer). Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def process_closed(status: str) -> Problem:
     """The process has ended, so a signal to it was refused: nothing was recorded."""
     return Problem(
@@ -179,13 +191,24 @@ def too_large_for_temporal() -> Problem:
 
 
 def temporal_refused() -> Problem:
-    """The workflow service refused a request for good, for a reason of ours (see the log)."""
+    """The workflow service refused a signal for good, for a reason of ours (see the log)."""
     return Problem(
         500,
         "temporal-refused",
         "Something went wrong",
-        "The workflow service refused the request, and would refuse it again; nothing was "
+        "The workflow service refused the message, and would refuse it again; nothing was "
         "recorded. The service's log names the cause.",
+    )
+
+
+def temporal_refused_read() -> Problem:
+    """The workflow service refused to read a process, for a reason of ours (see the log)."""
+    return Problem(
+        500,
+        "temporal-refused",
+        "Something went wrong",
+        "The workflow service refused to read the process, and would refuse it again. The "
+        "service's log names the cause.",
     )
 
 

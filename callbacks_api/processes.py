@@ -57,7 +57,7 @@ PRESENCE_TTL = timedelta(seconds=2)
 # INTERNAL and UNKNOWN are here too: the server answers INTERNAL when its own store fails, which
 # passes, and a signal refused so may or may not have been written. Any other status
 # (INVALID_ARGUMENT, PERMISSION_DENIED, FAILED_PRECONDITION, ...) is met again by the same
-# request, so it is answered as a refusal (4xx/500), never "try again".
+# signal, so it is answered as a refusal (4xx/500), never "try again".
 TRANSIENT = frozenset(
     {
         RPCStatusCode.UNAVAILABLE,
@@ -69,6 +69,11 @@ TRANSIENT = frozenset(
         RPCStatusCode.UNKNOWN,
     }
 )
+# A read (query, describe) is refused FAILED_PRECONDITION ("WorkflowNotReady") while the process
+# cannot answer yet: its workflow task failed three times or more in a row (a worker that crashes
+# or is stopped, a bad deploy: "Unable to query workflow due to Workflow Task in failed state"),
+# or its first task is not scheduled yet. That passes once a worker runs it: temporary (503).
+READ_NOT_READY = RPCStatusCode.FAILED_PRECONDITION
 # INVALID_ARGUMENT, worded so by the server: the run took its most signals
 # (``history.maximumSignalsPerExecution``), or the message is over its payload limit
 # (``limit.blobSize.error``).
@@ -117,7 +122,7 @@ class Processes:
         handle = self._client.get_workflow_handle(process_id)
         try:
             try:
-                async with self._call("signal", process_id, problems.delivery_unknown):
+                async with self._call("signal", process_id, problems.delivery_unknown, signal=True):
                     await handle.signal(name, message, rpc_timeout=self._timeout)
             except Problem as problem:
                 # NOT_FOUND says "no such workflow" and "already completed" alike.
@@ -138,7 +143,8 @@ class Processes:
     async def state(self, process_id: str, within: timedelta | None = None) -> ProcessState:
         """The ``state`` query, answered by a worker within ``within`` (the call timeout).
 
-        No worker answering in time is 503 ``no-worker-answer``; callers that know more (a
+        No worker answering in time is 503 ``no-worker-answer``; a process whose workflow task
+        keeps failing (or is not scheduled yet) is 503 ``not-ready``. Callers that know more (a
         decision was just delivered) say more.
         """
         wait = within or self._timeout
@@ -222,15 +228,26 @@ class Processes:
         process_id: str,
         unanswered: Callable[[], Problem] = problems.temporal_unavailable,
         within: timedelta | None = None,
+        *,
+        signal: bool = False,
     ) -> AsyncIterator[None]:
         """Map Temporal failures to answers; ``unanswered`` is the one for "no reply in time"
-        (for a signal that means "may have arrived"; for a query, "no worker answered")."""
+        (for a signal that means "may have arrived"; for a query, "no worker answered").
+        ``signal`` says whether this call could record anything (a refusal then says it did not)."""
         try:
             async with asyncio.timeout((within or self._timeout).total_seconds()):
                 yield
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise problems.unknown_process() from err
+            if err.status == READ_NOT_READY and not signal:
+                logger.warning(
+                    "Temporal %s: process not ready: %s",
+                    what,
+                    err.message,
+                    extra=_about(process_id),
+                )
+                raise problems.process_not_ready() from err
             if err.status not in TRANSIENT:
                 # Sending the same request again gets the same refusal: say so, not "try again".
                 logger.error(
@@ -240,7 +257,7 @@ class Processes:
                     err.message,
                     extra=_about(process_id),
                 )
-                raise refusal(err) from err
+                raise refusal(err, signal=signal) from err
             if err.status == RPCStatusCode.DEADLINE_EXCEEDED:
                 # The server's own deadline: for a query, no worker took it in time.
                 logger.info("Temporal %s not answered in time: %s", what, err.message)
@@ -260,15 +277,18 @@ class Processes:
             raise problems.temporal_unavailable() from err
 
 
-def refusal(err: RPCError) -> Problem:
+def refusal(err: RPCError, *, signal: bool = True) -> Problem:
     """The answer to a Temporal refusal that another try would meet again (not ``TRANSIENT``).
 
     Two refusals are the process's, not ours, and a client can act on them; their wording is
     the server's (temporal 1.32; tests/integration/test_temporal_refusals.py reads it from a real
     dev server, so a server that words them differently fails there, not silently here). Any
     other is this deployment's fault (credentials, namespace, a request the API built wrong):
-    500, and the log names the cause.
+    500, and the log names the cause. Only a refused signal says "nothing was recorded": a read
+    records nothing anyway, and what was signalled before it stays delivered.
     """
+    if not signal:
+        return problems.temporal_refused_read()
     if err.status == RPCStatusCode.INVALID_ARGUMENT:
         if SIGNAL_LIMIT_MESSAGE in err.message:
             return problems.signal_limit()

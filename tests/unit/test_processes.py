@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from callbacks_api.approvals import Approvals
+from callbacks_api.deliveries import RecentDeliveries
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
+from common.settings import Settings
 from workflows.messages import CommandCallback
 
 
@@ -25,6 +30,12 @@ class RefusingClient:
 
     async def signal(self, *args: Any, **kwargs: Any) -> None:
         self.signals += 1
+        raise self.error
+
+    async def query(self, *args: Any, **kwargs: Any) -> None:
+        raise self.error
+
+    async def describe(self, *args: Any, **kwargs: Any) -> None:
         raise self.error
 
 
@@ -75,7 +86,7 @@ async def test_a_message_over_the_servers_payload_limit_is_413() -> None:
         RPCStatusCode.INVALID_ARGUMENT,
         RPCStatusCode.PERMISSION_DENIED,
         RPCStatusCode.UNAUTHENTICATED,
-        RPCStatusCode.FAILED_PRECONDITION,
+        RPCStatusCode.FAILED_PRECONDITION,  # for a signal; a read is only "not ready" (below)
         RPCStatusCode.UNIMPLEMENTED,
         RPCStatusCode.DATA_LOSS,
     ],
@@ -90,3 +101,53 @@ async def test_any_other_refusal_is_500_and_not_try_again(
     # The cause is in the log, for the operator; the answer does not echo the server.
     assert "WorkflowId is not set on request." in caplog.text
     assert status.name in caplog.text
+
+
+# The dev server's words (temporal 1.32) for a query while the workflow task keeps failing.
+NOT_READY = "Unable to query workflow due to Workflow Task in failed state."
+
+
+async def test_a_read_of_a_process_whose_workflow_task_keeps_failing_is_503_not_ready() -> None:
+    # A crash-looping or stopped worker, a bad deploy: it passes once a worker runs the task.
+    processes = Processes(
+        cast(Client, RefusingClient(RPCStatusCode.FAILED_PRECONDITION, NOT_READY))
+    )
+    for read in (processes.state("process-1"), processes.describe("process-1")):
+        with pytest.raises(Problem) as refused:
+            await read
+        assert (refused.value.status, refused.value.kind) == (503, "not-ready")
+        assert refused.value.headers == {"Retry-After": "5"}
+
+
+async def test_a_refused_read_does_not_say_nothing_was_recorded() -> None:
+    # Only a signal records anything; a read refused for good must not deny what was signalled.
+    processes = Processes(cast(Client, RefusingClient(RPCStatusCode.PERMISSION_DENIED, "no")))
+    with pytest.raises(Problem) as refused:
+        await processes.state("process-1")
+    assert (refused.value.status, refused.value.kind) == (500, "temporal-refused")
+    assert "recorded" not in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    "status", [RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.PERMISSION_DENIED]
+)
+async def test_after_a_delivered_decision_any_failed_read_is_outcome_unknown(
+    status: RPCStatusCode,
+) -> None:
+    # The signal was accepted, so the page says "delivered", never "nothing was recorded".
+    processes = Processes(cast(Client, RefusingClient(status, NOT_READY)))
+
+    async def polled(task_queue: str) -> bool:
+        return True  # a worker polls: the page waits for the query's answer
+
+    processes.polled = polled  # type: ignore[method-assign]
+    approvals = Approvals(
+        cast(Settings, SimpleNamespace(task_queue="approvals")),
+        processes,
+        RecentDeliveries(),
+        decision_wait=timedelta(seconds=5),
+    )
+    with pytest.raises(Problem) as unknown:
+        await approvals._read_after_decision("process-1")
+    assert (unknown.value.status, unknown.value.kind) == (503, "outcome-unknown")
+    assert "was delivered" in unknown.value.detail
