@@ -10,20 +10,29 @@ API remembers, per link (the process and the callback its token names), what it 
 - a different message is refused (only the first counts), and not sent;
 - posts on one link that arrive together wait for the one in flight instead of signalling
   beside it, so a burst sends one signal. If that send fails, the posts that waited for it with
-  the same message get its failure at once (a burst during a Temporal outage is answered within
-  one call's timeout, not one timeout per post in turn); a different message was never tried, so
-  it tries, as does everyone if the send was only cancelled (its client went away).
+  the same message get its failure at once, each its own copy (a burst during a Temporal outage
+  is answered within one call's timeout, not one timeout per post in turn); if the send was only
+  cancelled (its client went away), a post with the same message tries it;
+- a send that ended uncertain (no answer in time, a 503, cancelled, anything unexpected: the
+  signal may have landed, and then the workflow keeps it as the first) leaves the link
+  *unconfirmed*: a different message is refused 503 ``earlier-message-unconfirmed`` and not
+  sent, until a post of the unconfirmed message is answered for sure (delivered, or refused for
+  good). Sending it would be answered 202 and remembered while the workflow may keep the first
+  one, and the first one's retry would then be told the other "was delivered". A definite
+  refusal (4xx, 500) of a send leaves nothing unconfirmed: a different message tries.
 
 The memory is bounded. It holds at most ``capacity`` links (least recently used dropped first),
 each for no longer than its token is valid: after that the link is refused as expired anyway.
 An entry keeps a digest and a short label, never the message: a callback's result can be 64 KiB.
 Each replica has its own memory, so with R replicas a link is signalled at most R times while it
-is remembered; the workflow ignores the extra ones.
+is remembered; the workflow ignores the extra ones. (So an unconfirmed link holds back a
+different message only on the replica that saw the uncertain send.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import time
@@ -36,6 +45,8 @@ from cachetools import TLRUCache
 from prometheus_client import Counter
 from pydantic import BaseModel
 
+from callbacks_api import problems
+from callbacks_api.problems import Problem
 from workflows.messages import APPROVAL_CALLBACK
 
 # An entry takes about 0.55 KB with a 200-character label (tracemalloc, as
@@ -82,6 +93,11 @@ class RecentDeliveries:
         # Labelled (link kind, outcome): posts answered here instead of being signalled.
         self._answered = answered
         self._in_flight: dict[Hashable, _Flight] = {}
+        # Links whose last send ended uncertain, with the message it sent (see the module doc);
+        # bounded and forgotten like the memory itself.
+        self._unconfirmed: TLRUCache[Hashable, Delivered] = TLRUCache(
+            capacity, ttu=_forget_at, timer=clock
+        )
 
     def __len__(self) -> int:
         self._delivered.expire()
@@ -101,7 +117,8 @@ class RecentDeliveries:
 
         ``link`` is (process id, callback, ...). ``send`` raising means nothing is remembered,
         so the next post on the link tries again; the posts with the same message that waited
-        for that send raise what it raised.
+        for that send raise a copy of what it raised. After an uncertain failure, a different
+        message raises 503 ``earlier-message-unconfirmed`` until the link is sure again.
         """
         while True:
             first = self._delivered.get(link)
@@ -113,28 +130,54 @@ class RecentDeliveries:
                 return outcome, first
             flight = self._in_flight.get(link)
             if flight is None:
+                unconfirmed = self._unconfirmed.get(link)
+                if unconfirmed is not None and unconfirmed.digest != message.digest:
+                    raise problems.earlier_message_unconfirmed()
                 break
             # Another post on this link is being delivered: its outcome decides ours.
             theirs = await asyncio.shield(flight.ended)
             if theirs is not None and flight.digest == message.digest:
                 # The very send this post asks for just failed. Trying it again in turn would
                 # keep the Nth waiter of a burst N call timeouts long during an outage.
-                raise theirs
+                raise _fresh(theirs)
 
         flight = _Flight(message.digest, asyncio.get_running_loop().create_future())
         self._in_flight[link] = flight
         failure: Exception | None = None
+        sure = False
         try:
             await send()
             self._delivered[link] = message
+            sure = True
             return Outcome.SENT, message
         except Exception as err:
             failure = err
+            # A refusal for good (4xx, 500) says this message was not recorded; anything else
+            # (503: may or may not have arrived; unexpected) leaves it possibly delivered.
+            sure = isinstance(err, Problem) and err.status != 503
             raise
         finally:
+            # Cancelled (BaseException) leaves ``sure`` False: the signal may be on its way.
+            if sure:
+                self._unconfirmed.pop(link, None)
+            else:
+                self._unconfirmed[link] = message
             del self._in_flight[link]
             # Waiters look again: delivered, failed (theirs to share), or cancelled (theirs to try).
             flight.ended.set_result(failure)
+
+
+def _fresh(err: Exception) -> Exception:
+    """A copy of a failed send's exception for one waiter that raises it.
+
+    Raising the one object in every waiter would grow its traceback with each, and keep the
+    sender's frames (and the request body in them) alive as long as any waiter holds it. A copy
+    carries no traceback, cause or context.
+    """
+    try:
+        return copy.copy(err)
+    except Exception:  # an exception that cannot be rebuilt from its args: say what it was
+        return RuntimeError(f"the send this post waited for failed: {err!r}")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,13 @@ class Problem(Exception):
         self.extra = dict(extra or {})
         self.headers = dict(headers or {})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``copy.copy`` (and pickle) rebuild from this: the one-string ``args`` would not do.
+        return (
+            _rebuild,
+            (self.status, self.kind, self.title, self.detail, self.state, self.extra, self.headers),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "type": PROBLEM_TYPE_PREFIX + self.kind,
@@ -58,6 +65,18 @@ class Problem(Exception):
             "detail": self.detail,
             **self.extra,
         }
+
+
+def _rebuild(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    state: ProcessState | None,
+    extra: Mapping[str, Any],
+    headers: Mapping[str, str],
+) -> Problem:
+    return Problem(status, kind, title, detail, state=state, extra=extra, headers=headers)
 
 
 def problem_response(problem: Problem) -> web.Response:
@@ -164,6 +183,20 @@ def delivery_unknown() -> Problem:
         "Service temporarily unavailable",
         "The workflow service did not confirm it received this, so it may or may not have been "
         "recorded. Sending it again is safe: only the first one counts.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def earlier_message_unconfirmed() -> Problem:
+    """A different message on a link whose earlier send may or may not have arrived."""
+    return Problem(
+        503,
+        "earlier-message-unconfirmed",
+        "Service temporarily unavailable",
+        "An earlier, different message sent through this link may or may not have been "
+        "recorded (the workflow service did not confirm it), and only the first one counts. "
+        "Yours was not sent. Try again later: once the earlier one is sent again and confirmed, "
+        "you will be told which one counts.",
         headers={"Retry-After": "5"},
     )
 

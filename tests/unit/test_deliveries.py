@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
+from callbacks_api.problems import Problem, delivery_unknown, too_large_for_temporal
 from workflows.messages import CommandCallback
 
 LATER = datetime.now(UTC) + timedelta(hours=1)
+too_large = too_large_for_temporal  # a refusal for good: nothing was recorded
 
 
 class Sender:
     """Counts signals; the first ``failures`` calls fail as an unreachable server would."""
 
-    def __init__(self, failures: int = 0, pause: float = 0.0) -> None:
+    def __init__(
+        self,
+        failures: int = 0,
+        pause: float = 0.0,
+        error: Callable[[], Exception] = lambda: ConnectionError("server away"),
+    ) -> None:
         self.sent = 0
         self.calls = 0
         self.failures = failures
         self.pause = pause
+        self.error = error
 
     async def __call__(self) -> None:
         self.calls += 1
         await asyncio.sleep(self.pause)
         if self.failures:
             self.failures -= 1
-            raise ConnectionError("server away")
+            raise self.error()
         self.sent += 1
 
 
@@ -96,9 +105,9 @@ async def test_a_failed_send_is_not_remembered_so_the_next_post_tries_again() ->
     assert (send.calls, send.sent) == (2, 1)
 
 
-async def test_a_different_message_waiting_on_a_failed_send_is_sent_itself() -> None:
-    """The failed send was not this message's: it was never tried, so it is."""
-    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01)
+async def test_a_different_message_waiting_on_a_send_refused_for_good_is_sent_itself() -> None:
+    """The refused send was not this message's, and recorded nothing: this one is tried."""
+    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01, error=too_large)
     link = ("process-1", "command-one")
 
     first, second = await asyncio.gather(
@@ -107,9 +116,73 @@ async def test_a_different_message_waiting_on_a_failed_send_is_sent_itself() -> 
         return_exceptions=True,
     )
 
-    assert isinstance(first, ConnectionError)
+    assert isinstance(first, Problem) and first.kind == "too-large"
     assert second == (Outcome.SENT, delivered("succeeded"))
     assert (send.calls, send.sent) == (2, 1)
+
+
+@pytest.mark.parametrize("uncertain", [delivery_unknown, lambda: ConnectionError("away")])
+async def test_after_an_uncertain_send_a_different_message_is_503_until_the_first_is_sure(
+    uncertain: Callable[[], Exception],
+) -> None:
+    """X's send may have landed (the workflow then keeps X): Y must not be told 202.
+
+    Before, Y was sent, answered "delivered" and remembered, and X's retry was then told
+    "Y was delivered" (409), while the workflow kept X: both answers wrong.
+    """
+    memory, send = RecentDeliveries(), Sender(failures=1, error=uncertain)
+    link = ("process-1", "command-one")
+    x, y = delivered("succeeded"), delivered("failed")
+
+    with pytest.raises((Problem, ConnectionError)):
+        await memory.deliver(link, x, send)
+    for _ in range(2):  # and again: nothing is sent for Y meanwhile
+        with pytest.raises(Problem) as held:
+            await memory.deliver(link, y, send)
+        assert (held.value.status, held.value.kind) == (503, "earlier-message-unconfirmed")
+        assert held.value.headers == {"Retry-After": "5"}
+    assert send.calls == 1
+
+    # X's retry is confirmed: X is first, and Y is told so.
+    assert await memory.deliver(link, x, send) == (Outcome.SENT, x)
+    assert await memory.deliver(link, y, send) == (Outcome.CONFLICT, x)
+    assert (send.calls, send.sent) == (2, 1)
+
+
+async def test_a_waiter_with_another_message_on_an_uncertain_send_is_503_not_sent() -> None:
+    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01, error=delivery_unknown)
+    link = ("process-1", "command-one")
+
+    first, second = await asyncio.gather(
+        memory.deliver(link, delivered("succeeded"), send),
+        memory.deliver(link, delivered("failed"), send),
+        return_exceptions=True,
+    )
+
+    assert isinstance(first, Problem) and first.kind == "temporal-unavailable"
+    assert isinstance(second, Problem) and second.kind == "earlier-message-unconfirmed"
+    assert send.calls == 1
+
+
+async def test_each_waiter_on_a_failed_send_raises_its_own_copy() -> None:
+    """One object raised in N tasks grows its traceback N times and holds the sender's frames."""
+    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01, error=delivery_unknown)
+    link = ("process-1", "command-one")
+
+    results = await asyncio.gather(
+        *(memory.deliver(link, delivered(), send) for _ in range(3)), return_exceptions=True
+    )
+
+    assert send.calls == 1
+    assert len({id(result) for result in results}) == 3
+    for result in results:
+        assert isinstance(result, Problem)
+        assert (result.status, result.kind, result.detail) == (
+            503,
+            "temporal-unavailable",
+            delivery_unknown().detail,
+        )
+        assert result.headers == {"Retry-After": "5"}
 
 
 async def test_when_the_send_in_flight_is_cancelled_a_waiter_sends() -> None:
