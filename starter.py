@@ -78,20 +78,24 @@ async def start_process(
 
 
 def check_heartbeat_timeout(options: ProcessOptions, min_interval: timedelta) -> None:
-    """Refuse a heartbeat timeout no downstream system could meet.
+    """Refuse a heartbeat timeout no downstream system could be sure to meet.
 
     The callbacks API passes one link's heartbeats on at most once per ``min_interval``
-    (``APPROVAL_HEARTBEAT_MIN_INTERVAL``), so the workflow sees a heartbeat at best every
-    ``min_interval``: with a timeout not longer than that, every command would time out however
-    often its system heartbeats.
+    (``APPROVAL_HEARTBEAT_MIN_INTERVAL``) and drops (coalesces) the ones between, so a heartbeat
+    the system sends may reach the workflow up to ``min_interval`` after the one before it
+    would have. With a timeout shorter than twice that interval, heartbeats that keep the
+    documented cadence (every timeout minus the interval) still reach the workflow a full
+    timeout apart, and commands time out (seen with 6 s and 7 s against the 5 s interval).
     """
     timeout = options.command_heartbeat_timeout
-    if timeout is not None and timeout <= min_interval:
+    shortest = 2 * min_interval
+    if timeout is not None and timeout < shortest:
         raise InvalidProcessOptions(
-            f"command_heartbeat_timeout {timeout} is not longer than "
-            f"APPROVAL_HEARTBEAT_MIN_INTERVAL {min_interval}, the callbacks API's closest spacing "
-            "of one command's heartbeats: every command would time out however often it "
-            "heartbeats; raise command_heartbeat_timeout to a few times that interval"
+            f"command_heartbeat_timeout {timeout} is shorter than {shortest}, twice "
+            f"APPROVAL_HEARTBEAT_MIN_INTERVAL {min_interval} (the callbacks API passes one "
+            "command's heartbeats on at most that often and drops the ones between): commands "
+            "would time out although their systems heartbeat; raise command_heartbeat_timeout "
+            "to a few times that interval"
         )
 
 

@@ -260,27 +260,32 @@ async def test_a_lease_shorter_than_a_process_needs_is_refused_at_start(
 async def test_a_heartbeat_timeout_no_system_could_meet_is_refused_at_start(
     time_env: WorkflowEnvironment,
 ) -> None:
-    """The API passes one link's heartbeats on at most every 5 s: a 3 s timeout always fired."""
-    settings = CliSettings(
-        inbox_url=None, process=ProcessOptions(command_heartbeat_timeout=timedelta(seconds=3))
-    )
+    """The API passes one link's heartbeats on at most every 5 s and drops the ones between:
+    a 3 s timeout always fired, and 6 s fired although the system kept its cadence (heartbeats
+    reached the workflow 6 s apart). Anything under twice the interval is refused."""
     args = build_parser().parse_args(["start", "--requested-by", "alice"])
-    with pytest.raises(CliError) as error:
-        await execute(args, time_env.client, settings, Output(False, io.StringIO()))
-    assert error.value.code == EXIT_USAGE
-    message = str(error.value)
-    assert "\n" not in message
-    assert message.startswith(
-        "invalid process options: command_heartbeat_timeout 0:00:03 is not longer than "
-        "APPROVAL_HEARTBEAT_MIN_INTERVAL 0:00:05"
-    )
-    # A few times the interval is fine.
-    fine = settings.model_copy(
-        update={"process": ProcessOptions(command_heartbeat_timeout=timedelta(seconds=20))}
-    )
-    out = io.StringIO()
-    await execute(args, time_env.client, fine, Output(True, out))
-    assert json.loads(out.getvalue())["process_id"].startswith("process-")
+    for seconds, shown in ((3, "0:00:03"), (6, "0:00:06"), (9.5, "0:00:09.500000")):
+        settings = CliSettings(
+            inbox_url=None,
+            process=ProcessOptions(command_heartbeat_timeout=timedelta(seconds=seconds)),
+        )
+        with pytest.raises(CliError) as error:
+            await execute(args, time_env.client, settings, Output(False, io.StringIO()))
+        assert error.value.code == EXIT_USAGE
+        message = str(error.value)
+        assert "\n" not in message
+        assert message.startswith(
+            f"invalid process options: command_heartbeat_timeout {shown} is shorter than "
+            "0:00:10, twice APPROVAL_HEARTBEAT_MIN_INTERVAL 0:00:05"
+        )
+    # Twice the interval, and a few times it, are fine.
+    for seconds in (10, 20):
+        fine = settings.model_copy(
+            update={"process": ProcessOptions(command_heartbeat_timeout=timedelta(seconds=seconds))}
+        )
+        out = io.StringIO()
+        await execute(args, time_env.client, fine, Output(True, out))
+        assert json.loads(out.getvalue())["process_id"].startswith("process-")
 
 
 def test_reminders_that_would_flood_the_history_are_refused() -> None:
