@@ -511,6 +511,51 @@ async def test_an_approval_posted_while_no_worker_runs_is_pending_then_recorded(
         assert "Decision recorded" in await response.text()
 
 
+async def test_a_process_not_ready_to_be_read_is_503_and_a_delivered_decision_says_so(
+    stack: Stack,
+) -> None:
+    """The server refuses a query FAILED_PRECONDITION while the process cannot answer: its
+    first workflow task is not scheduled yet (here: a start delay) or its workflow task keeps
+    failing (a crash-looping worker, a bad deploy). Both pass once a worker runs the task.
+
+    Before, the page was 500 "refused ... nothing was recorded", even right after the decision
+    was signalled and accepted: false. Now the page is 503 (try again), and after a decision,
+    "Your decision was delivered".
+    """
+    process_id = f"process-{uuid.uuid4()}"
+    handle = await stack.client.start_workflow(
+        ProcessWorkflow.run,
+        ProcessInput(requested_by="Grace", description="Rotate the keys"),
+        id=process_id,
+        task_queue=stack.task_queue,  # a worker polls it: the page waits for the query
+        start_delay=timedelta(hours=1),
+    )
+    token = stack.signer.sign(
+        process_id, APPROVAL_CALLBACK, Purpose.APPROVAL, datetime.now(UTC) + timedelta(hours=1)
+    )
+    try:
+        response, html = await stack.page(token)
+        assert response.status == 503, html
+        assert response.headers["Retry-After"] == "5"
+        assert "not ready" in html and "recorded" not in html
+
+        response = await stack.http.post(
+            f"/approvals/{token}",
+            data={"check": hidden_check_for(stack, token), "decision": "approve", "name": "Ada"},
+            allow_redirects=False,
+        )
+        assert response.status == 303
+        response = await stack.http.get(f"/approvals/{token}{response.headers['Location']}")
+        html = await response.text()
+        assert response.status == 503, html
+        assert "Decision sent" in html and "Your decision was delivered" in html
+        assert "nothing was recorded" not in html
+        # It was: the server holds the decision.
+        assert await stack.signals(process_id, "approval_decision") == 1
+    finally:
+        await handle.terminate("test over")
+
+
 async def test_an_approval_posted_while_a_dead_worker_holds_a_task_is_kept(stack: Stack) -> None:
     """A worker took a workflow task and died before answering it (kill -9, or a stop racing
     its last poll). The approval posted meanwhile is accepted by the server, which holds it
