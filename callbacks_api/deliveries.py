@@ -19,7 +19,11 @@ API remembers, per link (the process and the callback its token names), what it 
   sent, until a post of the unconfirmed message is answered for sure (delivered, or refused for
   good). Sending it would be answered 202 and remembered while the workflow may keep the first
   one, and the first one's retry would then be told the other "was delivered". A definite
-  refusal (4xx, 500) of a send leaves nothing unconfirmed: a different message tries.
+  refusal (4xx, 500) of a send leaves nothing unconfirmed: a different message tries. The hold
+  lasts at most ``UNCONFIRMED_HOLD`` (2 min): if the first message's sender gave up, the
+  signal may never have landed, and holding the other message back until the link expires
+  would lose the only result the process can still get. After the hold the other message is
+  sent; the workflow keeps whichever arrived first.
 
 The memory is bounded. It holds at most ``capacity`` links (least recently used dropped first),
 each for no longer than its token is valid: after that the link is refused as expired anyway.
@@ -52,6 +56,8 @@ from workflows.messages import APPROVAL_CALLBACK
 # An entry takes about 0.55 KB with a 200-character label (tracemalloc, as
 # tests/unit/test_deliveries.py measures it), so a full memory is about 5.5 MB.
 DEFAULT_CAPACITY = 10_000
+# How long an uncertain send holds back a different message on its link (see the module doc).
+UNCONFIRMED_HOLD = 120.0
 
 
 class Outcome(StrEnum):
@@ -78,6 +84,11 @@ def _forget_at(_link: Hashable, delivered: Delivered, _now: float) -> float:
     return delivered.expires_at.timestamp()
 
 
+def _hold_until(_link: Hashable, delivered: Delivered, now: float) -> float:
+    """An uncertain send's hold on its link: ``UNCONFIRMED_HOLD``, never past the link's expiry."""
+    return min(delivered.expires_at.timestamp(), now + UNCONFIRMED_HOLD)
+
+
 class RecentDeliveries:
     """A bounded memory of the first message delivered per link, shared by one app's handlers."""
 
@@ -94,9 +105,9 @@ class RecentDeliveries:
         self._answered = answered
         self._in_flight: dict[Hashable, _Flight] = {}
         # Links whose last send ended uncertain, with the message it sent (see the module doc);
-        # bounded and forgotten like the memory itself.
+        # bounded like the memory itself, and held for at most UNCONFIRMED_HOLD.
         self._unconfirmed: TLRUCache[Hashable, Delivered] = TLRUCache(
-            capacity, ttu=_forget_at, timer=clock
+            capacity, ttu=_hold_until, timer=clock
         )
 
     def __len__(self) -> int:

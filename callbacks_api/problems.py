@@ -195,8 +195,8 @@ def earlier_message_unconfirmed() -> Problem:
         "Service temporarily unavailable",
         "An earlier, different message sent through this link may or may not have been "
         "recorded (the workflow service did not confirm it), and only the first one counts. "
-        "Yours was not sent. Try again later: once the earlier one is sent again and confirmed, "
-        "you will be told which one counts.",
+        "Yours was not sent. Try again later: once the earlier one is sent again and confirmed "
+        "you will be told which one counts; after two minutes without that, yours is sent.",
         headers={"Retry-After": "5"},
     )
 

@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
+from callbacks_api.deliveries import (
+    UNCONFIRMED_HOLD,
+    Delivered,
+    Outcome,
+    RecentDeliveries,
+    digest_of,
+)
 from callbacks_api.problems import Problem, delivery_unknown, too_large_for_temporal
 from workflows.messages import CommandCallback
 
@@ -146,6 +152,30 @@ async def test_after_an_uncertain_send_a_different_message_is_503_until_the_firs
     # X's retry is confirmed: X is first, and Y is told so.
     assert await memory.deliver(link, x, send) == (Outcome.SENT, x)
     assert await memory.deliver(link, y, send) == (Outcome.CONFLICT, x)
+    assert (send.calls, send.sent) == (2, 1)
+
+
+async def test_an_uncertain_send_holds_a_different_message_back_for_two_minutes_only() -> None:
+    """X's sender may have given up after its uncertain send, and X may never have landed.
+
+    Holding Y back until the link expires would then lose the only result the process can
+    still get; after ``UNCONFIRMED_HOLD`` Y is sent, and the workflow keeps whichever came first.
+    """
+    clock = [datetime.now(UTC).timestamp()]
+    memory = RecentDeliveries(clock=lambda: clock[0])
+    send = Sender(failures=1, error=delivery_unknown)
+    link = ("process-1", "command-one")
+    x, y = delivered("succeeded"), delivered("failed")
+
+    with pytest.raises(Problem):
+        await memory.deliver(link, x, send)
+    clock[0] += UNCONFIRMED_HOLD - 1
+    with pytest.raises(Problem) as held:
+        await memory.deliver(link, y, send)
+    assert held.value.kind == "earlier-message-unconfirmed"
+
+    clock[0] += 2
+    assert await memory.deliver(link, y, send) == (Outcome.SENT, y)
     assert (send.calls, send.sent) == (2, 1)
 
 
