@@ -117,7 +117,10 @@ async def test_the_shared_link_carries_the_start_s_trace(
         await eventually(lambda: h.fakes.mailed(handle.id), what="a reminder to everyone")
         first = h.fakes.approvals[handle.id].link_trace
         assert _span_of(first) == _start_span(exporter, handle.id)
-        assert [n.link_trace for n in h.fakes.notices[handle.id]] == [first]
+        # Every reminder carries the same trace (how many were mailed is not the point: under
+        # load the time-skipping server can run past a second reminder before this reads).
+        traces = [n.link_trace for n in h.fakes.notices[handle.id]]
+        assert traces and all(trace == first for trace in traces)
         await handle.cancel()
 
 
