@@ -48,11 +48,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy .
 
-# Tests run on every core (pytest-xdist); PYTEST_WORKERS=0 runs them in this one process.
+# Tests run on one worker more than there are cores (pytest-xdist): much of a test's time is
+# spent waiting on servers, subprocesses and timeouts, and a third worker uses the CPU the
+# other two leave idle (2-core VM, idle: 109-119 s with two workers, 87-90 s with three;
+# docs/testing.md). PYTEST_WORKERS=0 runs them in this one process.
 # loadgroup: tests that share a module's fixture, or carry one xdist_group, run on one worker
-# (tests/conftest.py); the rest go out in collection order (no reorder), so the long integration
-# tests start first and the short unit and workflow tests fill in at the end.
-PYTEST_WORKERS ?= auto
+# (tests/conftest.py); the rest go out longest first (@pytest.mark.duration), then in collection
+# order (no reorder): the long integration tests start first, the short ones fill in at the end.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) + 1 )))
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 pytest: $(STAMP)

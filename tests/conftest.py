@@ -1,9 +1,9 @@
 """Shared fixtures: a time-skipping server per test, one dev server per session (per xdist worker).
 
-``make test`` runs the tests on every core with pytest-xdist (``-n auto --dist loadgroup``): most
-of them wait on servers and subprocesses, so two run at once on a 2-core machine. A session is one
-worker's share of the tests, so each worker starts its own dev server; every test already uses its
-own task queue, workflow ids, lock resource, free ports and temporary folders.
+``make test`` runs the tests on one pytest-xdist worker more than there are cores (``-n 3 --dist
+loadgroup`` on a 2-core machine): most of them wait on servers and subprocesses much of the time. A
+session is one worker's share of the tests, so each worker starts its own dev server; every test
+already uses its own task queue, workflow ids, lock resource, free ports and temporary folders.
 """
 
 from __future__ import annotations
