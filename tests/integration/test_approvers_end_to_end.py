@@ -50,7 +50,7 @@ async def inbox(http: aiohttp.ClientSession, stack: RunningStack, process_id: st
     return messages
 
 
-@pytest.mark.duration(20)
+@pytest.mark.duration(8)  # the first of the run_stack group: it starts the stack
 async def test_two_of_three_named_approvers_approve_through_their_pages(
     run_stack: RunningStack,
 ) -> None:

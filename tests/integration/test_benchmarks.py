@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.duration(23)
+@pytest.mark.duration(20)
 def test_the_quick_benchmark_measures_every_figure_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     result = subprocess.run(

@@ -100,7 +100,6 @@ async def open_from_inbox(page: Page, stack: RunningStack, process_id: str, shot
     return page.url
 
 
-@pytest.mark.duration(8)
 async def test_approve_in_the_browser_and_a_late_reject_sees_409(
     run_stack: RunningStack, browser: Browser, tmp_path: Path
 ) -> None:

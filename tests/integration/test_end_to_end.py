@@ -253,7 +253,7 @@ async def approve(http: aiohttp.ClientSession, stack: RunningStack, process_id: 
         assert answer.status == 200, await answer.text()
 
 
-@pytest.mark.duration(40)
+@pytest.mark.duration(25)
 async def test_approved_process_completes(tmp_path: Path) -> None:
     # Commands that take a few seconds, so the kill -9 below lands while they are worked on.
     slow = {"SIMULATOR_MIN_DELAY": "2.5", "SIMULATOR_MAX_DELAY": "3"}
@@ -375,7 +375,7 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
         assert len(err.strip().splitlines()) == 1 and "cannot reach Temporal" in err
 
 
-@pytest.mark.duration(10)
+@pytest.mark.duration(9)
 async def test_failed_command_fails_the_process(tmp_path: Path) -> None:
     # With tracing on, printing spans: every part and the CLI read OTEL_*, the Temporal dev server
     # must not (it refuses "console"), and the CLI's --json must stay parseable (spans on stderr).

@@ -71,6 +71,7 @@ async def _attempt(handle: WorkflowHandle[Any, Any], activity: str) -> int:
     )
 
 
+@pytest.mark.duration(12)
 async def test_completed_write_outlives_a_frozen_emulator(
     dev_env: WorkflowEnvironment, moto: MotoServer
 ) -> None:

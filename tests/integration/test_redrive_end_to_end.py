@@ -56,7 +56,7 @@ async def closed(stack: RunningStack, process_id: str) -> WorkflowExecutionStatu
     return (await handle.describe()).status
 
 
-@pytest.mark.duration(19)
+@pytest.mark.duration(20)
 async def test_a_failed_command_is_redriven_and_the_one_that_succeeded_is_not_sent_again(
     tmp_path: Path,
 ) -> None:

@@ -162,6 +162,7 @@ async def _mutex_runs(client: Client, workflow_id: str) -> list[Any]:
     return sorted(runs, key=lambda e: e.start_time)
 
 
+@pytest.mark.duration(7)
 async def test_rolling_upgrade_loses_no_process_and_no_signal(server: WorkflowEnvironment) -> None:
     client = server.client
     suffix = uuid.uuid4().hex[:8]
