@@ -56,7 +56,7 @@ async def closed(stack: RunningStack, process_id: str) -> WorkflowExecutionStatu
     return (await handle.describe()).status
 
 
-@pytest.mark.duration(20)
+@pytest.mark.duration(25)
 async def test_a_failed_command_is_redriven_and_the_one_that_succeeded_is_not_sent_again(
     tmp_path: Path,
 ) -> None:
@@ -66,7 +66,7 @@ async def test_a_failed_command_is_redriven_and_the_one_that_succeeded_is_not_se
         # Command one done in well under a second; command two fails seconds later (above).
         "SIMULATOR_MIN_DELAY": "0.2",
         "SIMULATOR_MAX_DELAY": "0.5",
-        "SIMULATOR_COMMAND_DELAYS": '{"command-two": [5, 5]}',
+        "SIMULATOR_COMMAND_DELAYS": '{"command-two": [10, 10]}',
         "SIMULATOR_HEARTBEAT_INTERVAL": "0.2",
         "APPROVAL_PROCESS__COMMAND_HEARTBEAT_TIMEOUT": "PT1M",
     }
