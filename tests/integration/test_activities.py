@@ -629,6 +629,17 @@ async def test_sends_run_their_blocking_calls_on_the_workers_pool(
 # ---------------------------------------------------------------------------------------------
 
 
+def _notifier(aws: Aws) -> ApprovalNotifier:
+    """The approval mailer as the worker builds it, on the emulator's topic."""
+    return ApprovalNotifier(
+        aws.clients.sns,
+        aws.resources.topic_arn,
+        aws.settings.signer,
+        aws.settings.callback_base_url,
+        aws.idempotency,
+    )
+
+
 def _inbox(aws: Aws) -> str:
     """An SQS queue subscribed to the topic: moto delivers each SNS message to it."""
     queue_url = aws.clients.sqs.create_queue(QueueName=f"inbox-{aws.settings.process_table}")[
@@ -643,13 +654,7 @@ def _inbox(aws: Aws) -> str:
 
 def test_approval_mail_has_working_links_and_is_sent_once(aws: Aws) -> None:
     inbox = _inbox(aws)
-    notifier = ApprovalNotifier(
-        aws.clients.sns,
-        aws.resources.topic_arn,
-        aws.settings.signer,
-        aws.settings.callback_base_url,
-        aws.idempotency,
-    )
+    notifier = _notifier(aws)
     process_id = _process_id()
     request = PublishApprovalRequest(
         process_id=process_id,
@@ -686,13 +691,7 @@ def test_approval_mail_has_working_links_and_is_sent_once(aws: Aws) -> None:
 
 def test_each_named_approver_gets_their_own_link_and_reminders_repeat_it(aws: Aws) -> None:
     inbox = _inbox(aws)
-    notifier = ApprovalNotifier(
-        aws.clients.sns,
-        aws.resources.topic_arn,
-        aws.settings.signer,
-        aws.settings.callback_base_url,
-        aws.idempotency,
-    )
+    notifier = _notifier(aws)
     process_id = _process_id()
     request = NotifyApprovers(
         process_id=process_id,
@@ -754,13 +753,7 @@ def test_a_filter_policy_on_approver_routes_each_mail_to_its_approver_alone(aws:
             Attributes={"FilterPolicy": json.dumps({"approver": [approver]})},
         )
         queues[approver] = url
-    notifier = ApprovalNotifier(
-        aws.clients.sns,
-        aws.resources.topic_arn,
-        aws.settings.signer,
-        aws.settings.callback_base_url,
-        aws.idempotency,
-    )
+    notifier = _notifier(aws)
     notice = NotifyApprovers(
         process_id=_process_id(),
         requested_by="grace",
@@ -783,13 +776,7 @@ def test_every_link_carries_the_trace_the_process_chose(aws: Aws) -> None:
     """The workflow names the trace every approval link continues (its start's, patch
     approval-links-traced); the activity's own span, current while it runs, is not used."""
     inbox = _inbox(aws)
-    notifier = ApprovalNotifier(
-        aws.clients.sns,
-        aws.resources.topic_arn,
-        aws.settings.signer,
-        aws.settings.callback_base_url,
-        aws.idempotency,
-    )
+    notifier = _notifier(aws)
     process_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     chosen, untraced = LinkTrace(traceparent=process_trace), LinkTrace()
     deadline = datetime.now(UTC) + timedelta(hours=1)
@@ -854,13 +841,7 @@ def _received(aws: Aws, queue_url: str, count: int) -> list[dict[str, Any]]:
 
 
 def test_approval_subject_stays_within_sns_limits(aws: Aws) -> None:
-    notifier = ApprovalNotifier(
-        aws.clients.sns,
-        aws.resources.topic_arn,
-        aws.settings.signer,
-        aws.settings.callback_base_url,
-        aws.idempotency,
-    )
+    notifier = _notifier(aws)
     request = PublishApprovalRequest(
         process_id="process-" + "x" * 120,
         requested_by="alice",
