@@ -337,14 +337,20 @@ class Downstream:
         return payload
 
     async def _work_until_due(self, job: Job) -> None:
-        """The simulated work: wait until the job is due, heartbeating meanwhile if set."""
+        """The simulated work: wait until the job is due, heartbeating meanwhile if set.
+
+        With heartbeats set, the first goes out as the work starts even when the job is already
+        due (picked up late, or with no delay at all): a system that heartbeats says it started.
+        """
         interval = self._settings.heartbeat_interval
+        if interval is not None and not await self._heartbeat(job):
+            interval = None  # refused for good: the work goes on without heartbeats
         remaining = (job.due - datetime.now(UTC)).total_seconds()
         while interval is not None and remaining > 0:
-            if not await self._heartbeat(job):
-                break  # refused for good: the work goes on without heartbeats
             await self._sleep(min(interval, remaining))
             remaining = (job.due - datetime.now(UTC)).total_seconds()
+            if remaining > 0 and not await self._heartbeat(job):
+                interval = None
         if remaining > 0:
             await self._sleep(remaining)
 

@@ -262,3 +262,15 @@ def test_a_command_delay_out_of_order_is_refused(
     monkeypatch.setenv("SIMULATOR_COMMAND_DELAYS", delays)
     with pytest.raises(ValidationError, match="command-two's delays must be"):
         SimulatorSettings()
+
+
+async def test_a_command_picked_up_when_already_due_still_heartbeats_once() -> None:
+    # No delay at all: the job is due as it is received. A system that heartbeats says it
+    # started even so (tracing relies on it: each command's heartbeat continues its trace).
+    peer = DownstreamPeer()
+    overrides: dict[str, Any] = {"min_delay": 0, "max_delay": 0, "heartbeat_interval": 1}
+    async with simulator(peer, **overrides) as (downstream, base, callbacks, http):
+        await post_command(http, base, command(callbacks))
+        await downstream.drain()
+    assert len(peer.heartbeats) == 1
+    assert [c["status"] for _, c in peer.callbacks] == ["succeeded"]
