@@ -260,6 +260,8 @@ def _profile_section(profile: Profile, h: Holder) -> None:
     last = max(sent, answered, key=History.time)
     profile.add("both sent and both callbacks in (simulator, API)", ms(picked, last))
     profile.add("  of which: slower send runs (SQS or HTTP)", ms(picked, sent), summed=False)
+    profile.add("  of which: send one runs (SQS)", ms(one[1], one[2]), summed=False)
+    profile.add("  of which: send two runs (HTTP)", ms(two[1], two[2]), summed=False)
     profile.add(
         "  of which: picked up -> second callback signalled", ms(picked, answered), summed=False
     )

@@ -619,9 +619,9 @@ async def test_sends_run_their_blocking_calls_on_the_workers_pool(
     with CountingExecutor() as executor:
         activities = _commands(aws, http, f"{command_server.base_url}/status/200", executor)
         await _send_one(activities, _command(CommandName.ONE))
-        assert executor.calls == 3  # idempotency read, SQS send, idempotency record
-        await _send_two(activities, _command(CommandName.TWO))
-        assert executor.calls == 5  # idempotency read and record around the POST
+        assert executor.calls == 2  # SQS send, idempotency record (a first try reads nothing)
+        await _send_two(activities, _command(CommandName.TWO), attempt=2)
+        assert executor.calls == 4  # a retry's idempotency read, and the record after the POST
 
 
 # ---------------------------------------------------------------------------------------------
@@ -916,6 +916,25 @@ async def test_factory_registers_every_activity(aws: Aws, http: aiohttp.ClientSe
         "check_holder",
         "recover_mutex",
     }
+
+
+async def test_only_a_retry_reads_the_sent_record(
+    aws: Aws, http: aiohttp.ClientSession, command_server: CommandServer
+) -> None:
+    activities = _commands(aws, http, f"{command_server.base_url}/status/200")
+    command = _command(CommandName.TWO)
+
+    await _send_two(activities, command)
+    # A first attempt again: the same process id sending anew (a reset run). It does not read
+    # the record (one DynamoDB call less inside the lock): it sends, under the same key.
+    again = await _send_two(activities, command)
+    # A retry reads the record and sends nothing.
+    retried = await _send_two(activities, command, attempt=2)
+
+    assert (again.duplicate, retried.duplicate) == (False, True)
+    assert [h["Idempotency-Key"] for h, _ in command_server.requests] == [
+        f"{command.process_id}:command-two"
+    ] * 2
 
 
 async def test_a_redrive_posts_again_under_the_original_key_once_per_redrive(
