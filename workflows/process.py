@@ -111,6 +111,18 @@ LOCK_GUARDS_SENDS_PATCH = "process-lock-guards-sends"
 #   not one of each per patch.
 # Processes started before it replay the patches they recorded.
 LOCAL_WRITES_PATCH = "process-local-writes"
+# How long a table write may run in the worker before it goes on as an activity. A query that
+# reaches a process while one of its workflow tasks is open waits for that task, and a local
+# activity holds the task open: sdk-core then completes it only every 8 s (a "workflow task
+# heartbeat", at 80% of the 10 s task timeout) until the try ends, so with the full attempt
+# timeout a DynamoDB outage stalled ``approval-flow status`` 8 s a query and made the approval
+# page (5 s query deadline) answer 503 "no worker answered" (measured, tests/integration/
+# test_query_during_write.py). A write takes milliseconds; one that takes 2 s is an outage, which
+# the activity then retries on the server while queries are answered. Cost: a sync activity
+# cannot be interrupted, so the timed-out try's DynamoDB call runs on in its thread (bounded by
+# common/aws.py:client_config) and may land after the activity's; the writes are conditional
+# and converge. Not recorded in the history (the marker holds the outcome): replay-safe.
+LOCAL_WRITE_TRY_TIMEOUT = timedelta(seconds=2)
 # The patches ``process-local-writes`` stands for, and the only ones ``_since`` answers. A patch
 # newer than it must call ``workflow.patched`` itself: answered True for a process started under
 # ``process-local-writes``, it would take the new branch in a history recorded without it.
@@ -781,18 +793,23 @@ class ProcessWorkflow:
 
         The first try is a local activity: it runs inside the workflow task that needs it and
         leaves one marker in the history, where an activity costs three events and a workflow
-        task of its own. If that try fails for a reason a retry could fix (DynamoDB slow or
-        down, the worker lost), the same write goes to the server as an activity with the
-        call's full retry policy: the server then retries it through the outage, visible in
-        ``describe``, without a workflow task held open. So a write gets one quick try more
+        task of its own. If that try fails for a reason a retry could fix (DynamoDB down, the
+        worker lost) or outlasts ``LOCAL_WRITE_TRY_TIMEOUT`` (DynamoDB slow or frozen), the
+        same write goes to the server as an activity with the call's full retry policy: the
+        server then retries it through the outage, visible in ``describe``, without a workflow
+        task held open (queries are answered meanwhile). So a write gets one quick try more
         than the policy counts. An error no retry can fix (the record is gone) ends it at once.
         """
         attempt = self._options.activity_attempt_timeout
+        # Short, so a stalled write never keeps queries waiting (LOCAL_WRITE_TRY_TIMEOUT); from
+        # scheduling, so a try that waits for a local-activity slot is bounded too.
+        local_try = min(attempt, LOCAL_WRITE_TRY_TIMEOUT)
         try:
             await workflow.execute_local_activity_method(
                 method,
                 arg,
-                start_to_close_timeout=attempt,
+                schedule_to_close_timeout=local_try,
+                start_to_close_timeout=local_try,
                 retry_policy=RetryPolicy(maximum_attempts=1),
             )
             return
