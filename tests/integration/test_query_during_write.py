@@ -6,8 +6,9 @@ So the try must be short: here the emulator is frozen (SIGSTOP: it accepts conne
 answers nothing, as in a network partition) while a process writes ``in-progress`` with the
 production attempt timeout, and the ``state`` query, asked through the CLI's own code path and
 its own deadline, must still answer: the process still ``pending``, the write retried as an
-activity that ``describe`` (the Temporal UI) shows. Once the emulator answers again (SIGCONT)
-the record is written and the process completes.
+activity that ``describe`` (the Temporal UI) shows. A process started meanwhile, whose first
+task hangs on its create write, answers too. Once the emulator answers again (SIGCONT) the
+records are written and the first process completes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType, PendingWorkflowTaskState
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionDescription, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -117,14 +118,25 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
                 assert state.status is ProcessStatus.PENDING
                 # The write went on as an activity: the Temporal UI and ``describe`` show it.
                 description = await handle.describe()
-                assert UPDATE in {
-                    a.activity_type.name for a in description.raw_description.pending_activities
-                }
+                assert UPDATE in _pending_activities(description)
+                # The same for a process started now: its first task hangs on the create write.
+                second = await h.start(aws_retry=RetrySettings(max_attempts=3, delay=timedelta(0)))
+                await eventually(
+                    lambda: _task_running(second), what="the second process's first task to run"
+                )
+                page = await Processes(dev_env.client).state(second.id)
+                assert (page.status, page.stage) == (ProcessStatus.PENDING, Stage.CREATING)
+                assert "create_process" in _pending_activities(await second.describe())
             await eventually(
                 lambda: _record(clients, settings.process_table, handle.id) == "in-progress",
                 what="the in-progress record once the emulator answers",
             )
             assert _record(clients, settings.process_table, handle.id, "approved_by") == "bob"
+            await eventually(
+                lambda: second.id in fakes.approvals, what="the second process's approval request"
+            )
+            assert _record(clients, settings.process_table, second.id) == "pending"
+            await second.terminate("test over")  # it would wait an hour for its approval
             await h.wait_send_started(handle)
             await h.call_back(handle, CommandName.ONE)
             await h.call_back(handle, CommandName.TWO)
@@ -133,6 +145,15 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
     assert result.status == "success"
     assert final.status is ProcessStatus.COMPLETED and final.stage is Stage.COMPLETED
     assert _record(clients, settings.process_table, handle.id) == ProcessStatus.COMPLETED.value
+
+
+def _pending_activities(description: WorkflowExecutionDescription) -> set[str]:
+    return {a.activity_type.name for a in description.raw_description.pending_activities}
+
+
+async def _task_running(handle: WorkflowHandle[Any, Any]) -> bool:
+    task = (await handle.describe()).raw_description.pending_workflow_task
+    return task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
 
 
 async def _writing_after_grant(handle: WorkflowHandle[Any, Any]) -> bool:
@@ -147,9 +168,7 @@ async def _writing_after_grant(handle: WorkflowHandle[Any, Any]) -> bool:
             == LOCK_GRANTED_SIGNAL
         ):
             granted_at = event.event_id
-    task = (await handle.describe()).raw_description.pending_workflow_task
-    started = task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
-    return bool(granted_at) and scheduled_at > granted_at and started
+    return bool(granted_at) and scheduled_at > granted_at and await _task_running(handle)
 
 
 def _record(clients: AwsClients, table: str, process_id: str, field: str = "status") -> str:
