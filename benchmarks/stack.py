@@ -5,6 +5,10 @@ worker (``python -m worker``, as many as a figure needs, each on its own task qu
 callbacks API (``python -m callbacks_api``), the downstream simulator answering at once
 (``python -m simulator`` with no delay) and the baseline worker (``python -m benchmarks.baseline``:
 bare workflows to compare against). Logs go to one folder per run.
+
+None of them may outlive the suite: a stack left running skews every later measurement on the
+machine. ``close()`` stops them all (the suite calls it on Ctrl+C and SIGTERM too), and each is
+started with the kernel asked to SIGTERM it when the suite dies, kill -9 included.
 """
 
 from __future__ import annotations
@@ -27,17 +31,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from common.aws import AwsClients
 from common.aws_resources import ensure_resources
 from common.settings import Settings
-from tests.support.moto_server import (
-    MotoServer,
-    free_loopback_port,
-    moto_settings,
-    start_moto_server,
-)
+from local_stack.children import die_with_parent
+from tests.support.moto_server import free_loopback_port, moto_settings
 from tests.support.moto_server import moto_env as aws_env
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 READY_TIMEOUT = 60.0
+STOP_GRACE = 20.0  # for every part together, from the SIGTERM to the SIGKILL of the slow ones
 
 
 def rss_kib(pid: int) -> int:
@@ -71,15 +72,22 @@ class Part:
             tail = self.log_path.read_bytes()[-2000:].decode(errors="replace")
             raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the exit until ``deadline`` (``time.monotonic()``), then SIGKILL."""
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait_or_kill(time.monotonic() + STOP_GRACE)
 
 
 @dataclass
@@ -90,7 +98,7 @@ class Stack:
     settings: Settings = field(init=False)
     client: Client = field(init=False)
     temporal: Part = field(init=False)
-    moto: MotoServer = field(init=False)
+    moto_url: str = field(init=False)
     api_url: str = field(init=False)
     parts: list[Part] = field(default_factory=list)
     _env: dict[str, str] = field(default_factory=dict)
@@ -122,10 +130,10 @@ class Stack:
             ],
             dict(os.environ),
         )
-        self.moto = await asyncio.to_thread(start_moto_server)
+        await self._start_moto()
         # This process provisions the tables and reads them back: boto3 here uses the emulator too.
-        os.environ.update(aws_env(self.moto))
-        self.settings = moto_settings(self.moto, temporal_address=f"127.0.0.1:{port}")
+        os.environ.update(aws_env(self.moto_url))
+        self.settings = moto_settings(self.moto_url, temporal_address=f"127.0.0.1:{port}")
         await asyncio.to_thread(
             ensure_resources, self.settings, AwsClients.from_settings(self.settings)
         )
@@ -135,7 +143,7 @@ class Stack:
         simulator_port = free_loopback_port()
         self._env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("APPROVAL_", "TEMPORAL_"))},
-            **aws_env(self.moto),
+            **aws_env(self.moto_url),
             "PYTHONUNBUFFERED": "1",
             "TEMPORAL_ADDRESS": self.settings.temporal_address,
             "APPROVAL_PROCESS_TABLE": self.settings.process_table,
@@ -199,17 +207,38 @@ class Stack:
         self.parts.remove(part)
 
     async def close(self) -> None:
-        for part in reversed(self.parts):
-            part.stop()
+        """Stop every part: SIGTERM to all at once, SIGKILL to those still up after the grace.
+
+        Nothing here awaits, so a cancel (the suite's Ctrl+C or SIGTERM) cannot cut it short.
+        """
+        for part in self.parts:
+            part.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for part in self.parts:
+            part.wait_or_kill(deadline)
         self.parts.clear()
-        if hasattr(self, "moto"):
-            self.moto.stop()
+
+    async def _start_moto(self) -> None:
+        port = free_loopback_port()
+        self.moto_url = f"http://127.0.0.1:{port}"
+        argv = [str(SCRIPTS / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        # Dummy credentials for the emulator itself too: nothing of the suite can reach real AWS.
+        moto = self._spawn("moto", argv, {**os.environ, **aws_env(self.moto_url)})
+        async with aiohttp.ClientSession() as http:
+            await _wait_http(http, f"{self.moto_url}/moto-api/", moto)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Part:
+        """Start a part from this thread (the event loop's): ``die_with_parent`` ties the part's
+        life to the thread that started it."""
         log_path = self.logs / f"{name}.log"
         log = log_path.open("wb")
         process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
         part = Part(name, process, log_path, log)
         self.parts.append(part)

@@ -3,6 +3,7 @@
 Starts its own dev server, AWS emulator, workers, callbacks API and an instant downstream
 simulator (``benchmarks.stack``), measures, prints one table and writes ``.bench/results.json``.
 ``--quick`` runs everything small: a smoke run for ``make test``, whose figures mean nothing.
+Ctrl+C and SIGTERM (``kill``, a CI job's timeout) stop the run and its whole stack; exit 130/143.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +95,46 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.quick:
         memory.WARM_UP, memory.SETTLE_SECONDS = 2, 0.5
-    return asyncio.run(run(sizes, parts, args.out, args.quick, server_args))
+    return run_until_stopped(run(sizes, parts, args.out, args.quick, server_args))
+
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def run_until_stopped(main: Coroutine[None, None, int]) -> int:
+    """``asyncio.run(main)``, where SIGTERM does what Ctrl+C does: cancel ``main``.
+
+    Cancelled, ``run`` stops its stack in its ``finally``. Without this, SIGTERM killed the suite
+    at once and left the dev server, the emulator and every worker running (three whole stacks
+    were found that way, skewing every later measurement). The parts die with the suite even on
+    kill -9 (benchmarks/stack.py), but only this way are they stopped in order and the exit code
+    says why.
+    """
+    terminated = False
+
+    async def stoppable() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        return await main
+
+    try:
+        return asyncio.run(stoppable())
+    except KeyboardInterrupt:  # asyncio.run cancelled main on Ctrl+C, as above
+        print("stopped by Ctrl+C; every part of the stack is stopped", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("stopped by SIGTERM; every part of the stack is stopped", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
 
 
 def dev_server_args(values: list[str]) -> list[str]:

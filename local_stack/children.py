@@ -19,32 +19,47 @@ TAIL_LINES = 25
 NAME_WIDTH = 9
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook asking the kernel to SIGTERM the child when we die.
-
-    Children run in their own session (so Ctrl+C reaches only the supervisor, which then stops
-    them in order); this makes sure they do not outlive a supervisor killed with SIGKILL.
-    The libc function is looked up here, in the parent: the hook itself only calls it.
-    """
+def _find_prctl() -> Callable[[int, int], int] | None:
+    """libc's ``prctl`` on Linux, looked up once in the parent: the hook only calls it."""
     if not sys.platform.startswith("linux"):
         return None
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        prctl = ctypes.CDLL(name, use_errno=True).prctl
+        prctl: Callable[[int, int], int] = ctypes.CDLL(name, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    pr_set_pdeathsig = 1
+    return prctl
+
+
+_PRCTL = _find_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook asking the kernel to SIGTERM the child when we die.
+
+    Children run in their own session (so Ctrl+C reaches only the supervisor, which then stops
+    them in order); this makes sure they do not outlive a supervisor killed with SIGKILL. The
+    benchmark suite's children use it too (benchmarks/stack.py). Make one per child, just before
+    starting it: it remembers which process is the parent. The kernel sends the signal when the
+    *thread* that started the child ends, so start children from a thread that lives as long as
+    the process (the main thread, the event loop's), never from ``asyncio.to_thread``.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
     sigterm = int(signal.SIGTERM)
 
     def hook() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
+        prctl(_PR_SET_PDEATHSIG, sigterm)
+        # A parent that died between the fork and the line above had no one to tell: go now.
+        if os.getppid() != parent:
+            os._exit(1)
 
     return hook
-
-
-_PRE_EXEC = _die_with_parent_hook()
 
 
 class Child:
@@ -89,7 +104,7 @@ class Child:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_PRE_EXEC,
+                preexec_fn=die_with_parent(),
                 limit=OUTPUT_LINE_LIMIT,
             )
         except OSError as err:

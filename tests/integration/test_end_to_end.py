@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from local_stack.children import Child
 from tests.support.moto_server import free_loopback_port
+from tests.support.processes import alive
 from tests.support.waiting import eventually
 from workflows.messages import ProcessState
 
@@ -129,7 +130,7 @@ class RunningStack:
         await self.child.exited()
         for pid in frozen:
             os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: not any(map(_alive, parts)), "the parts gone", READY_TIMEOUT)
+        await eventually(lambda: not any(map(alive, parts)), "the parts gone", READY_TIMEOUT)
 
     async def start_again(self, **settings: str) -> None:
         """Start the supervisor again, on the same ports and data folder."""
@@ -151,14 +152,6 @@ class RunningStack:
                 self.child.kill()
                 self.stopped_with = await self.child.exited()
         return self.stopped_with
-
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie has exited; its parent reaps it later
 
 
 @asynccontextmanager
