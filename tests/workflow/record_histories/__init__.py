@@ -17,6 +17,9 @@ covered the branch its name says, and writes one file per workflow run (every ru
 continue-as-new chain too). It refuses a version folder that already holds histories unless
 ``--force`` is given; ``--force`` overwrites the files it records and keeps the others (the
 ``ts_*`` files of v1 came from the time-skipping server and are kept as recorded). ``--only
-PREFIX`` records just the scenarios named so, beside the files already in the folder: two
-changes released together can each record their own (``--only process_policy_``).
+NAMES`` records just the scenarios named so (exact names, comma-separated, or a pattern),
+beside the files already in the folder: two changes released together can each record their own
+(``--only 'process_policy_*'``). It never replaces a file the folder holds without ``--force``,
+whichever scenario wrote it (a scenario may save histories of other workflows: ``lock_contention``
+saves ``mutex_queued_requests_cancelled``).
 """

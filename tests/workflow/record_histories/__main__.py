@@ -1,9 +1,11 @@
-"""``python -m tests.workflow.record_histories VERSION [--force]``: see the package docstring."""
+"""``python -m tests.workflow.record_histories VERSION [--force] [--only NAMES]``: see the package
+docstring."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import logging
 import re
 import shutil
@@ -41,6 +43,10 @@ async def record(
     staging: Path, scenarios: list[Scenario] = SCENARIOS
 ) -> tuple[dict[str, int], list[str]]:
     """Run the scenarios on one dev server; the histories, and what went wrong."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The scenarios fail processes on purpose; their warnings would bury anything unexpected.
+    for noisy in ("temporalio.workflow", "temporalio.activity"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     async with await start_dev_server() as env:
         recording = Recording(env.client, staging)
         limit = asyncio.Semaphore(CONCURRENCY)
@@ -58,6 +64,38 @@ async def record(
     return recording.saved, failures
 
 
+def select(only: str, scenarios: list[Scenario] = SCENARIOS) -> list[Scenario]:
+    """The scenarios ``--only`` names: exact names, comma-separated; ``NAME*`` (a shell pattern)
+    for every name it matches. Empty: all of them.
+
+    A bare name never stands for the names it begins: as a prefix, ``--only ops_heartbeat``
+    also recorded ``ops_heartbeats_kept_alive``; a prefix picks up scenarios nobody named.
+    """
+    patterns = [p.strip() for p in only.split(",") if p.strip()]
+    if not patterns:
+        return list(scenarios)
+    chosen: list[Scenario] = []
+    for pattern in patterns:
+        matched = [s for s in scenarios if fnmatch.fnmatchcase(s.__name__, pattern)]
+        if not matched:
+            longer = [s.__name__ for s in scenarios if s.__name__.startswith(pattern)]
+            hint = f"; {pattern}* would record {', '.join(longer)}" if longer else ""
+            raise ValueError(f"no scenario is named {pattern}{hint}")
+        chosen += [s for s in matched if s not in chosen]
+    return chosen
+
+
+def clashes(staging: Path, folder: Path) -> list[str]:
+    """The files just recorded that ``folder`` already holds, by name.
+
+    Checked on the files themselves, not on the scenarios' names: a scenario's files are named
+    for the workflow they hold (``lock_contention`` writes ``process_lock_timeout`` and
+    ``mutex_queued_requests_cancelled``), so a check by scenario name let ``--only`` replace
+    another group's histories without ``--force``.
+    """
+    return sorted(path.name for path in staging.glob("*.json") if (folder / path.name).exists())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.workflow.record_histories",
@@ -69,29 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        metavar="PREFIX",
+        metavar="NAMES",
         default="",
-        help="record only the scenarios named PREFIX... (e.g. process_policy_), adding their "
-        "files to a folder that may hold others; still never over a file of the same name",
+        help="record only these scenarios: exact names, comma-separated, or a pattern "
+        "(e.g. 'process_policy_*'), adding their files to a folder that may hold others; "
+        "never over a file already there (unless --force)",
     )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"v[0-9]+", args.version):
         parser.error(f"version must look like v2, not {args.version!r}")
     folder = HISTORIES / args.version
-    scenarios = [s for s in SCENARIOS if s.__name__.startswith(args.only)]
-    if not scenarios:
-        parser.error(f"no scenario is named {args.only}...")
-    if args.only and not args.force and any(folder.glob(f"{args.only}*.json")):
-        parser.error(f"{folder} already holds {args.only}* histories (--force to overwrite)")
+    try:
+        scenarios = select(args.only)
+    except ValueError as err:
+        parser.error(str(err))
     if any(folder.glob("*.json")) and not args.force and not args.only:
         parser.error(
             f"{folder} already holds histories: record a changed workflow into a new version "
             "folder, never over the histories it must still replay (--force to overwrite)"
         )
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The scenarios fail processes on purpose; their warnings would bury anything unexpected.
-    for noisy in ("temporalio.workflow", "temporalio.activity"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     started = time.monotonic()
     # A failed scenario leaves the version folder as it was: files move in only if all passed.
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-recording-", dir=HISTORIES))
@@ -99,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         saved, failures = asyncio.run(record(staging, scenarios))
         if failures:
             print("recording failed, nothing written:", *failures, sep="\n", file=sys.stderr)
+            return 1
+        taken = clashes(staging, folder) if not args.force else []
+        if taken:
+            print(
+                f"{folder} already holds {', '.join(taken)}: nothing written (--force to "
+                "overwrite them, or record into a new version folder)",
+                file=sys.stderr,
+            )
             return 1
         folder.mkdir(exist_ok=True)
         for path in staging.glob("*.json"):

@@ -4,7 +4,7 @@ approval links in the process's trace.
 ``command-heartbeats``, ``redrive``, ``approval-links-traced`` (ProcessWorkflow) and
 ``mutex-priority`` (MutexWorkflow) each guard a branch that only processes started from them on
 take; each scenario asserts its patch's marker is in the history it saves. Names start ``ops_``
-so they can be recorded on their own (``--only ops_``) beside other changes' histories in one
+so they can be recorded on their own (``--only 'ops_*'``) beside other changes' histories in one
 version folder.
 """
 

@@ -2,7 +2,7 @@
 
 Every process started from the patch on takes this path, the default policy too (its first two
 scenarios). Names start ``process_policy_`` so they can be recorded on their own
-(``--only process_policy_``) into a version folder other changes also record into.
+(``--only 'process_policy_*'``) into a version folder other changes also record into.
 """
 
 from __future__ import annotations
