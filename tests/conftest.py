@@ -13,10 +13,17 @@ from collections.abc import AsyncIterator
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support import timeouts
 from tests.support.scheduling import longest_first
 from tests.support.temporal import start_dev_server, start_time_skipping
 
 SHARED_SCOPES = frozenset({"module", "package", "class"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A coroutine test past the time limit (pyproject.toml) fails at the await that hung and
+    # cleans up at once (tests/support/timeouts.py).
+    config.pluginmanager.register(timeouts, "approval-flow-timeouts")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
