@@ -85,7 +85,7 @@ async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.duration(15)
+@pytest.mark.duration(8)
 async def test_sigterm_stops_the_suite_and_every_part_of_its_stack(tmp_path: Path) -> None:
     async with suite(tmp_path) as run:
 
@@ -106,7 +106,6 @@ async def test_sigterm_stops_the_suite_and_every_part_of_its_stack(tmp_path: Pat
         assert not (tmp_path / "results.json").exists()  # a cut-short run writes no figures
 
 
-@pytest.mark.duration(5)
 async def test_the_stack_dies_with_a_suite_killed_with_sigkill(tmp_path: Path) -> None:
     async with suite(tmp_path) as run:
         started: dict[str, int] = {}
