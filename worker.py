@@ -50,7 +50,8 @@ log = logging.getLogger("worker")
 # queues for a thread, and a kind that is full (a burst of writes, or DynamoDB hanging) cannot
 # take the other's threads: a local write's attempt timeout never runs out in the pool's queue.
 # A thread outlives its activity's timeout only as long as its boto3 call, which botocore ends
-# (common/aws.py: 2 x (3 s connect + 10 s read)).
+# within it (common/aws.py: an activity's 2 x (3 s connect + 10 s read) within its 30 s attempt;
+# a table write tried in the worker, 0.5 s + 1.5 s within its 2 s try).
 ACTIVITY_THREADS = 32
 LOCAL_ACTIVITY_THREADS = 16
 WORKER_THREADS = ACTIVITY_THREADS + LOCAL_ACTIVITY_THREADS

@@ -30,7 +30,9 @@ def build_activities(
     """
     signer = settings.signer
     idempotency = IdempotencyStore(clients.dynamodb, settings.idempotency_table)
-    processes = ProcessTableActivities(clients.dynamodb, settings.process_table)
+    processes = ProcessTableActivities(
+        clients.dynamodb, settings.process_table, clients.dynamodb_local_try
+    )
     notifier = ApprovalNotifier(
         clients.sns,
         settings.approval_topic_arn,

@@ -39,9 +39,22 @@ def iso_utc(moment: datetime) -> str:
 
 
 class ProcessTableActivities:
-    def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
-        self._dynamodb = dynamodb
+    def __init__(
+        self,
+        dynamodb: DynamoDBClient,
+        table_name: str,
+        local_try: DynamoDBClient | None = None,
+    ) -> None:
+        """``local_try`` serves the writes the workflow tries in the worker (local activities):
+        a client whose call ends within that try (common/aws.py: ``local_try_config``)."""
+        self._ordinary = dynamodb
+        self._local_try = local_try or dynamodb
         self._table = table_name
+
+    @property
+    def _dynamodb(self) -> DynamoDBClient:
+        """The client for this call: a try in the worker must not outlive its 2 s."""
+        return self._local_try if activity.info().is_local else self._ordinary
 
     @activity.defn(name="create_process")
     def create_process(self, record: CreateProcessRecord) -> None:

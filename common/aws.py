@@ -37,11 +37,32 @@ def client_config(max_pool_connections: int = 50) -> Config:
     )
 
 
+# How long the DynamoDB call of a table write tried in the worker may take: connect and read
+# within the try's 2 s (workflows/process.py: LOCAL_WRITE_TRY_TIMEOUT), one try. A try that runs
+# out is cut off by the SDK, but a sync activity's thread cannot be interrupted: with the ordinary
+# client its call would hold that thread for up to 2 x 13 s after the try's slot was freed, and in
+# an outage such threads would fill the worker's pool (worker.py) while writes kept failing.
+LOCAL_TRY_CONNECT_SECONDS = 0.5
+LOCAL_TRY_READ_SECONDS = 1.5
+
+
+def local_try_config(max_pool_connections: int = 50) -> Config:
+    """For a table write tried in the worker: one try, done within the try's time."""
+    return Config(
+        connect_timeout=LOCAL_TRY_CONNECT_SECONDS,
+        read_timeout=LOCAL_TRY_READ_SECONDS,
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=max_pool_connections,
+    )
+
+
 @dataclass(frozen=True)
 class AwsClients:
     dynamodb: DynamoDBClient
     sns: SNSClient
     sqs: SQSClient
+    # The same table, for the writes tried in the worker (``local_try_config``).
+    dynamodb_local_try: DynamoDBClient
 
     @classmethod
     def from_settings(cls, settings: Settings, max_pool_connections: int = 50) -> AwsClients:
@@ -56,4 +77,9 @@ class AwsClients:
             dynamodb=session.client("dynamodb", endpoint_url=endpoint, config=config),
             sns=session.client("sns", endpoint_url=endpoint, config=config),
             sqs=session.client("sqs", endpoint_url=endpoint, config=config),
+            dynamodb_local_try=session.client(
+                "dynamodb",
+                endpoint_url=endpoint,
+                config=local_try_config(max_pool_connections),
+            ),
         )

@@ -118,10 +118,11 @@ LOCAL_WRITES_PATCH = "process-local-writes"
 # timeout a DynamoDB outage stalled ``approval-flow status`` 8 s a query and made the approval
 # page (5 s query deadline) answer 503 "no worker answered" (measured, tests/integration/
 # test_query_during_write.py). A write takes milliseconds; one that takes 2 s is an outage, which
-# the activity then retries on the server while queries are answered. Cost: a sync activity
-# cannot be interrupted, so the timed-out try's DynamoDB call runs on in its thread (bounded by
-# common/aws.py:client_config) and may land after the activity's; the writes are conditional
-# and converge. Not recorded in the history (the marker holds the outcome): replay-safe.
+# the activity then retries on the server while queries are answered. A sync activity cannot
+# be interrupted, so the try's DynamoDB call must end within the try by itself (common/aws.py:
+# local_try_config), or its thread would outlive it; a request it sent may still land after the
+# activity's write: the writes are conditional and converge. Not recorded in the history (the
+# marker holds the outcome): replay-safe.
 LOCAL_WRITE_TRY_TIMEOUT = timedelta(seconds=2)
 # The patches ``process-local-writes`` stands for, and the only ones ``_since`` answers. A patch
 # newer than it must call ``workflow.patched`` itself: answered True for a process started under

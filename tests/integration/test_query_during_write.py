@@ -13,18 +13,21 @@ records are written and the first process completes.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import botocore.exceptions
 import pytest
 from temporalio.api.enums.v1 import EventType, PendingWorkflowTaskState
 from temporalio.client import WorkflowExecutionDescription, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.process_table import ProcessTableActivities
@@ -44,6 +47,7 @@ from workflows.messages import (
     ProcessStatus,
     RetrySettings,
     Stage,
+    UpdateProcessStatus,
 )
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
@@ -51,6 +55,8 @@ from workflows.process import ProcessWorkflow
 pytestmark = pytest.mark.integration
 
 UPDATE = "update_process_status"
+# Far beyond a try in the worker (2 s), far short of the ordinary client's 2 x 10 s read timeouts.
+THREAD_DEADLINE = timedelta(seconds=8)
 
 
 @pytest.fixture
@@ -77,7 +83,9 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
     settings = moto_settings(moto)
     clients = AwsClients.from_settings(settings)
     ensure_resources(settings, clients)
-    table = ProcessTableActivities(clients.dynamodb, settings.process_table)
+    table = ProcessTableActivities(
+        clients.dynamodb, settings.process_table, clients.dynamodb_local_try
+    )
     fakes = Fakes()  # approval mail, the lock's activities and the sends; the table is real
     activities = [
         table.create_process,
@@ -176,3 +184,27 @@ def _record(clients: AwsClients, table: str, process_id: str, field: str = "stat
         TableName=table, Key={"process_id": {"S": process_id}}, ConsistentRead=True
     )["Item"]
     return item[field]["S"]
+
+
+async def test_a_write_tried_in_the_worker_gives_its_thread_back(moto: MotoServer) -> None:
+    """The SDK cuts a try in the worker off after 2 s, but cannot stop its thread: the call must
+    end by itself, or in an outage such threads fill the worker's pool (worker.py). With the
+    ordinary client (2 x 10 s read timeouts) it still hangs at the deadline."""
+    settings = moto_settings(moto)
+    clients = AwsClients.from_settings(settings)
+    ensure_resources(settings, clients)
+    table = ProcessTableActivities(
+        clients.dynamodb, settings.process_table, clients.dynamodb_local_try
+    )
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, is_local=True)
+    update = UpdateProcessStatus(
+        process_id=f"process-{uuid.uuid4()}", status=ProcessStatus.IN_PROGRESS, at=datetime.now(UTC)
+    )
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as thread, frozen(moto):
+        call = loop.run_in_executor(thread, env.run, table.update_process_status, update)
+        done, _ = await asyncio.wait({call}, timeout=THREAD_DEADLINE.total_seconds())
+        assert done, "the try's DynamoDB call still holds its thread"
+        with pytest.raises(botocore.exceptions.ReadTimeoutError):
+            call.result()  # an ordinary, retryable error: the write goes on as an activity
