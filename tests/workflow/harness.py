@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
@@ -16,9 +17,12 @@ from temporalio.worker import Worker
 from activities.retry import LinearRetryInterceptor
 from tests.workflow.fakes import Fakes, eventually
 from workflows.messages import (
+    COMMAND_CALLBACK_SIGNAL,
+    COMMAND_HEARTBEAT_SIGNAL,
     PROCESS_ID_PREFIX,
     ApprovalDecision,
     CommandCallback,
+    CommandHeartbeat,
     CommandName,
     MutexOptions,
     MutexState,
@@ -39,6 +43,56 @@ class Clock:
     @workflow.run
     async def run(self, seconds: float) -> None:
         await workflow.sleep(seconds)
+
+
+@dataclass
+class Signal:
+    """One signal of a scripted downstream system, sent ``after_seconds`` after the one before."""
+
+    name: str
+    arg: dict[str, Any]
+    after_seconds: float = 0.0
+
+
+def heartbeat(
+    command: CommandName | str, progress: Any = None, after: timedelta = timedelta(0)
+) -> Signal:
+    name = command.value if isinstance(command, CommandName) else command
+    beat = CommandHeartbeat(command=name, progress=progress)
+    return Signal(COMMAND_HEARTBEAT_SIGNAL, beat.model_dump(mode="json"), after.total_seconds())
+
+
+def callback(command: CommandName, after: timedelta = timedelta(0)) -> Signal:
+    done = CommandCallback(command=command.value, status="succeeded", result={"ok": True})
+    return Signal(COMMAND_CALLBACK_SIGNAL, done.model_dump(mode="json"), after.total_seconds())
+
+
+@dataclass
+class Script:
+    process_id: str
+    signals: list[Signal]
+
+
+@workflow.defn(sandboxed=False)
+class Downstream:
+    """A downstream system's signals to a process, each at its workflow time.
+
+    Sent by a workflow, a signal lands at its workflow time exactly: the time-skipping server
+    keeps its clock still from a workflow's signal command until the signal is delivered. A
+    signal the test sends after ``Harness.advance`` lands as late as the server ran ahead while
+    the client was locking time again: on to the next timer of any workflow (the mutex's
+    liveness check, each minute). Under load, 3-minute advances were seen to end 4 minutes on,
+    and once the clock ran on more than 5 minutes past a script's last heartbeat before the
+    test's next signal: a script that must not leave a gap ends with the callbacks.
+    """
+
+    @workflow.run
+    async def run(self, script: Script) -> None:
+        process = workflow.get_external_workflow_handle(script.process_id)
+        for signal in script.signals:
+            if signal.after_seconds > 0:
+                await workflow.sleep(signal.after_seconds)
+            await process.signal(signal.name, signal.arg)  # delivered before the next is sent
 
 
 @dataclass
@@ -147,6 +201,18 @@ class Harness:
             task_queue=self.task_queue,
         )
 
+    async def downstream(self, handle: WorkflowHandle, *script: Signal) -> None:
+        """Send ``script`` to the process at its workflow times (see ``Downstream``); returns
+        after the last signal, when the clock may have run on (to the next timer or so): what
+        the process recorded tells the times.
+        """
+        await self.client.execute_workflow(
+            Downstream.run,
+            Script(process_id=handle.id, signals=list(script)),
+            id=f"downstream-{uuid.uuid4()}",
+            task_queue=self.task_queue,
+        )
+
     async def state(self, handle: WorkflowHandle) -> ProcessState:
         return await handle.query(ProcessWorkflow.state)
 
@@ -165,7 +231,7 @@ async def harness(
         async with Worker(
             client,
             task_queue=task_queue,
-            workflows=[ProcessWorkflow, MutexWorkflow, Clock],
+            workflows=[ProcessWorkflow, MutexWorkflow, Clock, Downstream],
             activities=fakes.activities(),
             activity_executor=executor,
             interceptors=[LinearRetryInterceptor()],

@@ -11,7 +11,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.workflow.harness import Harness, harness
+from tests.workflow.harness import Harness, callback, harness, heartbeat
 from workflows.messages import (
     CommandHeartbeat,
     CommandName,
@@ -72,36 +72,53 @@ async def test_heartbeats_keep_a_long_command_alive_and_show_its_progress(
 ) -> None:
     async with harness(time_env.client) as h:
         handle = await sent(h)
-        for percent in (10, 40, 70, 90):  # 4 x 3 min = 12 min > HEARTBEAT, alive throughout
-            await h.advance(timedelta(minutes=3))
-            await beat(handle, CommandName.ONE, {"percent": percent})
-            await beat(handle, CommandName.TWO, None)
-        state = await h.state(handle)
-        one = state.commands[CommandName.ONE]
-        assert (one.status, one.heartbeats, one.progress) == ("sent", 4, {"percent": 90})
-        assert one.last_heartbeat_at is not None and one.heartbeat_deadline is not None
-        assert one.heartbeat_deadline == one.last_heartbeat_at + HEARTBEAT
-        await h.call_back(handle, CommandName.ONE)
-        # A heartbeat after the result, and one for an unknown command, change nothing.
-        await beat(handle, CommandName.ONE, "late")
-        await beat(handle, "command-three", "who?")
-        await h.call_back(handle, CommandName.TWO)
+        # Sent in workflow time (Harness.downstream): 4 x 3 min = 12 min > HEARTBEAT of
+        # heartbeats, then the callbacks. A heartbeat after the result, and one for an unknown
+        # command, change nothing.
+        every = timedelta(minutes=3)
+        beats = [
+            signal
+            for percent in (10, 40, 70, 90)
+            for signal in (
+                heartbeat(CommandName.ONE, {"percent": percent}, after=every),
+                heartbeat(CommandName.TWO),
+            )
+        ]
+        await h.downstream(
+            handle,
+            *beats,
+            callback(CommandName.ONE),
+            heartbeat(CommandName.ONE, "late"),
+            heartbeat("command-three", "who?"),
+            callback(CommandName.TWO),
+        )
         result = await handle.result()
         assert [o.status for o in result.commands] == ["succeeded", "succeeded"]
         one = (await h.state(handle)).commands[CommandName.ONE]
         assert (one.heartbeats, one.progress) == (4, {"percent": 90})
+        # Alive past HEARTBEAT on its heartbeats, the deadline always one HEARTBEAT on.
+        assert one.sent_at is not None and one.last_heartbeat_at is not None
+        assert one.last_heartbeat_at - one.sent_at > HEARTBEAT
+        assert one.heartbeat_deadline == one.last_heartbeat_at + HEARTBEAT
 
 
 async def test_heartbeats_never_outlast_the_callback_wait(time_env: WorkflowEnvironment) -> None:
     async with harness(time_env.client) as h:
         handle = await sent(h, command_timeout=timedelta(minutes=12))
         await h.call_back(handle, CommandName.TWO)
-        for _ in range(3):  # 9 minutes of heartbeats, past HEARTBEAT: alive
-            await h.advance(timedelta(minutes=3))
-            await beat(handle, CommandName.ONE, None)
-        assert (await h.state(handle)).commands[CommandName.ONE].status == "sent"
-        error = await failure_of(handle)  # then silence: the 12-minute wait ends first
+        # 9 minutes of heartbeats, 3 min apart in workflow time, then silence. (Sent by the test
+        # after each advance, they landed a minute late each under load, and the 12-minute wait
+        # had ended before the test looked: see Harness.downstream.)
+        every = timedelta(minutes=3)
+        await h.downstream(handle, *[heartbeat(CommandName.ONE, after=every)] * 3)
+        error = await failure_of(handle)
+        # The wait ended at the callback wait's cap, not at a missed heartbeat ...
         assert "command-one timed-out (no callback within 0:12:00)" in error.message
+        # ... and the heartbeats had kept the command alive past HEARTBEAT to get there.
+        one = (await h.state(handle)).commands[CommandName.ONE]
+        assert one.heartbeats == 3
+        assert one.sent_at is not None and one.last_heartbeat_at is not None
+        assert one.last_heartbeat_at - one.sent_at > HEARTBEAT
 
 
 async def test_the_completion_policy_decides_after_a_missed_heartbeat(

@@ -23,6 +23,7 @@ from tests.workflow.harness import Harness, harness
 from workflows.messages import (
     CommandName,
     ProcessStatus,
+    RequestLock,
     SendCommand,
     StatusUpdateResult,
     UpdateProcessStatus,
@@ -46,6 +47,20 @@ async def _completed(h: Harness) -> tuple[WorkflowHandle, list[HistoryEvent]]:
 
 def _of(events: list[HistoryEvent], kind: EventType.ValueType) -> list[HistoryEvent]:
     return [e for e in events if e.event_type == kind]
+
+
+def _completed_activities(events: list[HistoryEvent], name: str) -> list[HistoryEvent]:
+    """The completions of the activity ``name`` (scheduled, not local)."""
+    scheduled = {
+        e.event_id
+        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        if e.activity_task_scheduled_event_attributes.activity_type.name == name
+    }
+    return [
+        e
+        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+        if e.activity_task_completed_event_attributes.scheduled_event_id in scheduled
+    ]
 
 
 def _local_activities(events: list[HistoryEvent], name: str) -> list[MarkerRecordedEventAttributes]:
@@ -82,31 +97,61 @@ async def test_a_completed_process_stays_within_64_history_events(
     assert len(patches) == 1
 
 
+class GrantFirst(Fakes):
+    """``request_lock`` returns only once the mutex's grant is in the process's history: the
+    order that, under load, once put two workflow tasks between the grant and the sends."""
+
+    @activity.defn(name="request_lock")
+    async def request_lock(self, request: RequestLock) -> None:
+        await super().request_lock(request)
+        process = activity.client().get_workflow_handle(request.request.requester_workflow_id)
+
+        async def granted() -> bool:
+            return any(
+                e.workflow_execution_signaled_event_attributes.signal_name == "lock_granted"
+                for e in _of(
+                    list((await process.fetch_history()).events),
+                    E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+                )
+            )
+
+        await eventually(granted, what="the grant before the request's result")
+
+
+@pytest.mark.parametrize("fakes", [Fakes, GrantFirst], ids=["request-first", "grant-first"])
 async def test_the_sends_leave_in_the_task_that_took_the_grant(
-    time_env: WorkflowEnvironment,
+    time_env: WorkflowEnvironment, fakes: type[Fakes]
 ) -> None:
     """Inside the lock, the in-progress write no longer costs a workflow task of its own: the
-    task that takes the grant writes the record and schedules both sends."""
-    async with harness(time_env.client) as h:
+    task that takes the grant writes the record and schedules both sends.
+
+    The process takes the grant once it holds both the ``lock_granted`` signal and the result
+    of its ``request_lock`` activity. Usually the activity's result comes first; under load the
+    mutex's grant can overtake it (the activity signals the mutex, which grants at once), and
+    the task that runs the grant's handler then only waits for the activity: a task the
+    server makes for the signal, not one the write costs."""
+    async with harness(time_env.client, fakes()) as h:
         _, events = await _completed(h)
     (granted,) = [
         e
         for e in _of(events, E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
         if e.workflow_execution_signaled_event_attributes.signal_name == "lock_granted"
     ]
+    (requested,) = _completed_activities(events, "request_lock")
     sends = [
         e
         for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
         if e.activity_task_scheduled_event_attributes.activity_type.name.startswith("send_command")
     ]
     assert len(sends) == 2
-    # Between the grant and the sends, one workflow task completes: the one that took it.
+    # Between holding the grant and the sends, one workflow task completes: the one that took it.
+    holds_the_grant = max(granted.event_id, requested.event_id)
     tasks = [
         e
         for e in _of(events, E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
-        if granted.event_id < e.event_id < min(s.event_id for s in sends)
+        if holds_the_grant < e.event_id < min(s.event_id for s in sends)
     ]
-    assert len(tasks) == 1
+    assert len(tasks) == 1, [E.Name(e.event_type) for e in events]
 
 
 async def test_no_send_leaves_before_the_record_says_in_progress(
