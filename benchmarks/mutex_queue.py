@@ -99,7 +99,9 @@ async def hold_lock(
     async def held() -> bool:
         return bool(await holder.query("holds"))
 
-    await _until(held, 60, "the holder's grant")
+    # A hang guard, not a figure: one grant takes well under a second on a quiet machine, but
+    # the quick run's workers may still be warming up at a load of 10-20 (see READY_TIMEOUT).
+    await _until(held, 180, "the holder's grant")
     return resource, holder
 
 
@@ -163,7 +165,7 @@ async def run(
             return state.holder is None and not state.queue
         return state.holder is not None and state.holder.holder_workflow_id == stopper.id
 
-    await _until(drained, 60 + let_through * 0.5, f"{let_through} grants")
+    await _until(drained, 180 + let_through * 0.5, f"{let_through} grants")
     drain_seconds = time.perf_counter() - began
     remaining = [r.request_id for r in (await _mutex_state(client, resource)).queue]
 

@@ -37,7 +37,12 @@ from tests.support.moto_server import moto_env as aws_env
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
-READY_TIMEOUT = 60.0
+# How long a part may take to become ready (the server to answer, a worker to poll). A worker
+# starts by importing temporalio and validating its workflows in the sandbox: a few seconds on
+# a quiet machine, but the suite starts three workers side by side, and at a load of 10-20 on two
+# cores (``make test`` beside other runs) one was seen not polling after 60 s. Three times that
+# still ends a run whose part never comes up well before a CI job's or pytest-timeout's limit.
+READY_TIMEOUT = 180.0
 STOP_GRACE = 20.0  # for every part together, from the SIGTERM to the SIGKILL of the slow ones
 
 
@@ -282,7 +287,9 @@ class Stack:
             if polled:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{part.name} never polled {part.task_queue}")
+                raise RuntimeError(
+                    f"{part.name} never polled {part.task_queue} within {READY_TIMEOUT:.0f} s"
+                )
             await asyncio.sleep(0.1)
 
 
