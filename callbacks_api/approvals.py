@@ -188,7 +188,10 @@ class Approvals:
         with one, it waits up to ``decision_wait`` for the answer, as a client that signals and
         then queries would under a burst of decisions.
         """
-        query = asyncio.ensure_future(self._processes.state(process_id, within=self._decision_wait))
+        # Not explained: no answer here means "being recorded", whichever the reason.
+        query = asyncio.ensure_future(
+            self._processes.state(process_id, within=self._decision_wait, explain=False)
+        )
         presence = asyncio.ensure_future(self._worker_present(process_id))
         try:
             await asyncio.wait({query, presence}, return_when=asyncio.FIRST_COMPLETED)

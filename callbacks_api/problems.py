@@ -128,14 +128,14 @@ def temporal_unavailable() -> Problem:
     )
 
 
-def no_worker_answer() -> Problem:
-    """The server took the state query, but no worker answered it in time (a worker outage)."""
+def no_worker_answer(why: str = "no worker answered in time") -> Problem:
+    """The server took the state query, but no worker answered it in time. ``why`` says what
+    the server showed then (``common.unanswered``): none runs, or the one running is busy."""
     return Problem(
         503,
         "no-worker-answer",
         "Service temporarily unavailable",
-        "The process could not be read just now (no worker answered in time). Nothing was "
-        "recorded; try again shortly.",
+        f"The process could not be read just now ({why}). Nothing was recorded; try again shortly.",
         headers={"Retry-After": "5"},
     )
 

@@ -16,13 +16,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from cachetools import TTLCache
 from prometheus_client import Counter
-from temporalio.api.enums.v1 import PendingWorkflowTaskState, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -34,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from callbacks_api import problems
 from callbacks_api.problems import Problem
+from common.unanswered import diagnose, task_queue_polled
 from workflows.messages import (
     APPROVAL_DECISION_SIGNAL,
     COMMAND_CALLBACK_SIGNAL,
@@ -49,8 +48,6 @@ from workflows.messages import (
 logger = logging.getLogger(__name__)
 
 _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
-# A worker's long poll lasts up to a minute; a poll seen more recently than this is a live worker.
-POLLER_FRESHNESS = timedelta(seconds=70)
 PRESENCE_TTL = timedelta(seconds=2)
 
 # Worth another try: the server was away, slow, overloaded or interrupted (503, Retry-After).
@@ -140,19 +137,29 @@ class Processes:
         async with self._call("describe", process_id):
             return await handle.describe(rpc_timeout=self._timeout)
 
-    async def state(self, process_id: str, within: timedelta | None = None) -> ProcessState:
+    async def state(
+        self, process_id: str, within: timedelta | None = None, *, explain: bool = True
+    ) -> ProcessState:
         """The ``state`` query, answered by a worker within ``within`` (the call timeout).
 
-        No worker answering in time is 503 ``no-worker-answer``; a process whose workflow task
-        keeps failing (or is not scheduled yet) is 503 ``not-ready``. Callers that know more (a
-        decision was just delivered) say more.
+        No worker answering in time is 503 ``no-worker-answer``; its detail says what the server
+        shows then (``common.unanswered``: no worker polls, or the worker is busy with this
+        process), unless ``explain`` is off (a caller that words it itself). A process whose
+        workflow task keeps failing (or is not scheduled yet) is 503 ``not-ready``.
         """
         wait = within or self._timeout
         handle = self._client.get_workflow_handle(process_id)
-        async with self._call("query", process_id, problems.no_worker_answer, wait):
-            state: ProcessState = await handle.query(
-                STATE_QUERY, result_type=ProcessState, rpc_timeout=wait
-            )
+        try:
+            async with self._call("query", process_id, problems.no_worker_answer, wait):
+                state: ProcessState = await handle.query(
+                    STATE_QUERY, result_type=ProcessState, rpc_timeout=wait
+                )
+        except Problem as problem:
+            if problem.kind != "no-worker-answer" or not explain:
+                raise
+            unanswered = await diagnose(self._client, process_id, wait, self.poll_seen)
+            logger.info("State query unanswered: %s", unanswered.reason(), extra=_about(process_id))
+            raise problems.no_worker_answer(unanswered.for_people()) from problem.__cause__
         return state
 
     async def has_worker(self, description: WorkflowExecutionDescription) -> bool:
@@ -171,29 +178,22 @@ class Processes:
 
         Tells "no worker runs" (say "being recorded" at once) from "a worker is busy" (a burst of
         decisions: wait for it). A worker long-polls for up to a minute, so a poll seen within
-        ``POLLER_FRESHNESS`` means it is alive; a killed one still counts for that long. The
-        answer per task queue is kept for ``PRESENCE_TTL``, so a burst asks the server once.
+        ``POLLER_FRESHNESS`` means it is alive; a killed one still counts for that long. Not
+        known (the server did not answer) counts as not there: the caller says "being recorded".
         """
+        return bool(await self.poll_seen(task_queue))
+
+    async def poll_seen(self, task_queue: str) -> bool | None:
+        """``polled``, or None when the server did not say. The answer per task queue is kept
+        for ``PRESENCE_TTL``, so a burst asks the server once."""
         known = self._presence.get(task_queue)
         if known is not None:
             return known
-        request = DescribeTaskQueueRequest(
-            namespace=self._client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
         try:
             async with self._call("describe task queue", task_queue):
-                response = await self._client.workflow_service.describe_task_queue(
-                    request, timeout=self._timeout
-                )
+                present = await task_queue_polled(self._client, task_queue, self._timeout)
         except Problem:
-            return False  # not known to be there: the caller says "being recorded"
-        seen_after = datetime.now(UTC) - POLLER_FRESHNESS
-        present = any(
-            poller.last_access_time.ToDatetime(tzinfo=UTC) > seen_after
-            for poller in response.pollers
-        )
+            return None
         self._presence[task_queue] = present
         return present
 

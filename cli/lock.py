@@ -134,7 +134,7 @@ async def one_lock(client: Client, name: str) -> tuple[dict[str, Any], str]:
             raise
         document = {"resource": name, "workflow_id": workflow_id, "state": None}
         return document, f"lock {name}: free (no process has asked for it yet)"
-    state, problem = await query_state(client.get_workflow_handle(workflow_id), MutexState)
+    state, problem = await query_state(client.get_workflow_handle(workflow_id), MutexState, client)
     document = {
         "resource": name,
         "workflow_id": workflow_id,

@@ -15,6 +15,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
+from common.unanswered import diagnose
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
@@ -32,19 +33,30 @@ async def describe(client: Client, workflow_id: str, what: str) -> WorkflowExecu
 
 
 async def query_state(
-    handle: WorkflowHandle[Any, Any], result_type: type[Any]
+    handle: WorkflowHandle[Any, Any], result_type: type[Any], client: Client | None = None
 ) -> tuple[Any | None, str | None]:
-    """The ``state`` query's answer, or None and why there is none."""
+    """The ``state`` query's answer, or None and why there is none.
+
+    Given the ``client``, an unanswered query is explained from what the server shows (no
+    worker polls, or the worker is busy with this workflow: ``common.unanswered``); without it
+    (a caller that only retries) it is only said to be unanswered.
+    """
     try:
         return await handle.query(
             STATE_QUERY, result_type=result_type, rpc_timeout=QUERY_TIMEOUT
         ), None
     except RPCError as err:
         if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
-            return None, "no worker answered the state query (is the worker running?)"
+            if client is None:
+                return None, f"no worker answered the state query within {_seconds(QUERY_TIMEOUT)}"
+            return None, (await diagnose(client, handle.id, QUERY_TIMEOUT)).reason()
         return None, f"state query failed: {err.message}"
     except Exception as err:  # WorkflowQueryFailedError, WorkflowQueryRejectedError, ...
         return None, f"state query failed: {err}"
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g} s"
 
 
 def process_status_of(description: WorkflowExecution) -> str | None:

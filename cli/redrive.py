@@ -82,7 +82,7 @@ async def run(
         raise CliError(f"{process_id} {temporal.lower()}: nothing to redrive")
     handle = client.get_workflow_handle(process_id)
     failed_input, carried = await read_history(client, handle)
-    state = await final_state(handle, carried)
+    state = await final_state(client, handle, carried)
     redrive = plan(process_id, failed_input, state)
     new_id = redrive_process_id(redrive.original_process_id, redrive.count)
     try:
@@ -142,12 +142,12 @@ async def read_history(
 
 
 async def final_state(
-    handle: WorkflowHandle[Any, Any], carried: ProcessState | None
+    client: Client, handle: WorkflowHandle[Any, Any], carried: ProcessState | None
 ) -> ProcessState:
     """The state the process ended in: the one its failure carries, else the ``state`` query."""
     if carried is not None:
         return carried
-    state, problem = await query_state(handle, ProcessState)
+    state, problem = await query_state(handle, ProcessState, client)
     if state is None:
         raise CliError(
             f"cannot read what {handle.id} achieved before it ended ({problem}); "

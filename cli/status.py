@@ -59,7 +59,7 @@ async def run(
     if description.workflow_type != PROCESS_WORKFLOW:
         raise CliError(f"{process_id} is a {description.workflow_type}, not a process")
     temporal_status = description.status.name if description.status else None
-    state, problem = await query_state(client.get_workflow_handle(process_id), ProcessState)
+    state, problem = await query_state(client.get_workflow_handle(process_id), ProcessState, client)
     document = {
         "process_id": process_id,
         "temporal_status": temporal_status,

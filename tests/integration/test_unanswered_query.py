@@ -1,0 +1,144 @@
+"""An unanswered ``state`` query says why, as the server shows it: no worker, or a busy one.
+
+Before, ``approval-flow status`` said "no worker answered the state query (is the worker
+running?)" and the approval page "no worker answered in time" whenever the query timed out,
+also while the worker ran and only this workflow's task was slow. Here, on the dev server: a
+worker runs and holds the workflow's task (a local activity the test releases at the end: a
+query waits for the task), and a task queue no worker ever polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import pytest
+from temporalio import activity, workflow
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+import cli.queries
+from callbacks_api.problems import Problem
+from callbacks_api.processes import Processes
+from cli.queries import query_state
+from tests.support.waiting import eventually
+from workflows.messages import STATE_QUERY, ProcessState
+
+pytestmark = pytest.mark.integration
+
+# Far below sdk-core's workflow task heartbeat (80 % of this), which would let a query through.
+TASK_TIMEOUT = timedelta(minutes=2)
+RELEASES: dict[str, asyncio.Event] = {}
+
+
+@activity.defn
+async def held_step(key: str) -> None:
+    """A step that takes until the test lets it go (a write waiting on a frozen store)."""
+    await RELEASES[key].wait()
+
+
+@workflow.defn(sandboxed=False)
+class HeldWorkflow:
+    """Runs one local activity inside its first workflow task, which stays open meanwhile."""
+
+    @workflow.run
+    async def run(self, key: str) -> None:
+        await workflow.execute_local_activity(held_step, key, start_to_close_timeout=TASK_TIMEOUT)
+
+    @workflow.query(name=STATE_QUERY)
+    def state(self) -> str:
+        return "answered"
+
+
+@asynccontextmanager
+async def held_task(client: Client) -> AsyncIterator[WorkflowHandle[HeldWorkflow, None]]:
+    """A workflow whose workflow task a running worker holds until the block ends."""
+    task_queue = f"held-task-{uuid.uuid4()}"
+    key = str(uuid.uuid4())
+    RELEASES[key] = asyncio.Event()
+    try:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[HeldWorkflow],
+            activities=[held_step],
+        ):
+            handle = await client.start_workflow(
+                HeldWorkflow.run,
+                key,
+                id=f"held-{uuid.uuid4()}",
+                task_queue=task_queue,
+                task_timeout=TASK_TIMEOUT,
+            )
+            await eventually(lambda: _task_started(handle), what="the held workflow task")
+            try:
+                yield handle
+            finally:
+                RELEASES[key].set()
+                await handle.result()
+    finally:
+        del RELEASES[key]
+
+
+async def _task_started(handle: WorkflowHandle[HeldWorkflow, None]) -> bool:
+    task = (await handle.describe()).raw_description.pending_workflow_task
+    return task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
+
+
+@pytest.fixture
+def short_cli_query(monkeypatch: pytest.MonkeyPatch) -> timedelta:
+    """The CLI's query deadline cut to 2 s: the wait itself is not what is tested."""
+    deadline = timedelta(seconds=2)
+    monkeypatch.setattr(cli.queries, "QUERY_TIMEOUT", deadline)
+    return deadline
+
+
+@pytest.mark.duration(8)
+async def test_a_query_held_by_a_busy_worker_says_the_worker_is_busy_not_absent(
+    dev_env: WorkflowEnvironment, short_cli_query: timedelta
+) -> None:
+    async with held_task(dev_env.client) as handle:
+        # The approval page's read: still 503 no-worker-answer, now saying why.
+        with pytest.raises(Problem) as unanswered:
+            await Processes(dev_env.client, call_timeout=timedelta(seconds=2)).state(handle.id)
+        assert (unanswered.value.status, unanswered.value.kind) == (503, "no-worker-answer")
+        assert unanswered.value.headers == {"Retry-After": "5"}
+        detail = unanswered.value.detail
+        assert "still busy with a step of this process" in detail, detail
+        assert "no worker is running" not in detail
+
+        # ``approval-flow status``: the operator is told the task is running, not to start one.
+        state, problem = await query_state(handle, ProcessState, dev_env.client)
+        assert state is None and problem is not None
+        assert "did not answer the state query within 2 s" in problem, problem
+        assert "running the process's workflow task for" in problem, problem
+        assert "is the worker running?" not in problem
+
+
+@pytest.mark.duration(6)
+async def test_a_query_no_worker_polls_for_says_so_and_names_the_task_queue(
+    dev_env: WorkflowEnvironment, short_cli_query: timedelta
+) -> None:
+    task_queue = f"never-polled-{uuid.uuid4()}"
+    handle = await dev_env.client.start_workflow(
+        HeldWorkflow.run, "unused", id=f"unpolled-{uuid.uuid4()}", task_queue=task_queue
+    )
+    try:
+        with pytest.raises(Problem) as unanswered:
+            await Processes(dev_env.client, call_timeout=timedelta(seconds=2)).state(handle.id)
+        assert (unanswered.value.status, unanswered.value.kind) == (503, "no-worker-answer")
+        assert "no worker is running to answer for it" in unanswered.value.detail
+
+        state, problem = await query_state(handle, ProcessState, dev_env.client)
+        assert state is None
+        assert problem == (
+            f"no worker is polling task queue {task_queue} (no poll in the last 70 s): "
+            "is the worker running?"
+        )
+    finally:
+        await handle.terminate("test over")
