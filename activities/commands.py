@@ -179,12 +179,14 @@ class CommandActivities:
     async def _sent_before(self, command: SendCommand) -> dict[str, Any] | None:
         """What an earlier attempt of this send recorded, or None: then it must be sent.
 
-        Only a retry reads the record. The first attempt is the first time this run of the
-        process sends the command: a record under its key can only come from an earlier run of
-        the same process id (a ``temporal workflow reset``), and sending again under the same
-        ``Idempotency-Key`` is what every downstream system already dedups (docs/downstream.md),
-        as it does after a crash between a send and its record. Skipping the read takes one
-        DynamoDB call off each send, inside the lock (issue 12).
+        Only a retry reads the record. An attempt numbered 1 is, but for an operator's reset,
+        the first time this run of the process sends the command. A record under its key then
+        comes from a ``temporal workflow reset`` (an earlier run of the same process id) or a
+        ``temporal activity reset`` (which numbers the next attempt 1 again): in both, sending
+        again under the same ``Idempotency-Key`` is what every downstream system already dedups
+        (docs/downstream.md), as it does after a crash between a send and its record. The record
+        spares a retried send a resend; it was never the once-only guarantee, the key is.
+        Skipping the read takes one DynamoDB call off each send, inside the lock (issue 12).
         """
         if activity.info().attempt <= 1:
             return None

@@ -8,6 +8,8 @@ when the session's loop closes, after every other test of that xdist worker. Her
 cancels the test's task instead: the ``CancelledError`` comes out of the await that hung, the
 test's own cleanup runs at once, then its fixtures' teardown, and the report says it timed out.
 
+A test that catches that cancel and returns (it expected one) fails all the same.
+
 Registered by tests/conftest.py. A sync test, or an alarm during a fixture's setup or teardown,
 gets pytest-timeout's own handler, as does a test still running ``GRACE_SECONDS`` after the
 cancel (it swallowed it, or its cleanup hangs too).
@@ -60,13 +62,20 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """Report a test cancelled by the alarm as pytest-timeout's failure, not a bare cancel."""
     __tracebackhide__ = True
     try:
-        return (yield)
+        result = yield
     except asyncio.CancelledError:
         message = item.stash.get(TIMED_OUT, None)
         if message is None:
             raise
         # Raised while handling the cancel: the report shows the await the test hung in.
         pytest.fail(message)
+    # A test that hung where it expects a cancel (``pytest.raises(CancelledError)`` around an
+    # await that should end by itself) takes the alarm's cancel for the one it waited for and
+    # returns: it timed out all the same.
+    message = item.stash.get(TIMED_OUT, None)
+    if message is not None:
+        pytest.fail(message)
+    return result
 
 
 def _running_task_of(code: CodeType) -> asyncio.Task[Any] | None:

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CHILD = Path(__file__).with_name("child.pid")
 
 
@@ -41,6 +43,13 @@ async def test_hangs_on_a_result_that_never_comes():
 
 def test_the_next_test_finds_the_child_gone():
     assert not Path(f"/proc/{CHILD.read_text()}").exists()
+
+
+async def test_hangs_where_it_expects_a_cancel():
+    # The send it waits for should end cancelled by itself; it never does, and the alarm's
+    # cancel must not count as the one expected.
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.get_running_loop().create_future()
 """
 
 
@@ -76,7 +85,7 @@ def test_a_hung_coroutine_test_fails_at_its_await_and_cleans_up_at_once(tmp_path
         timeout=120,  # a deadline for a run that would otherwise hang for good
     )
     out = run.stdout
-    assert "1 failed, 1 passed" in out, out + run.stderr
-    assert "Failed: Timeout (>1.0s) from pytest-timeout." in out, out
+    assert "2 failed, 1 passed" in out, out + run.stderr
+    assert out.count("Failed: Timeout (>1.0s) from pytest-timeout.") == 2, out
     # The report points at the line that hung, not at the event loop's epoll wait.
     assert "await asyncio.get_running_loop().create_future()  # the hung await" in out, out
