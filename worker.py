@@ -46,15 +46,20 @@ log = logging.getLogger("worker")
 # or not (the process table's writes are first tried as local activities), and the boto3 calls
 # of the async ones (sends). Each activity uses at most one thread at a time, and the SDK runs at
 # most ACTIVITY_THREADS activities and LOCAL_ACTIVITY_THREADS local activities at once (it would
-# allow 100 local ones by default); so a pool of WORKER_THREADS means no activity of either kind
-# queues for a thread, and a kind that is full (a burst of writes, or DynamoDB hanging) cannot
-# take the other's threads: a local write's attempt timeout never runs out in the pool's queue.
-# A thread outlives its activity's timeout only as long as its boto3 call, which botocore ends
-# within it (common/aws.py: an activity's 2 x (3 s connect + 10 s read) within its 30 s attempt;
-# a table write tried in the worker, 0.5 s + 1.5 s within its 2 s try).
+# allow 100 local ones by default). The local slots alone do not bound the local threads: a try
+# that times out frees its slot while its thread runs on, and sdk-core starts a try that waited
+# past its deadline for a slot (the SDK one that waited for a thread), without a word to it.
+# So a try calls DynamoDB only if its call can end by its deadline, and a late one ends at once
+# without a call (activities/process_table.py: ``_client``; common/aws.py: LOCAL_TRY_CALL): a
+# slot's thread is then free by the time the slot is. The pool has a second thread per local
+# slot for what no timeout bounds (a DNS lookup or a credential refresh in a try's call), so a
+# full local kind (a burst of writes, DynamoDB hanging) does not take the activities' threads,
+# whose timeouts would run out in the pool's queue, nor those of the sends' boto3 calls inside
+# the lock. An activity's thread outlives its timeout only as long as its boto3 call, which
+# botocore ends within it (common/aws.py: 2 x (3 s connect + 10 s read) in the 30 s attempt).
 ACTIVITY_THREADS = 32
 LOCAL_ACTIVITY_THREADS = 16
-WORKER_THREADS = ACTIVITY_THREADS + LOCAL_ACTIVITY_THREADS
+WORKER_THREADS = ACTIVITY_THREADS + 2 * LOCAL_ACTIVITY_THREADS
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 
 # The workflow code as an unversioned worker runs it; ``approval-flow replay`` and the replay
@@ -105,7 +110,8 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
 
 
 def activity_executor() -> ThreadPoolExecutor:
-    """The pool for both kinds of activity: as many threads as both may run at once."""
+    """The pool for both kinds of activity: as many threads as both may run at once, and one
+    more per local slot (see WORKER_THREADS)."""
     return ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="activity")
 
 

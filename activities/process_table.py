@@ -6,12 +6,13 @@ moving a final status backwards.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from common.aws import LOCAL_TRY_CALL
 from workflows.messages import (
     CreateProcessRecord,
     ProcessStatus,
@@ -38,6 +39,11 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
+# The error type of a try in the worker that started too late to write (``_client``): retryable,
+# so the workflow writes as an activity (workflows/process.py: ``_table_write``).
+LATE_TRY = "LocalWriteTryLate"
+
+
 class ProcessTableActivities:
     def __init__(
         self,
@@ -51,14 +57,49 @@ class ProcessTableActivities:
         self._local_try = local_try or dynamodb
         self._table = table_name
 
-    @property
-    def _dynamodb(self) -> DynamoDBClient:
-        """The client for this call: a try in the worker must not outlive its 2 s."""
-        return self._local_try if activity.info().is_local else self._ordinary
+    def _client(self) -> DynamoDBClient:
+        """The client for this call; for a try in the worker, only if its call can end in time.
+
+        A try in the worker (a local activity) has ``LOCAL_WRITE_TRY_TIMEOUT`` (workflows/
+        process.py) from when the workflow scheduled it; then the workflow gives up on it and
+        writes as an activity. But sdk-core still starts a try that waited past that for a
+        local-activity slot (the SDK one that waited for a pool thread), and does not tell it
+        (``activity.is_cancelled()`` stays False): in an outage every queued try would write on
+        top of the activities that replace them, its thread outliving its slot, so the slots
+        would bound nothing. The time it was scheduled is reliable: a try whose DynamoDB call
+        (``LOCAL_TRY_CALL`` at worst, common/aws.py) could not end by its deadline fails here,
+        before touching the table, with an error a retry can fix, so the workflow goes on as
+        after a timeout.
+        """
+        info = activity.info()
+        if not info.is_local:
+            return self._ordinary
+        # The workflow gives a try its time from scheduling (``schedule_to_close_timeout``); a
+        # local activity has one of the two timeouts.
+        budget = info.schedule_to_close_timeout or info.start_to_close_timeout or timedelta.max
+        waited = datetime.now(UTC) - info.current_attempt_scheduled_time
+        if waited + LOCAL_TRY_CALL > budget:
+            activity.logger.warning(
+                "%s started in the worker %.2f s after it was scheduled, too late to write "
+                "within its %.2f s: not writing; the workflow writes it as an activity",
+                info.activity_type,
+                waited.total_seconds(),
+                budget.total_seconds(),
+            )
+            raise ApplicationError(
+                f"{info.activity_type} started {waited.total_seconds():.2f} s after it was "
+                f"scheduled, too late to write within its {budget.total_seconds():.2f} s",
+                type=LATE_TRY,
+                # The SDK logs a benign failure at DEBUG, without a traceback: the warning above
+                # is the one line an operator sees.
+                category=ApplicationErrorCategory.BENIGN,
+            )
+        return self._local_try
 
     @activity.defn(name="create_process")
     def create_process(self, record: CreateProcessRecord) -> None:
         """Put the pending record once; a retry after a successful put leaves it untouched."""
+        dynamodb = self._client()
         created_at = iso_utc(record.created_at)
         item: dict[str, AttributeValueTypeDef] = {
             "process_id": {"S": record.process_id},
@@ -73,17 +114,18 @@ class ProcessTableActivities:
             item["redriven_from"] = {"S": record.redriven_from}
             item["redrive_count"] = {"N": str(record.redrive_count)}
         try:
-            self._dynamodb.put_item(
+            dynamodb.put_item(
                 TableName=self._table,
                 Item=item,
                 ConditionExpression="attribute_not_exists(process_id)",
             )
-        except self._dynamodb.exceptions.ConditionalCheckFailedException:
+        except dynamodb.exceptions.ConditionalCheckFailedException:
             activity.logger.info("Process record %s already exists", record.process_id)
 
     @activity.defn(name="update_process_status")
     def update_process_status(self, update: UpdateProcessStatus) -> StatusUpdateResult:
         """Move the record forward; a final status stays as it is."""
+        dynamodb = self._client()
         predecessors = ALLOWED_PREDECESSORS.get(update.status)
         if predecessors is None:
             raise ApplicationError(
@@ -114,7 +156,7 @@ class ProcessTableActivities:
             values[f":from{index}"] = {"S": status.value}
             allowed.append(f":from{index}")
         try:
-            self._dynamodb.update_item(
+            dynamodb.update_item(
                 TableName=self._table,
                 Key={"process_id": {"S": update.process_id}},
                 UpdateExpression="SET " + ", ".join(assignments),
@@ -127,7 +169,7 @@ class ProcessTableActivities:
                 # the same call: no second read that could see another state.
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._dynamodb.exceptions.ConditionalCheckFailedException as err:
+        except dynamodb.exceptions.ConditionalCheckFailedException as err:
             old = err.response.get("Item")
             seen: dict[str, Any] | None = old if isinstance(old, dict) and old else None
         else:

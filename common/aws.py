@@ -7,6 +7,7 @@ makes them at startup from one session instead of per activity call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import boto3
@@ -37,13 +38,21 @@ def client_config(max_pool_connections: int = 50) -> Config:
     )
 
 
-# How long the DynamoDB call of a table write tried in the worker may take: connect and read
-# within the try's 2 s (workflows/process.py: LOCAL_WRITE_TRY_TIMEOUT), one try. A try that runs
+# How long the DynamoDB call of a table write tried in the worker may take: connect and read, one
+# try, well within the try's 2 s (workflows/process.py: LOCAL_WRITE_TRY_TIMEOUT). A try that runs
 # out is cut off by the SDK, but a sync activity's thread cannot be interrupted: with the ordinary
 # client its call would hold that thread for up to 2 x 13 s after the try's slot was freed, and in
 # an outage such threads would fill the worker's pool (worker.py) while writes kept failing.
-LOCAL_TRY_CONNECT_SECONDS = 0.5
-LOCAL_TRY_READ_SECONDS = 1.5
+# 0.25 s + 1.0 s leaves 0.75 s of the try for waiting for a slot and a thread: a try that starts
+# later than that does not call at all (activities/process_table.py: ``_client``), so a call
+# that starts ends by the try's deadline. A write takes milliseconds (a loopback or in-region
+# connect, a one-item write); 1 s without an answer is an outage, which the activity retries.
+# Not bounded by these: a DNS lookup and a credential refresh (botocore gives them no timeout);
+# the worker's pool has threads to spare for such a call (worker.py).
+LOCAL_TRY_CONNECT_SECONDS = 0.25
+LOCAL_TRY_READ_SECONDS = 1.0
+# The longest a try's call takes, by the two timeouts above.
+LOCAL_TRY_CALL = timedelta(seconds=LOCAL_TRY_CONNECT_SECONDS + LOCAL_TRY_READ_SECONDS)
 
 
 def local_try_config(max_pool_connections: int = 50) -> Config:

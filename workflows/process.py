@@ -119,10 +119,12 @@ LOCAL_WRITES_PATCH = "process-local-writes"
 # page (5 s query deadline) answer 503 "no worker answered" (measured, tests/integration/
 # test_query_during_write.py). A write takes milliseconds; one that takes 2 s is an outage, which
 # the activity then retries on the server while queries are answered. A sync activity cannot
-# be interrupted, so the try's DynamoDB call must end within the try by itself (common/aws.py:
-# local_try_config), or its thread would outlive it; a request it sent may still land after the
-# activity's write: the writes are conditional and converge. Not recorded in the history (the
-# marker holds the outcome): replay-safe.
+# be interrupted, and sdk-core starts a try that waited past this for a slot: so a try
+# calls DynamoDB only if its call can end within the try by itself (common/aws.py:
+# local_try_config), else it fails at once without a call (activities/process_table.py:
+# ``_client``). A request a try sent may still land after the activity's write: the writes are
+# conditional and converge. Not recorded in the history (the marker holds the outcome):
+# replay-safe.
 LOCAL_WRITE_TRY_TIMEOUT = timedelta(seconds=2)
 # The patches ``process-local-writes`` stands for, and the only ones ``_since`` answers. A patch
 # newer than it must call ``workflow.patched`` itself: answered True for a process started under
@@ -802,8 +804,11 @@ class ProcessWorkflow:
         than the policy counts. An error no retry can fix (the record is gone) ends it at once.
         """
         attempt = self._options.activity_attempt_timeout
-        # Short, so a stalled write never keeps queries waiting (LOCAL_WRITE_TRY_TIMEOUT); from
-        # scheduling, so a try that waits for a local-activity slot is bounded too.
+        # Short, so a stalled write never keeps queries waiting (LOCAL_WRITE_TRY_TIMEOUT). From
+        # scheduling, but sdk-core does not time out a try while it waits for a local-activity
+        # slot: it starts it once a slot frees, however late. Such a try fails at once without
+        # writing (activities/process_table.py: ``_client``), so the write goes on as an
+        # activity, and the slot is free again at once; a slot is held at most 2 s by a try.
         local_try = min(attempt, LOCAL_WRITE_TRY_TIMEOUT)
         try:
             await workflow.execute_local_activity_method(
@@ -815,8 +820,9 @@ class ProcessWorkflow:
             )
             return
         except FailureError as err:
-            # A local activity's failure arrives as its cause (an ApplicationError, a timeout),
-            # not wrapped in an ActivityError.
+            # An ActivityError whose cause says why: a TimeoutError (the try ran out, or waited
+            # out its time for a slot), an ApplicationError (retryable unless the record is gone
+            # or the transition impossible; a try that started too late is retryable).
             if _is_cancellation(err) or _no_retry_fixes(err):
                 raise
             workflow.logger.warning(

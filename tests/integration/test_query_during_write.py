@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import botocore.exceptions
 import pytest
+from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType, PendingWorkflowTaskState
 from temporalio.client import WorkflowExecutionDescription, WorkflowHandle
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
@@ -43,6 +46,7 @@ from tests.workflow.harness import Harness
 from workflows.messages import (
     LOCK_GRANTED_SIGNAL,
     CommandName,
+    CreateProcessRecord,
     ProcessState,
     ProcessStatus,
     RetrySettings,
@@ -50,11 +54,12 @@ from workflows.messages import (
     UpdateProcessStatus,
 )
 from workflows.mutex import MutexWorkflow
-from workflows.process import ProcessWorkflow
+from workflows.process import LOCAL_WRITE_TRY_TIMEOUT, ProcessWorkflow
 
 pytestmark = pytest.mark.integration
 
 UPDATE = "update_process_status"
+CREATE = "create_process"
 # Far beyond a try in the worker (2 s), far short of the ordinary client's 2 x 10 s read timeouts.
 THREAD_DEADLINE = timedelta(seconds=8)
 
@@ -197,7 +202,12 @@ async def test_a_write_tried_in_the_worker_gives_its_thread_back(moto: MotoServe
         clients.dynamodb, settings.process_table, clients.dynamodb_local_try
     )
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, is_local=True)
+    env.info = dataclasses.replace(
+        env.info,
+        is_local=True,
+        current_attempt_scheduled_time=datetime.now(UTC),
+        schedule_to_close_timeout=LOCAL_WRITE_TRY_TIMEOUT,
+    )
     update = UpdateProcessStatus(
         process_id=f"process-{uuid.uuid4()}", status=ProcessStatus.IN_PROGRESS, at=datetime.now(UTC)
     )
@@ -208,3 +218,165 @@ async def test_a_write_tried_in_the_worker_gives_its_thread_back(moto: MotoServe
         assert done, "the try's DynamoDB call still holds its thread"
         with pytest.raises(botocore.exceptions.ReadTimeoutError):
             call.result()  # an ordinary, retryable error: the write goes on as an activity
+
+
+# Processes whose create tries queue for the worker's one local-activity slot.
+QUEUED_TRIES = 5
+# A try's first task open this long: its try, scheduled in that task, is past its 2 s.
+OVERDUE = LOCAL_WRITE_TRY_TIMEOUT + timedelta(milliseconds=500)
+# The longest the test lets the slot's holder hold it: the test releases it far sooner.
+HOLD_LIMIT = timedelta(minutes=2)
+
+
+@dataclasses.dataclass
+class Tries:
+    """What the worker's create tries did, seen around the activity (not from its code)."""
+
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    local_ended: int = 0
+    started_late: int = 0  # tries the worker started at or after their deadline
+    late_calls: list[str] = dataclasses.field(default_factory=list)  # DynamoDB calls of those
+
+
+def _past_deadline(info: activity.Info) -> bool:
+    deadline = info.schedule_to_close_timeout or LOCAL_WRITE_TRY_TIMEOUT
+    return datetime.now(UTC) - info.current_attempt_scheduled_time >= deadline
+
+
+class WatchedDynamoDB:
+    """The worker's local-try client, noting each write a try makes after its deadline."""
+
+    def __init__(self, client: Any, tries: Tries) -> None:
+        self._client = client
+        self._tries = tries
+        self.exceptions = client.exceptions
+
+    def put_item(self, **kwargs: Any) -> Any:
+        self._note("put_item", kwargs["Item"]["process_id"]["S"])
+        return self._client.put_item(**kwargs)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        self._note("update_item", kwargs["Key"]["process_id"]["S"])
+        return self._client.update_item(**kwargs)
+
+    def _note(self, call: str, process_id: str) -> None:
+        info = activity.info()
+        if info.is_local and _past_deadline(info):
+            with self._tries.lock:
+                self._tries.late_calls.append(f"{call} {process_id}")
+
+
+@workflow.defn(sandboxed=False)
+class HoldLocalSlot:
+    """Takes the worker's one local-activity slot until the test lets it go."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_local_activity(
+            "hold_local_slot", schedule_to_close_timeout=HOLD_LIMIT
+        )
+
+
+@pytest.mark.duration(15)
+async def test_a_try_started_after_its_deadline_does_not_write(
+    dev_env: WorkflowEnvironment, moto: MotoServer
+) -> None:
+    """Processes' create tries queue for the worker's one local-activity slot while DynamoDB
+    is frozen, until each is past its 2 s. sdk-core does not time a try out while it waits: it
+    starts it once the slot frees, with nothing telling it that it is late. Such a try must not
+    write (on the old code each did, its thread outliving the slot it freed, and the workflow
+    then wrote the same as an activity); its workflow writes as an activity, and every record
+    is written once DynamoDB answers."""
+    settings = moto_settings(moto)
+    clients = AwsClients.from_settings(settings)
+    ensure_resources(settings, clients)
+    tries = Tries()
+    table = ProcessTableActivities(
+        clients.dynamodb,
+        settings.process_table,
+        cast(Any, WatchedDynamoDB(clients.dynamodb_local_try, tries)),
+    )
+    holding, released = threading.Event(), threading.Event()
+
+    @activity.defn(name="hold_local_slot")
+    def hold_local_slot() -> None:
+        holding.set()
+        released.wait(HOLD_LIMIT.total_seconds())
+
+    @activity.defn(name=CREATE)
+    def create_process(record: CreateProcessRecord) -> None:
+        info = activity.info()
+        if info.is_local and _past_deadline(info):
+            with tries.lock:
+                tries.started_late += 1
+        try:
+            table.create_process(record)
+        finally:
+            if info.is_local:
+                with tries.lock:
+                    tries.local_ended += 1
+
+    fakes = Fakes()
+    activities = [
+        create_process,
+        table.update_process_status,
+        hold_local_slot,
+        *(a for a in fakes.activities() if a.__name__ not in (CREATE, UPDATE)),
+    ]
+    task_queue = f"late-try-{uuid.uuid4()}"
+    handles: list[WorkflowHandle[ProcessWorkflow, Any]] = []
+    with ThreadPoolExecutor(16) as executor:
+        async with Worker(
+            dev_env.client,
+            task_queue=task_queue,
+            workflows=[ProcessWorkflow, MutexWorkflow, HoldLocalSlot],
+            activities=activities,
+            activity_executor=executor,
+            max_concurrent_local_activities=1,
+            interceptors=[LinearRetryInterceptor()],
+        ):
+            try:
+                holder = await dev_env.client.start_workflow(
+                    HoldLocalSlot.run, id=f"hold-{uuid.uuid4()}", task_queue=task_queue
+                )
+                await eventually(holding.is_set, what="the local-activity slot to be taken")
+                h = Harness(
+                    dev_env.client, task_queue, fakes, resource=f"lt-{uuid.uuid4().hex[:8]}"
+                )
+                retry = RetrySettings(max_attempts=3, delay=timedelta(0))
+                with frozen(moto):
+                    for _ in range(QUEUED_TRIES):
+                        handles.append(await h.start(aws_retry=retry))
+                    for handle in handles:
+                        # Its first task (which schedules the try) has run past the try's time.
+                        await eventually(
+                            functools.partial(_task_running_past, handle, OVERDUE),
+                            what=f"{handle.id}'s create try to be overdue in the slot's queue",
+                        )
+                    released.set()
+                    await eventually(
+                        lambda: tries.local_ended == QUEUED_TRIES,
+                        what="every queued try to have started and ended",
+                    )
+                assert tries.started_late == QUEUED_TRIES  # each of which the old code wrote
+                assert tries.late_calls == []
+                for handle in handles:
+                    await eventually(
+                        functools.partial(fakes.approvals.__contains__, handle.id),
+                        what=f"{handle.id}'s approval request once the emulator answers",
+                    )
+                    assert _record(clients, settings.process_table, handle.id) == "pending"
+                await holder.result()
+            finally:
+                released.set()
+                for handle in handles:
+                    await handle.terminate("test over")  # each waits an hour for its approval
+
+
+async def _task_running_past(handle: WorkflowHandle[Any, Any], age: timedelta) -> bool:
+    """Whether a workflow task of ``handle`` has run for ``age`` (by the server's clock, here
+    the same machine's)."""
+    task = (await handle.describe()).raw_description.pending_workflow_task
+    if task.state != PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED:
+        return False
+    return datetime.now(UTC) - task.started_time.ToDatetime(tzinfo=UTC) >= age

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.config import Config
 
-from common.aws import client_config, local_try_config
+from common.aws import LOCAL_TRY_CALL, client_config, local_try_config
 from workflows.messages import ProcessOptions
 from workflows.process import LOCAL_WRITE_TRY_TIMEOUT
 
@@ -27,7 +27,9 @@ def test_a_try_in_the_worker_ends_its_call_within_the_try() -> None:
     """Else the try's thread outlives it (the SDK cannot stop a sync activity's thread)."""
     config = local_try_config()
     assert _option(config, "retries")["total_max_attempts"] == 1
-    assert _longest_call(config) <= LOCAL_WRITE_TRY_TIMEOUT
+    assert _longest_call(config) == LOCAL_TRY_CALL  # what a try checks before it calls
+    # With room to wait for a slot and a thread: a try that waited longer does not call.
+    assert LOCAL_TRY_CALL + timedelta(milliseconds=500) <= LOCAL_WRITE_TRY_TIMEOUT
 
 
 def test_an_activity_ends_its_call_within_its_attempt() -> None:
