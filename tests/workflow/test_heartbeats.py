@@ -13,22 +13,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.workflow.harness import Harness, callback, harness, heartbeat
 from workflows.messages import (
-    CommandHeartbeat,
     CommandName,
     CompletionPolicy,
     FailureReason,
     ProcessStatus,
 )
-from workflows.process import ProcessWorkflow
 
 HEARTBEAT = timedelta(minutes=5)
-
-
-async def beat(handle: WorkflowHandle[Any, Any], command: CommandName | str, progress: Any) -> None:
-    name = command.value if isinstance(command, CommandName) else command
-    await handle.signal(
-        ProcessWorkflow.command_heartbeat, CommandHeartbeat(command=name, progress=progress)
-    )
 
 
 async def sent(h: Harness, **options: Any) -> WorkflowHandle[Any, Any]:
@@ -137,10 +128,17 @@ async def test_without_a_heartbeat_timeout_silence_is_fine(time_env: WorkflowEnv
         handle = await h.start()
         await h.approve(handle)
         await h.wait_sent(handle)
-        await h.advance(timedelta(minutes=30))
-        await beat(handle, CommandName.ONE, {"step": "copying"})  # shown, but not required
-        await h.call_back(handle, CommandName.ONE)
-        await h.call_back(handle, CommandName.TWO)
+        # 30 minutes of silence, then a heartbeat (shown, but not required) and the callbacks,
+        # at their workflow times (Harness.downstream). Sent by the test after an advance, they
+        # landed as late as the clock ran on: with the client's lock 0.3 s late, past the hour's
+        # callback wait (docs/testing.md).
+        silence = timedelta(minutes=30)
+        await h.downstream(
+            handle,
+            heartbeat(CommandName.ONE, {"step": "copying"}, after=silence),
+            callback(CommandName.ONE),
+            callback(CommandName.TWO),
+        )
         await handle.result()
         one = (await h.state(handle)).commands[CommandName.ONE]
         assert (one.heartbeats, one.progress, one.heartbeat_deadline) == (
@@ -148,4 +146,6 @@ async def test_without_a_heartbeat_timeout_silence_is_fine(time_env: WorkflowEnv
             {"step": "copying"},
             None,
         )
+        assert one.sent_at is not None and one.last_heartbeat_at is not None
+        assert one.last_heartbeat_at - one.sent_at >= silence  # the silence was kept
         assert h.fakes.commands[(handle.id, CommandName.ONE)].heartbeat_timeout is None
