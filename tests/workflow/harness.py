@@ -35,6 +35,17 @@ from workflows.messages import (
 from workflows.mutex import MutexWorkflow
 from workflows.process import ProcessWorkflow
 
+# Options under which no process times out while a test arranges a queue of them: a process
+# waits for the lock, and holds it, for as long as the test takes, while the clock runs on after
+# every advance and awaited result (to the next timer, further when the client's lock is late:
+# docs/testing.md). With the default 100-minute lock wait, a lock 0.1-0.3 s late after each
+# result timed queues out (test_mutex, test_lock_priority).
+PATIENT: dict[str, object] = {
+    "lock_timeout": timedelta(days=1),
+    "command_timeout": timedelta(hours=10),
+    "lease_timeout": timedelta(days=1),
+}
+
 
 @workflow.defn(sandboxed=False)
 class Clock:

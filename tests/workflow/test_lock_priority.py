@@ -16,7 +16,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.workflow.fakes import eventually
-from tests.workflow.harness import Harness, harness
+from tests.workflow.harness import PATIENT, Harness, harness
 from workflows.messages import (
     CommandName,
     LockRelease,
@@ -25,9 +25,6 @@ from workflows.messages import (
     mutex_workflow_id,
 )
 from workflows.mutex import MutexWorkflow
-
-# Long enough that nobody times out while a test arranges its queue.
-PATIENT = {"command_timeout": timedelta(hours=10), "lease_timeout": timedelta(days=1)}
 
 
 async def _queued_at(h: Harness, process_id: str) -> bool:

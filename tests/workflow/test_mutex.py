@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.workflow.fakes import Fakes, eventually
-from tests.workflow.harness import Harness, harness
+from tests.workflow.harness import PATIENT, Harness, harness
 from tests.workflow.requester import Requester
 from workflows.messages import (
     CommandCallback,
@@ -35,9 +35,7 @@ from workflows.process import LOCK_TIMEOUT_MESSAGE, ProcessWorkflow
 
 async def _hold_lock(h: Harness):
     """A process that takes the lock and then waits (for hours) on its commands' callbacks."""
-    holder = await h.start(
-        requested_by="holder", command_timeout=timedelta(hours=10), lease_timeout=timedelta(days=1)
-    )
+    holder = await h.start(requested_by="holder", **PATIENT)
     await h.approve(holder)
     await h.wait_sent(holder)
     return holder
@@ -47,7 +45,8 @@ async def test_twenty_processes_run_one_after_another_in_request_order(
     time_env: WorkflowEnvironment,
 ) -> None:
     async with harness(time_env.client) as h:
-        handles = [await h.start(requested_by=f"user-{i}") for i in range(20)]
+        # The last one waits 19 turns, the clock running on after each awaited result.
+        handles = [await h.start(requested_by=f"user-{i}", **PATIENT) for i in range(20)]
         await eventually(lambda: len(h.fakes.approvals) == 20, what="20 approval requests")
         await asyncio.gather(*(h.approve(handle) for handle in handles))
         # The order the mutex received the requests in (concurrent activities may deliver
