@@ -336,8 +336,11 @@ async def test_a_try_started_after_its_deadline_does_not_write(
             interceptors=[LinearRetryInterceptor()],
         ):
             try:
+                # By name, not ``HoldLocalSlot.run``: mypy 2.4 then solved the SDK's generic
+                # handle types as Never for other typed handles in the same run
+                # (test_mutex_dev_server.py's ``get_workflow_handle_for(MutexWorkflow.run)``).
                 holder = await dev_env.client.start_workflow(
-                    HoldLocalSlot.run, id=f"hold-{uuid.uuid4()}", task_queue=task_queue
+                    "HoldLocalSlot", id=f"hold-{uuid.uuid4()}", task_queue=task_queue
                 )
                 await eventually(holding.is_set, what="the local-activity slot to be taken")
                 h = Harness(
