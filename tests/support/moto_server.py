@@ -67,6 +67,9 @@ class MotoServer:
 
 
 PICKED_PORTS_FROM = 10_000  # above the well-known and most registered services' ports
+# Every port this process has handed out: two picks for one stack (API and metrics, say) are
+# both free when picked, and nothing is bound yet, so without this they could be the same port.
+_HANDED_OUT: set[int] = set()
 
 
 def free_loopback_port() -> int:
@@ -87,12 +90,15 @@ def free_loopback_port() -> int:
             return chosen
     for _ in range(200):
         port = random.randrange(PICKED_PORTS_FROM, low)
+        if port in _HANDED_OUT:
+            continue  # maybe not bound yet by whoever got it: pick another
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue  # in use (or in TIME_WAIT): pick another
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError(f"no free loopback port from {PICKED_PORTS_FROM} to {low - 1}")
 
 
