@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from temporalio.api.enums.v1 import PendingWorkflowTaskState, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import Client, WorkflowExecutionDescription
 from temporalio.service import RPCError
+
+from common.pollers import last_workflow_poll
 
 # A worker's long poll lasts up to a minute; a poll seen more recently than this is a live worker
 # (a worker killed less than this ago still counts).
@@ -209,18 +209,8 @@ def seen_in(description: WorkflowExecutionDescription, worker_polls: bool | None
 
 async def task_queue_polled(client: Client, task_queue: str, within: timedelta) -> bool:
     """Whether a worker polled ``task_queue`` for workflow tasks within ``POLLER_FRESHNESS``."""
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        ),
-        timeout=within,
-    )
-    seen_after = datetime.now(UTC) - POLLER_FRESHNESS
-    return any(
-        poller.last_access_time.ToDatetime(tzinfo=UTC) > seen_after for poller in response.pollers
-    )
+    last = await last_workflow_poll(client, task_queue, rpc_timeout=within)
+    return last is not None and last > datetime.now(UTC) - POLLER_FRESHNESS
 
 
 def _poller_of(client: Client, within: timedelta) -> Polled:

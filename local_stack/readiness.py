@@ -7,12 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from common.pollers import last_workflow_poll
 from local_stack.children import Child, ChildFailed
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE
 
@@ -64,11 +62,5 @@ async def temporal_ready(client: Client) -> bool:
 
 async def worker_polling(client: Client, task_queue: str, since: float) -> bool:
     """A worker polls the task queue (a poller seen after ``since``, not one from a past run)."""
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    return any(p.last_access_time.ToSeconds() >= int(since) for p in response.pollers)
+    last = await last_workflow_poll(client, task_queue)
+    return last is not None and int(last.timestamp()) >= int(since)
