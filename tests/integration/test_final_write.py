@@ -9,11 +9,9 @@ the process's whole AWS retry budget; once it answers again (SIGCONT) the record
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -48,16 +46,6 @@ def moto() -> Iterator[MotoServer]:
         yield server
 
 
-@contextmanager
-def frozen(server: MotoServer) -> Iterator[None]:
-    """The emulator stopped (SIGSTOP) for the block: it accepts connections, answers nothing."""
-    server.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.process.send_signal(signal.SIGCONT)
-
-
 async def _attempt(handle: WorkflowHandle[Any, Any], activity: str) -> int:
     """The attempt a pending activity of the workflow is on (0 when none is pending)."""
     description = await handle.describe()
@@ -80,11 +68,7 @@ async def test_completed_write_outlives_a_frozen_emulator(
     ensure_resources(settings, clients)
     table = ProcessTableActivities(clients.dynamodb, settings.process_table)
     fakes = Fakes()  # approval mail and sends; the process table is the real one
-    activities = [
-        table.create_process,
-        table.update_process_status,
-        *(a for a in fakes.activities() if a.__name__ not in ("create_process", UPDATE)),
-    ]
+    activities = fakes.activities_with_table(table)
     task_queue = f"final-write-{uuid.uuid4()}"
     with ThreadPoolExecutor(16) as executor:
         async with Worker(
@@ -104,7 +88,7 @@ async def test_completed_write_outlives_a_frozen_emulator(
             await h.approve(handle)
             await h.wait_sent(handle)
             assert _status(clients, settings.process_table, handle.id) == "in-progress"
-            with frozen(moto):
+            with moto.frozen():
                 await h.call_back(handle, CommandName.ONE)
                 await h.call_back(handle, CommandName.TWO)
                 # Frozen past the whole retry budget of an ordinary write (3 attempts).

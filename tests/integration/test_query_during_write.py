@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import signal
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -71,16 +69,6 @@ def moto() -> Iterator[MotoServer]:
         yield server
 
 
-@contextmanager
-def frozen(server: MotoServer) -> Iterator[None]:
-    """The emulator stopped (SIGSTOP) for the block: it accepts connections, answers nothing."""
-    server.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.process.send_signal(signal.SIGCONT)
-
-
 @pytest.mark.duration(15)
 async def test_state_query_answers_while_the_in_progress_write_hangs(
     dev_env: WorkflowEnvironment, moto: MotoServer
@@ -92,11 +80,7 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
         clients.dynamodb, settings.process_table, clients.dynamodb_local_try
     )
     fakes = Fakes()  # approval mail, the lock's activities and the sends; the table is real
-    activities = [
-        table.create_process,
-        table.update_process_status,
-        *(a for a in fakes.activities() if a.__name__ not in ("create_process", UPDATE)),
-    ]
+    activities = fakes.activities_with_table(table)
     task_queue = f"query-during-write-{uuid.uuid4()}"
     with ThreadPoolExecutor(16) as executor:
         async with Worker(
@@ -113,7 +97,7 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
             handle = await h.start(aws_retry=RetrySettings(max_attempts=3, delay=timedelta(0)))
             await eventually(lambda: handle.id in fakes.approvals, what="the approval request")
             assert _record(clients, settings.process_table, handle.id) == "pending"
-            with frozen(moto):
+            with moto.frozen():
                 await h.approve(handle)  # the grant follows: its task writes ``in-progress``
                 await eventually(
                     lambda: _writing_after_grant(handle),
@@ -212,7 +196,7 @@ async def test_a_write_tried_in_the_worker_gives_its_thread_back(moto: MotoServe
         process_id=f"process-{uuid.uuid4()}", status=ProcessStatus.IN_PROGRESS, at=datetime.now(UTC)
     )
     loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(1) as thread, frozen(moto):
+    with ThreadPoolExecutor(1) as thread, moto.frozen():
         call = loop.run_in_executor(thread, env.run, table.update_process_status, update)
         done, _ = await asyncio.wait({call}, timeout=THREAD_DEADLINE.total_seconds())
         assert done, "the try's DynamoDB call still holds its thread"
@@ -347,7 +331,7 @@ async def test_a_try_started_after_its_deadline_does_not_write(
                     dev_env.client, task_queue, fakes, resource=f"lt-{uuid.uuid4().hex[:8]}"
                 )
                 retry = RetrySettings(max_attempts=3, delay=timedelta(0))
-                with frozen(moto):
+                with moto.frozen():
                     for _ in range(QUEUED_TRIES):
                         handles.append(await h.start(aws_retry=retry))
                     for handle in handles:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import signal
 import socket
 import subprocess
 import sysconfig
@@ -64,6 +65,17 @@ class MotoServer:
     def log_tail(self, limit: int = 2000) -> str:
         self.log.flush()
         return Path(self.log.name).read_bytes()[-limit:].decode(errors="replace")
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The emulator stopped (SIGSTOP) for the block: it accepts connections, answers nothing.
+
+        A DynamoDB or SQS outage as a client sees it; SIGCONT at the end, whatever happens."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
 
 PICKED_PORTS_FROM = 10_000  # above the well-known and most registered services' ports

@@ -215,6 +215,13 @@ class Fakes:
             mutex.recover_mutex,
         ]
 
+    def activities_with_table(self, table: Any) -> list[Any]:
+        """These activities, but the process table's two writes are ``table``'s (a real
+        ``ProcessTableActivities``): for tests that fault the real DynamoDB under the writes."""
+        real = [table.create_process, table.update_process_status]
+        names = {a.__name__ for a in real}
+        return [*real, *(a for a in self.activities() if a.__name__ not in names)]
+
     async def _seen_resolved(self, process_id: str, command: CommandName) -> None:
         """Until the process has seen ``command``'s send resolve (at most a few seconds: a send
         being retried does not resolve while this activity holds the test server's clock)."""
