@@ -49,13 +49,18 @@ def _of(events: list[HistoryEvent], kind: EventType.ValueType) -> list[HistoryEv
     return [e for e in events if e.event_type == kind]
 
 
+def _scheduled(events: list[HistoryEvent], *names: str) -> list[HistoryEvent]:
+    """The activities named ``names`` the workflow scheduled (not local ones)."""
+    return [
+        e
+        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        if e.activity_task_scheduled_event_attributes.activity_type.name in names
+    ]
+
+
 def _completed_activities(events: list[HistoryEvent], name: str) -> list[HistoryEvent]:
     """The completions of the activity ``name`` (scheduled, not local)."""
-    scheduled = {
-        e.event_id
-        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        if e.activity_task_scheduled_event_attributes.activity_type.name == name
-    }
+    scheduled = {e.event_id for e in _scheduled(events, name)}
     return [
         e
         for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
@@ -138,11 +143,7 @@ async def test_the_sends_leave_in_the_task_that_took_the_grant(
         if e.workflow_execution_signaled_event_attributes.signal_name == "lock_granted"
     ]
     (requested,) = _completed_activities(events, "request_lock")
-    sends = [
-        e
-        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        if e.activity_task_scheduled_event_attributes.activity_type.name.startswith("send_command")
-    ]
+    sends = _scheduled(events, "send_command_one", "send_command_two")
     assert len(sends) == 2
     # Between holding the grant and the sends, one workflow task completes: the one that took it.
     holds_the_grant = max(granted.event_id, requested.event_id)
@@ -183,22 +184,14 @@ async def test_no_send_leaves_before_the_record_says_in_progress(
         _, events = await _completed(h)
     assert seen == {name: ProcessStatus.IN_PROGRESS for name in CommandName}
     # The worker's try failed: the in-progress write went on as an activity ...
-    (write,) = [
-        e
-        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        if e.activity_task_scheduled_event_attributes.activity_type.name == "update_process_status"
-    ]
+    (write,) = _scheduled(events, "update_process_status")
     (written,) = [
         e
         for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
         if e.activity_task_completed_event_attributes.scheduled_event_id == write.event_id
     ]
     # ... and every send was scheduled after that activity completed.
-    sends = [
-        e
-        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        if e.activity_task_scheduled_event_attributes.activity_type.name.startswith("send_command")
-    ]
+    sends = _scheduled(events, "send_command_one", "send_command_two")
     assert len(sends) == 2
     assert all(s.event_id > written.event_id for s in sends), [E.Name(e.event_type) for e in events]
 
@@ -217,11 +210,7 @@ async def test_a_failing_record_write_goes_on_as_an_activity_with_the_original_r
         events = list((await handle.fetch_history()).events)
     (local,) = _local_activities(events, "create_process")
     assert local.HasField("failure")
-    (scheduled,) = [
-        e
-        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        if e.activity_task_scheduled_event_attributes.activity_type.name == "create_process"
-    ]
+    (scheduled,) = _scheduled(events, "create_process")
     (started,) = [
         e
         for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_STARTED)
@@ -246,8 +235,4 @@ async def test_a_write_no_retry_can_fix_is_not_handed_on(time_env: WorkflowEnvir
         events = list((await handle.fetch_history()).events)
     writes = _local_activities(events, "update_process_status")
     assert [w.HasField("failure") for w in writes] == [True, True]  # in-progress, then failed
-    assert not [
-        e
-        for e in _of(events, E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        if e.activity_task_scheduled_event_attributes.activity_type.name == "update_process_status"
-    ]
+    assert not _scheduled(events, "update_process_status")
