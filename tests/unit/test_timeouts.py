@@ -74,6 +74,9 @@ def test_a_hung_coroutine_test_fails_at_its_await_and_cleans_up_at_once(tmp_path
         [
             *(sys.executable, "-m", "pytest", "test_hung.py", "--rootdir", str(tmp_path)),
             *("-p", "tests.support.timeouts", "-p", "no:cacheprovider", "-p", "no:xdist"),
+            # No short summary: how much of each failure's message it repeats depends on the
+            # terminal's width (COLUMNS), and CI's is wider than a shell's 80 columns.
+            "-rN",
             *("--timeout", "1", "-o", "asyncio_mode=auto"),
             *("-o", "asyncio_default_fixture_loop_scope=session"),
             *("-o", "asyncio_default_test_loop_scope=session"),  # as pyproject.toml runs them
