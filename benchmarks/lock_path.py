@@ -29,6 +29,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from benchmarks import processes
+from benchmarks.cpu import CpuUse
 from benchmarks.figures import Figure, percentile
 from benchmarks.stack import Part
 from benchmarks.timeline import History, Profile, ms, signal_trip
@@ -40,7 +41,7 @@ E = EventType
 @dataclass
 class LockPathResult:
     figures: list[Figure]
-    profiles: list[Profile]
+    profiles: list[Profile | CpuUse]
     completed: int
     expected: int
 
@@ -113,14 +114,32 @@ class Holder:
 
 
 async def run(
-    client: Client, worker: Part, baseline: Part, count: int, rounds: int, sequential: int
+    client: Client,
+    worker: Part,
+    baseline: Part,
+    count: int,
+    rounds: int,
+    sequential: int,
+    parts: list[Part],
 ) -> LockPathResult:
     trips, rtt_profile = await bare_round_trips(client, baseline, rounds)
+    pids = {part.name: part.pid for part in parts}
+    bare_cpu = CpuUse(
+        "CPU of the baseline, one-activity workflows one after another", "workflow", pids
+    )
+    bare_cpu.start()
     one_activity, sequential_per_minute = await one_activity_workflows(client, baseline, sequential)
+    bare_cpu.stop(len(one_activity))
 
     resource = f"bench-lock-path-{uuid.uuid4().hex[:8]}"
     options = ProcessOptions(lock_resource=resource)
     ids = await processes.park(client, worker.task_queue or "", count, options, "lock path")
+    cpu = CpuUse(
+        "CPU from the approvals to the last completion",
+        "process through the lock",
+        pids,
+    )
+    cpu.start()
     approved_at = time.perf_counter()
     await asyncio.gather(*(processes.decide(client, pid, processes.APPROVE) for pid in ids))
     outcomes = await asyncio.gather(
@@ -128,6 +147,7 @@ async def run(
     )
     wall = time.perf_counter() - approved_at
     completed = sum(not isinstance(o, BaseException) for o in outcomes)
+    cpu.stop(completed)
     per_minute = completed / wall * 60
 
     holders = []
@@ -223,7 +243,9 @@ async def run(
             note="value: the longest history of the completed processes",
         ),
     ]
-    return LockPathResult(figures, [rtt_profile, handoff, section, slow], completed, count)
+    return LockPathResult(
+        figures, [rtt_profile, handoff, section, slow, bare_cpu, cpu], completed, count
+    )
 
 
 def _profile_section(profile: Profile, h: Holder) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks import approvals, lock_path, memory, mutex_queue
 from benchmarks import figures as figs
+from benchmarks.cpu import CpuUse
 from benchmarks.figures import Figure
 from benchmarks.stack import Part, Stack
 from benchmarks.timeline import Profile
@@ -164,7 +165,7 @@ class Run:
         self.stack = stack
         self.quick = quick
         self.figures: list[Figure] = []
-        self.profiles: list[Profile] = []
+        self.profiles: list[Profile | CpuUse] = []
         self.lost = 0
         self.failures: dict[str, str] = {}
         self.began = time.perf_counter()
@@ -244,6 +245,7 @@ async def _lock_path(r: Run, worker: Part, baseline: Part) -> None:
         r.sizes.lock_path,
         r.sizes.round_trips,
         r.sizes.one_activity,
+        r.stack.parts,
     )
     r.figures += result.figures
     r.profiles += result.profiles

@@ -50,3 +50,7 @@ def test_the_quick_benchmark_measures_every_figure_and_loses_nothing(tmp_path: P
     machine = document["machine"]
     assert machine["cpu_count"] and machine["temporalio"]
     assert len(machine["load_average_before"]) == 3
+    # Where the lock path's CPU went, per part of the stack: the worker and the server worked.
+    cpu = document["profiles"]["CPU from the approvals to the last completion"]
+    assert cpu["worker"]["cpu_ms"] > 0 and cpu["temporal"]["cpu_ms"] > 0, cpu
+    assert cpu["wall"]["ms"] > 0, cpu
