@@ -39,6 +39,7 @@ from typing import IO, Any
 
 from common.settings import Settings
 from common.tokens import SigningKey
+from local_stack.children import die_with_parent
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -149,6 +150,10 @@ def start_moto_server(timeout: float = 30.0) -> MotoServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **moto_env(endpoint)},
+            # A test run killed with SIGKILL (a CI job's limit, a stuck run ended by hand) cannot
+            # stop its emulators; the kernel then does. Started from the thread of the test's
+            # fixture, which lives as long as the run (local_stack/children.py says why).
+            preexec_fn=die_with_parent(),
         )
         server = MotoServer(endpoint_url=endpoint, process=process, log=log)
         if _wait_until_answering(server, timeout):
