@@ -205,6 +205,8 @@ class Approvals:
         except Problem as problem:
             if problem.kind == "no-worker-answer":
                 return None
+            if problem.kind == "closed":
+                raise  # Temporal closed it by itself: the decision changes nothing any more
             # The decision was delivered (the signal was accepted), whatever the read says: a
             # refused or failed read never means "nothing was recorded".
             raise outcome_unknown() from None

@@ -164,6 +164,19 @@ def process_closed(status: str) -> Problem:
     )
 
 
+def closed_by_temporal(status: str) -> Problem:
+    """Temporal closed the process by itself (terminated, timed out): none of its code ran to
+    say so, so its own state still shows it waiting (``common.closed``)."""
+    return Problem(
+        410,
+        "closed",
+        "This process has ended",
+        f"The process was closed in Temporal (status {status}) before it finished: it takes "
+        "no decision or result any more, and nothing more will come of it.",
+        extra={"process_status": status},
+    )
+
+
 def bad_request() -> Problem:
     """A request aiohttp could not parse: a request line or header over 8 KB, or not HTTP."""
     return Problem(

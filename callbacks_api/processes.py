@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from cachetools import TTLCache
 from prometheus_client import Counter
@@ -25,13 +26,16 @@ from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowHandle,
     WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
 )
-from temporalio.common import SearchAttributeKey
+from temporalio.common import QueryRejectCondition, SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from callbacks_api import problems
 from callbacks_api.problems import Problem
+from common.closed import closed_by_temporal, temporal_status_name
 from common.unanswered import diagnose, task_queue_polled
 from workflows.messages import (
     APPROVAL_DECISION_SIGNAL,
@@ -43,11 +47,14 @@ from workflows.messages import (
     CommandCallback,
     CommandHeartbeat,
     ProcessState,
+    ProcessStatus,
 )
 
 logger = logging.getLogger(__name__)
 
 _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+# The statuses a process records itself once its own code ended it.
+_FINAL = frozenset(status.value for status in ProcessStatus if status.is_final)
 PRESENCE_TTL = timedelta(seconds=2)
 
 # Worth another try: the server was away, slow, overloaded or interrupted (503, Retry-After).
@@ -151,15 +158,48 @@ class Processes:
         handle = self._client.get_workflow_handle(process_id)
         try:
             async with self._call("query", process_id, problems.no_worker_answer, wait):
-                state: ProcessState = await handle.query(
-                    STATE_QUERY, result_type=ProcessState, rpc_timeout=wait
-                )
+                try:
+                    # Rejected by the server, with its status, if the process is closed: an
+                    # open one (the usual case) is read in one call, as before.
+                    state: ProcessState = await handle.query(
+                        STATE_QUERY,
+                        result_type=ProcessState,
+                        rpc_timeout=wait,
+                        reject_condition=QueryRejectCondition.NOT_OPEN,
+                    )
+                except WorkflowQueryRejectedError as rejected:
+                    state = await self._closed_state(handle, rejected.status, wait)
         except Problem as problem:
             if problem.kind != "no-worker-answer" or not explain:
                 raise
             unanswered = await diagnose(self._client, process_id, wait, self.poll_seen)
             logger.info("State query unanswered: %s", unanswered.reason(), extra=_about(process_id))
             raise problems.no_worker_answer(unanswered.for_people()) from problem.__cause__
+        return state
+
+    async def _closed_state(
+        self,
+        handle: WorkflowHandle[Any, Any],
+        status: WorkflowExecutionStatus | None,
+        wait: timedelta,
+    ) -> ProcessState:
+        """The state of a closed process, unless Temporal closed it by itself (410 ``closed``).
+
+        A terminated or timed-out process still answers the query, from the last state it wrote
+        (a worker replays it, and may even apply a signal that arrived after its last step),
+        which shows it waiting for a decision it can no longer take: ``common.closed``. Its
+        status is Temporal's, told without asking a worker. Any other closed process is read as
+        it ended; a cancelled one that recorded no final status of its own is Temporal's too.
+        """
+        ended = closed_by_temporal(status, own_final=False)
+        if ended is not None and status != WorkflowExecutionStatus.CANCELED:
+            raise problems.closed_by_temporal(ended)
+        state: ProcessState = await handle.query(
+            STATE_QUERY, result_type=ProcessState, rpc_timeout=wait
+        )
+        ended = closed_by_temporal(status, state.status.is_final)
+        if ended is not None:
+            raise problems.closed_by_temporal(ended)
         return state
 
     async def has_worker(self, description: WorkflowExecutionDescription) -> bool:
@@ -215,7 +255,7 @@ class Processes:
         if description.status == WorkflowExecutionStatus.RUNNING:
             # Closed and started again under the same id between the two calls: ask for a retry.
             return problems.delivery_unknown()
-        return problems.process_closed(_status_of(description))
+        return problems.process_closed(status_of(description))
 
     def _count(self, signal: str, outcome: str) -> None:
         if self._signals is not None:
@@ -297,12 +337,16 @@ def refusal(err: RPCError, *, signal: bool = True) -> Problem:
     return problems.temporal_refused()
 
 
-def _status_of(description: WorkflowExecutionDescription) -> str:
-    """The process's own status if it set one (``failed``...), else Temporal's (``TERMINATED``)."""
-    status = description.typed_search_attributes.get(_STATUS_KEY)
-    if status:
-        return str(status)
-    return description.status.name.lower() if description.status else "closed"
+def status_of(description: WorkflowExecutionDescription) -> str:
+    """The closed process's status to tell (``common.closed``): Temporal's when Temporal closed
+    it by itself (``terminated``), else the process's own (``failed``...), else Temporal's."""
+    own = description.typed_search_attributes.get(_STATUS_KEY)
+    outside = closed_by_temporal(description.status, own in _FINAL)
+    if outside is not None:
+        return outside
+    if own:
+        return str(own)
+    return temporal_status_name(description.status) if description.status else "closed"
 
 
 def _about(process_id: str) -> dict[str, str]:

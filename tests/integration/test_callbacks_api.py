@@ -83,7 +83,9 @@ class Stack:
 
     # -- processes ------------------------------------------------------------------------------
 
-    async def start_process(self, task_queue: str | None = None, **options: Any) -> str:
+    async def start_process(
+        self, task_queue: str | None = None, run_timeout: timedelta | None = None, **options: Any
+    ) -> str:
         """A process parked at approval, its approval request captured (once a worker runs)."""
         process_id = f"process-{uuid.uuid4()}"
         await self.client.start_workflow(
@@ -96,6 +98,7 @@ class Stack:
             ),
             id=process_id,
             task_queue=task_queue or self.task_queue,
+            run_timeout=run_timeout,
         )
         await eventually(
             lambda: self.state(process_id), lambda s: process_id in self.stubs.approvals
@@ -441,6 +444,65 @@ async def test_closed_process_is_gone(stack: Stack) -> None:
     assert state.failure_reason is FailureReason.APPROVAL_TIMEOUT
 
 
+async def test_a_terminated_process_offers_no_form_and_says_terminated(stack: Stack) -> None:
+    """A terminate runs none of the workflow's code: its state still says pending."""
+    process_id = await stack.start_process()
+    token = stack.approval_token(process_id)
+    check = hidden_check_for(stack, token)
+    await stack.client.get_workflow_handle(process_id).terminate("operator")
+    # The query still answers the last state the workflow wrote: waiting for a decision.
+    assert unchanged_approval(await stack.state(process_id))
+
+    response, html = await stack.page(token)
+    assert response.status == 410, html
+    assert "status terminated" in html and 'name="check"' not in html
+    response = await stack.http.post(
+        f"/approvals/{token}", data={"check": check, "decision": "approve"}
+    )
+    html = await response.text()
+    assert response.status == 410, html
+    assert "status terminated" in html and "pending" not in html
+    assert await stack.signals(process_id, "approval_decision") == 0
+
+
+async def test_a_process_whose_run_timed_out_offers_no_form(stack: Stack) -> None:
+    """A run timeout set at start closes it as a terminate does: none of its code runs."""
+    process_id = await stack.start_process(run_timeout=timedelta(seconds=2))
+    token = stack.approval_token(process_id)
+    await stack.closed(process_id)
+
+    response, html = await stack.page(token)
+    assert response.status == 410, html
+    assert "status timed-out" in html and 'name="check"' not in html
+
+
+async def test_a_decision_delivered_then_terminated_is_not_being_recorded(stack: Stack) -> None:
+    """Delivered while no worker ran, then terminated: it will never be recorded."""
+    task_queue = f"no-worker-{uuid.uuid4()}"
+    async with stack.worker(task_queue):
+        process_id = await stack.start_process(task_queue)
+        await stack.settled(process_id)
+    token = stack.approval_token(process_id)
+    response = await stack.http.post(
+        f"/approvals/{token}",
+        data={"check": hidden_check_for(stack, token), "decision": "approve", "name": "Ada"},
+        allow_redirects=False,
+    )
+    assert response.status == 303
+    outcome = response.headers["Location"]
+    await stack.client.get_workflow_handle(process_id).terminate("operator")
+
+    async with stack.worker(task_queue):
+        # A worker replaying the closed run for the query applies the decision that arrived
+        # after its last step: its state shows it approved and queued for the lock.
+        state = await stack.state(process_id)
+        assert (state.approval.decision, state.stage) == ("approved", Stage.WAITING_FOR_LOCK)
+        response = await stack.http.get(f"/approvals/{token}{outcome}")
+        html = await response.text()
+    assert response.status == 410, html
+    assert "status terminated" in html and "Decision recorded" not in html
+
+
 async def test_unknown_process_is_not_found(stack: Stack) -> None:
     deadline = datetime.now(UTC) + timedelta(hours=1)
     token = stack.signer.sign(
@@ -781,6 +843,19 @@ async def test_failure_callback_fails_the_process_and_later_ones_are_gone(stack:
     body = await problem(late, 410, "closed")
     assert (body["command"], body["process_status"]) == ("command-one", "failed")
     assert (await stack.state(process_id)).commands[CommandName.ONE].status == "not-awaited"
+
+
+async def test_a_callback_to_a_terminated_process_says_terminated(stack: Stack) -> None:
+    process_id = await stack.approved_and_sent()
+    await stack.client.get_workflow_handle(process_id).terminate("operator")
+
+    late = await stack.callback(
+        stack.command_token(process_id, CommandName.ONE), {"status": "succeeded"}
+    )
+    body = await problem(late, 410, "closed")
+    # Its search attribute still says in-progress: nothing of the workflow ran to change it.
+    assert (body["command"], body["process_status"]) == ("command-one", "terminated")
+    assert "status terminated" in body["detail"]
 
 
 async def test_a_different_repeated_callback_is_a_conflict(stack: Stack) -> None:
