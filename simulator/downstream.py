@@ -9,6 +9,9 @@ command's ``callback_url`` (the callbacks API). It behaves as a downstream syste
   the highest seen for its resource is refused, with 409 over HTTP, and over SQS by dropping it
   with a failed callback;
 - it keeps the work it took durably (``simulator/work.py``) and resumes it after a restart;
+- a key is done once its callback was delivered or refused for good (a 4xx); when its bounded
+  tries run out the result is still owed: a resend of the key, a redrive or the next start calls
+  back again, with a fresh budget of tries;
 - while it works it heartbeats (``SIMULATOR_HEARTBEAT_INTERVAL``), reporting its progress;
 - a redrive (the same key sent again with a higher ``redrive``) is answered as a well-behaved
   system should: work that succeeded is not done again, its result goes to the new callback
@@ -56,6 +59,10 @@ log = logging.getLogger("simulator")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RECENT_COMMANDS = 200
+# A command is well under 2 KiB; more is refused with 413.
+MAX_BODY_BYTES = 64 * 1024
+# The 4xx answers that say "not now" rather than "no": retried like a 5xx.
+RETRYABLE_4XX = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS})
 
 Via = Literal["sqs", "http"]
 Sleep = Callable[[float], Awaitable[None]]
@@ -76,6 +83,10 @@ class CommandRecord(BaseModel):
     outcome: Literal["pending", "succeeded", "failed", "fenced"] = "pending"
     callback_status: int | None = None
     callback_attempts: int = 0
+    # The callback was delivered or refused for good: the key is done.
+    done: bool = False
+    # The last budget of callback tries ran out; a resend, a redrive or a restart tries again.
+    gave_up: bool = False
     duplicates: int = 0
     redrives: int = 0
     heartbeats: int = 0
@@ -97,6 +108,8 @@ class CommandRecord(BaseModel):
             outcome=job.outcome,
             callback_status=job.callback_status,
             callback_attempts=job.callback_attempts,
+            done=job.done,
+            gave_up=job.gave_up,
             duplicates=job.duplicates,
             redrives=job.redrives,
             heartbeats=job.heartbeats,
@@ -135,7 +148,17 @@ class Downstream:
         unfinished = list(self.book.unfinished())
         for job in unfinished:
             with bind_process_id(job.command.process_id):
-                log.info("%s resumed (key %s)", job.command.command, job.key)
+                if job.gave_up:
+                    # Its result is still owed, and a start may be what its receiver waited for
+                    # (the callbacks API back, a route fixed): one more budget of tries.
+                    log.info(
+                        "%s resumed (key %s): its callback gave up before, trying again",
+                        job.command.command,
+                        job.key,
+                    )
+                    self.book.retry(job.key)
+                else:
+                    log.info("%s resumed (key %s)", job.command.command, job.key)
             self._run(job)
         return len(unfinished)
 
@@ -154,7 +177,13 @@ class Downstream:
                 return self._redrive(held, command, via, fence, malformed_fence)
             if held is not None:
                 held.duplicates += 1
-                state = "done" if held.done else "still in progress"
+                if held.done:
+                    state = "done"
+                elif held.gave_up:
+                    state = "its callback gave up before: calling back again"
+                    self.book.retry(key)  # the sender still waits: a fresh budget of tries
+                else:
+                    state = "still in progress"
                 log.info("%s received again over %s (key %s, %s)", command.command, via, key, state)
                 self._run(held)  # a job that stopped on an error resumes on a resend
                 return Taken("duplicate", held)
@@ -211,6 +240,7 @@ class Downstream:
         elif previous == "succeeded":
             # Done once is done: the result is delivered again, the work is not redone.
             held.callback_attempts, held.callback_status, held.done = 0, None, False
+            held.gave_up = False
             what = "done before: its result goes to the new callback, the work is not redone"
         else:
             # Failed (or fenced) work is worth another try: a new plan, as for a new command.
@@ -218,6 +248,7 @@ class Downstream:
             held.received_at, held.delay, held.fails = fresh.received_at, fresh.delay, fresh.fails
             held.refused, held.payload = None, None
             held.callback_attempts, held.callback_status, held.done = 0, None, False
+            held.gave_up = False
             what = f"{previous} before: it runs again"
         self.book.take(held)
         if previous != "pending":
@@ -278,7 +309,12 @@ class Downstream:
             return
         task = asyncio.create_task(self._work(job), name=f"execute {job.key}")
         self._running[job.key] = task
-        task.add_done_callback(lambda _: self._running.pop(job.key, None))
+        task.add_done_callback(lambda _: self._forget(job.key, task))
+
+    def _forget(self, key: str, task: asyncio.Task[Any] | None) -> None:
+        """Take ``task`` out of ``_running``, unless another task already works on ``key``."""
+        if task is not None and self._running.get(key) is task:
+            del self._running[key]
 
     def _stop_calling_back(self, job: Job) -> None:
         """Cancel the task that works on ``job``, if any, and run the job again once it stopped.
@@ -300,13 +336,20 @@ class Downstream:
                 if job.payload is None:
                     payload = await self._execute(job)
                     self.book.worked(job.key, payload)
-                await self._call_back(job)
-                self.book.finished(job.key)
+                if await self._call_back(job):
+                    self.book.finished(job.key)
+                else:
+                    # Not done: the result is still owed (a resend, a redrive or a start retries).
+                    self.book.gave_up(job.key)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # The job stays unfinished in the journal: a resend or the next start resumes it.
                 log.exception("%s (key %s) stopped on an error", command.command, job.key)
+            finally:
+                # At once, not in a done callback: a resend arriving before that callback runs
+                # would find the key still running and start nothing.
+                self._forget(job.key, asyncio.current_task())
 
     async def _execute(self, job: Job) -> dict[str, Any]:
         """Do the simulated work (or not, for a refused command); the callback body."""
@@ -384,10 +427,11 @@ class Downstream:
             return False
         return True
 
-    async def _call_back(self, job: Job) -> None:
-        """POST the outcome; retry connection errors and 5xx with capped backoff, bounded.
+    async def _call_back(self, job: Job) -> bool:
+        """POST the outcome; retry connection errors, 408, 429 and 5xx with capped backoff.
 
-        Every attempt is journaled, so the bound holds across restarts too.
+        True once the callback was delivered or refused for good (another 4xx); False when the
+        budget of tries ran out. Every attempt is journaled, so the bound holds across restarts.
         """
         settings = self._settings
         timeout = aiohttp.ClientTimeout(total=settings.callback_timeout)
@@ -410,11 +454,11 @@ class Downstream:
             self.book.attempted(job.key, status)
             if status is not None and status < 400:
                 log.info("callback for %s answered %s", command.command, status)
-                return
-            if status is not None and status < 500:
+                return True
+            if status is not None and status < 500 and status not in RETRYABLE_4XX:
                 # 409 already decided, 410 expired, ...: retrying would not change the answer.
                 log.warning("callback for %s refused: %s %s", command.command, status, detail)
-                return
+                return True
             if job.callback_attempts < settings.callback_attempts:
                 wait = min(
                     settings.callback_backoff * 2 ** (job.callback_attempts - 1),
@@ -430,11 +474,13 @@ class Downstream:
                 )
                 await self._sleep(wait)
         log.error(
-            "callback for %s gave up after %d tries (last: %s)",
+            "callback for %s gave up after %d tries (last: %s); the key is not done: a resend, "
+            "a redrive or a restart calls back again",
             job.command.command,
             job.callback_attempts,
             job.callback_status or detail or "none",
         )
+        return False
 
     # -- command one: SQS -----------------------------------------------------------------------
 
@@ -452,9 +498,7 @@ class Downstream:
     def _take_message(self, message: MessageTypeDef) -> None:
         """Take one message; it is deleted from the queue only after this returns."""
         try:
-            body = json.loads(message.get("Body", ""))
-            if not isinstance(body, dict):
-                raise ValueError("the body is not a JSON object")
+            body = _json_object(message.get("Body", ""))
             command = DownstreamCommand.model_validate(body)
         except (ValueError, ValidationError) as err:
             # Nothing to call back; a real system would dead-letter it. Dropped, loudly.
@@ -488,9 +532,7 @@ class Downstream:
         if request.content_type != "application/json":
             return _problem(415, "send the command as application/json")
         try:
-            body = json.loads(await request.read())
-            if not isinstance(body, dict):
-                raise ValueError("not a JSON object")
+            body = _json_object(await request.read())
             command = DownstreamCommand.model_validate(body)
         except ValidationError as err:
             return _problem(400, f"malformed command: {err.error_count()} problem(s)")
@@ -551,6 +593,18 @@ class Downstream:
         return web.json_response({"commands": records})
 
 
+def _json_object(text: str | bytes) -> dict[str, Any]:
+    """A JSON object, or ValueError saying why not (too deep a nesting included)."""
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        # The decoder recurses per level: a few thousand ``[`` in a small body exhaust the stack.
+        raise ValueError("the JSON is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    return body
+
+
 def _attribute_text(
     attributes: Mapping[str, MessageAttributeValueOutputTypeDef],
 ) -> dict[str, str]:
@@ -575,12 +629,39 @@ def _problem(status: int, detail: str, **extensions: Any) -> web.Response:
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
+@web.middleware
+async def _problems(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405, 413) and any failure as problem documents too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        if err.status == HTTPStatus.NOT_FOUND:
+            detail = f"nothing at {request.path}"
+        elif err.status == HTTPStatus.METHOD_NOT_ALLOWED:
+            detail = f"{request.path} does not take {request.method}"
+        elif err.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            detail = f"the body is larger than the {MAX_BODY_BYTES} bytes accepted"
+        else:
+            detail = err.reason
+        problem = _problem(err.status, detail)
+        if "Allow" in err.headers:
+            problem.headers["Allow"] = err.headers["Allow"]
+        return problem
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _problem(500, "the simulator failed on this request; its log says why")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 def create_app(downstream: Downstream, command_path: str) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_problems])
     app.router.add_post(command_path, downstream.handle_command)
     app.router.add_get("/commands", downstream.handle_list)
     app.router.add_get("/healthz", healthz)

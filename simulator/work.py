@@ -4,8 +4,10 @@ A well-behaved downstream system does not forget work it acknowledged. Each chan
 to the journal (``common/journal.py``, fsynced) before the simulator acts on it or answers, and
 replayed at start, so after a restart, kill -9 included, every unfinished command resumes where
 it was: the same planned delay and outcome, the same callback payload once made, the callback
-attempts already spent. A key counts as done only once its callback was delivered (or refused
-for good, or its bounded retries ran out), never when it was merely received.
+attempts already spent. A key counts as done only once its callback was delivered or refused for
+good, never when it was merely received. A callback whose bounded tries ran out is not done: the
+job is marked as given up and kept, and a resend of its key, a redrive or the next start calls
+back again with a fresh budget of tries.
 
 The journal also keeps the fence: the highest lease id seen per resource rises in the same entry
 that takes the command carrying it, so the lease and the work it admitted are durable together.
@@ -71,6 +73,8 @@ class Job(BaseModel):
     callback_attempts: int = 0
     callback_status: int | None = None
     done: bool = False
+    # The last budget of callback tries ran out (the key is not done: its result is still owed).
+    gave_up: bool = False
     # Redrives of the key received (``DownstreamCommand.redrive`` higher than the last one's).
     redrives: int = 0
     # Repeats of the key received (resends, redeliveries) and heartbeats sent; not journaled.
@@ -141,9 +145,21 @@ class WorkBook:
         job.callback_status = status
 
     def finished(self, key: str) -> None:
+        """The callback was delivered or refused for good: the key is done."""
         self._write({"kind": "done", "key": key})
         self.jobs[key].done = True
         self._maybe_compact()
+
+    def gave_up(self, key: str) -> None:
+        """The callback's tries ran out: the result is still owed, the key is not done."""
+        self._write({"kind": "gave_up", "key": key})
+        self.jobs[key].gave_up = True
+
+    def retry(self, key: str) -> None:
+        """A job that gave up calls back again, with a fresh budget of tries."""
+        self._write({"kind": "retry", "key": key})
+        job = self.jobs[key]
+        job.callback_attempts, job.gave_up = 0, False
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -182,6 +198,10 @@ class WorkBook:
                     job.callback_status = entry["status"]
                 elif kind == "done":
                     job.done = True
+                elif kind == "gave_up":
+                    job.gave_up = True
+                elif kind == "retry":
+                    job.callback_attempts, job.gave_up = 0, False
         except (KeyError, TypeError, ValueError, ValidationError) as err:
             log.warning("journal: skipping an entry it cannot read (%s): %s", err, entry)
 
@@ -195,7 +215,12 @@ class WorkBook:
             return
         now = datetime.now(UTC)
         for key, job in list(self.jobs.items()):
-            if job.done and _aware(job.command.deadline or job.received_at) + KEEP_FINISHED < now:
+            if _aware(job.command.deadline or job.received_at) + KEEP_FINISHED >= now:
+                continue
+            if job.gave_up:
+                # Long past its sender's wait, nobody will resend it nor take its result.
+                log.warning("journal: dropping %s, whose callback was never delivered", key)
+            if job.done or job.gave_up:
                 del self.jobs[key]
         fences: list[Entry] = [
             {"kind": "fence", "resource": resource, "lease_id": lease}

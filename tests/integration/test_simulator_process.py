@@ -395,3 +395,78 @@ async def test_work_taken_before_a_kill_is_finished_after_a_restart(
         assert "resumed 2 unfinished command(s)" in log
     finally:
         await simulator.stop()
+
+
+async def test_a_message_nested_too_deeply_is_dropped_and_the_queue_goes_on(
+    simulator: Simulator,
+    receiver: CallbackReceiver,
+    http: aiohttp.ClientSession,
+    moto: MotoServer,
+) -> None:
+    sqs = sqs_client(moto)
+    # 30 kB, but deeper than the JSON decoder's recursion allows: it once ended the process.
+    sqs.send_message(QueueUrl=simulator.queue_url, MessageBody="[" * 30_000)
+    token = unique("after-deep")
+    body = command(receiver, token, command="command-one")
+    body["idempotency_key"] = f"process-{token}:command-one"
+    sqs.send_message(QueueUrl=simulator.queue_url, MessageBody=json.dumps(body))
+
+    await eventually(lambda: bool(receiver.calls(token)), "the next message's callback")
+    assert "the JSON is nested too deeply" in simulator.log_path.read_text()
+    assert simulator.child is not None and simulator.child.returncode is None
+
+
+def receiver_app(receiver: CallbackReceiver) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/callbacks/{token}", receiver.handle)
+    return app
+
+
+async def test_a_callback_that_gave_up_is_delivered_after_a_resend_or_a_restart(
+    http: aiohttp.ClientSession, moto: MotoServer, tmp_path: Path
+) -> None:
+    """The callbacks API is away for longer than the simulator's tries: both results are still
+    owed. Once it is back, a resend of one key delivers that one; a restart (after kill -9)
+    delivers the other."""
+    port = free_loopback_port()
+    late = CallbackReceiver(base_url=f"http://127.0.0.1:{port}")  # nothing listens there yet
+    simulator = Simulator(moto, new_queue(moto), tmp_path, SIMULATOR_CALLBACK_ATTEMPTS="2")
+    resent, restarted = unique("resent"), unique("restarted")
+    bodies = {token: command(late, token) for token in (resent, restarted)}
+    keys = {token: body["idempotency_key"] for token, body in bodies.items()}
+    try:
+        await simulator.start(http)
+        for body in bodies.values():
+            assert (await post(http, simulator, body))[0] == 202
+
+        async def tries_spent(tokens: tuple[str, ...], status: int | None, tries: int) -> bool:
+            listed = await simulator.commands(http)
+            return all(
+                keys[t] in listed
+                and (listed[keys[t]]["callback_attempts"], listed[keys[t]]["callback_status"])
+                == (tries, status)
+                for t in tokens
+            )
+
+        await eventually(lambda: tries_spent((resent, restarted), None, 2), "both gave up")
+        assert "gave up after 2 tries" in simulator.log_path.read_text()
+
+        async with serving(receiver_app(late), port):
+            # The sender's retry: a repeat, answered as such, and the result owed goes out.
+            status, answer = await post(http, simulator, bodies[resent])
+            assert (status, answer["duplicate"]) == (200, True)
+            await eventually(lambda: bool(late.calls(resent)), "the resent key's callback")
+            # Journaled as delivered before the kill, so the restart does not send it again.
+            await eventually(lambda: tries_spent((resent,), 202, 1), "the callback journaled")
+
+            await simulator.kill()
+            assert late.calls(restarted) == []
+            await simulator.start(http)
+            await eventually(lambda: bool(late.calls(restarted)), "the callback after a restart")
+            await eventually(lambda: tries_spent((restarted,), 202, 1), "the callback journaled")
+
+        assert [c["status"] for c in late.calls(resent)] == ["succeeded"]
+        assert [c["status"] for c in late.calls(restarted)] == ["succeeded"]
+        assert "resumed 1 unfinished command(s)" in simulator.log_path.read_text()
+    finally:
+        await simulator.stop()

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,54 @@ async def test_bad_command_requests_are_refused() -> None:
             assert response.content_type == "application/problem+json"
         async with http.post(f"{base}/commands/two", json=body) as response:
             assert response.status == 400  # no Idempotency-Key header
+        await downstream.drain()
+    assert receiver.received == []
+
+
+async def test_deeply_nested_json_is_refused_with_400() -> None:
+    receiver = CallbackReceiver()
+    deep = "[" * 30_000  # small (30 kB), but deeper than the JSON decoder's recursion allows
+    async with simulator(receiver) as (downstream, base, _, http):
+        headers = {"Idempotency-Key": "k", "Content-Type": "application/json"}
+        async with http.post(f"{base}/commands/two", data=deep, headers=headers) as response:
+            assert response.status == 400
+            assert response.content_type == "application/problem+json"
+            problem = await response.json(content_type=None)
+        assert problem["detail"] == "malformed command: the JSON is nested too deeply"
+        # Over SQS the same message is dropped, loudly, and the consumer goes on.
+        downstream._take_message({"MessageId": "m1", "ReceiptHandle": "r1", "Body": deep})
+        await downstream.drain()
+        assert downstream.book.jobs == {}
+    assert receiver.received == []
+
+
+async def test_every_refusal_is_a_problem_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver = CallbackReceiver()
+    async with simulator(receiver) as (downstream, base, _, http):
+
+        def broken(limit: int) -> list[Job]:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(downstream.book, "newest", broken)
+        headers = {"Idempotency-Key": "k", "Content-Type": "application/json"}
+        too_large = b"{" + b" " * (64 * 1024) + b"}"
+        for method, path, data, status in [
+            ("GET", "/nowhere", None, 404),
+            ("GET", "/commands/two", None, 405),
+            ("POST", "/commands/two", too_large, 413),
+            ("GET", "/commands", None, 500),
+        ]:
+            async with http.request(
+                method, f"{base}{path}", data=data, headers=headers
+            ) as response:
+                assert response.status == status, path
+                assert response.content_type == "application/problem+json", path
+                problem = await response.json(content_type=None)
+                allow = response.headers.get("Allow")
+            assert (problem["status"], problem["title"]) == (status, HTTPStatus(status).phrase)
+            assert problem["detail"]
+            if status == 405:
+                assert allow == "POST"
         await downstream.drain()
     assert receiver.received == []
 
