@@ -14,12 +14,17 @@ import argparse
 import asyncio
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
-from cli.queries import describe, process_status_of, query_state
+from cli.queries import closed_by, describe, process_status_of, query_state
 from cli.settings import CliSettings
 from cli.status import normalise_process_id, render_state
 from starter import PROCESS_WORKFLOW
@@ -52,7 +57,7 @@ async def run(
     if description.workflow_type != PROCESS_WORKFLOW:
         raise CliError(f"{process_id} is a {description.workflow_type}, not a process")
     if description.status != WorkflowExecutionStatus.RUNNING:
-        raise _already_closed(process_id, description.status, process_status_of(description))
+        raise _already_closed(process_id, description)
     handle = client.get_workflow_handle(process_id)
     try:
         await handle.cancel()
@@ -61,7 +66,7 @@ async def run(
             raise
         # It closed between the describe and the cancel.
         closed = await describe(client, process_id, "process")
-        raise _already_closed(process_id, closed.status, process_status_of(closed)) from err
+        raise _already_closed(process_id, closed) from err
     requested = f"{process_id}: cancellation requested"
     if args.wait is None:
         return {"process_id": process_id, "outcome": "cancel-requested"}, requested
@@ -122,9 +127,9 @@ def _state_of(cause: BaseException | None) -> ProcessState | None:
         return None
 
 
-def _already_closed(
-    process_id: str, status: WorkflowExecutionStatus | None, process_status: str | None
-) -> CliError:
-    temporal = status.name if status else "closed"
-    record = f", process {process_status}" if process_status else ""
+def _already_closed(process_id: str, description: WorkflowExecutionDescription) -> CliError:
+    temporal = description.status.name if description.status else "closed"
+    # Closed by Temporal itself (terminated): its own status is stale, and not repeated here.
+    own = None if closed_by(description) else process_status_of(description)
+    record = f", process {own}" if own else ""
     return CliError(f"{process_id} is already closed ({temporal}{record}): nothing to cancel")

@@ -7,7 +7,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from cli.queries import process_status_of
+from cli.queries import status_to_tell
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE, ProcessStatus
@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def list_query(status: str | None) -> str:
     query = f"WorkflowType = '{PROCESS_WORKFLOW}'"
     if status:
-        query += f" AND {PROCESS_STATUS_ATTRIBUTE} = '{ProcessStatus(status).value}'"
+        wanted = ProcessStatus(status)
+        query += f" AND {PROCESS_STATUS_ATTRIBUTE} = '{wanted.value}'"
+        if not wanted.is_final:
+            # A process Temporal closed by itself (terminated) still says pending or in-progress.
+            query += " AND ExecutionStatus = 'Running'"
     return query
 
 
@@ -35,7 +39,8 @@ async def run(
         rows.append(
             {
                 "process_id": execution.id,
-                "status": process_status_of(execution),
+                # Temporal's when it closed the process by itself (terminated): its own is stale.
+                "status": status_to_tell(execution),
                 "temporal_status": execution.status.name if execution.status else None,
                 "started_at": execution.start_time.isoformat(),
                 "closed_at": execution.close_time.isoformat() if execution.close_time else None,

@@ -15,10 +15,13 @@ from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
+from common.closed import closed_by_temporal
 from common.unanswered import diagnose
-from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY
+from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY, ProcessState, ProcessStatus
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+# The statuses a process records itself once its own code ended it.
+FINAL = frozenset(status.value for status in ProcessStatus if status.is_final)
 # A query needs a worker to answer; without one the server would hold the call for a long time.
 QUERY_TIMEOUT = timedelta(seconds=10)
 
@@ -62,3 +65,20 @@ def _seconds(value: timedelta) -> str:
 def process_status_of(description: WorkflowExecution) -> str | None:
     value = description.typed_search_attributes.get(STATUS_KEY)
     return str(value) if value is not None else None
+
+
+def closed_by(description: WorkflowExecution, state: ProcessState | None = None) -> str | None:
+    """Temporal's status (``terminated``...) when Temporal closed the process by itself, with
+    none of its code running (``common.closed``); None when the process speaks for itself.
+    Judged on its state when read, else on its ``ProcessStatus`` search attribute."""
+    own = state.status.value if state is not None else process_status_of(description)
+    return closed_by_temporal(description.status, own in FINAL)
+
+
+def status_to_tell(description: WorkflowExecution, state: ProcessState | None = None) -> str | None:
+    """The process's status as told to an operator: Temporal's when Temporal closed it by
+    itself (its own still says ``pending``, say), else its own."""
+    told = closed_by(description, state)
+    if told is not None:
+        return told
+    return state.status.value if state is not None else process_status_of(description)

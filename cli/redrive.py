@@ -28,7 +28,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from cli.output import CliError, program, when
-from cli.queries import describe, process_status_of, query_state
+from cli.queries import closed_by, describe, query_state, status_to_tell
 from cli.settings import CliSettings
 from cli.status import normalise_process_id, process_id_argument
 from starter import PROCESS_WORKFLOW, wait_for_approval_link
@@ -83,6 +83,7 @@ async def run(
     handle = client.get_workflow_handle(process_id)
     failed_input, carried = await read_history(client, handle)
     state = await final_state(client, handle, carried)
+    closed = closed_by(description, state)
     redrive = plan(process_id, failed_input, state)
     new_id = redrive_process_id(redrive.original_process_id, redrive.count)
     try:
@@ -98,7 +99,7 @@ async def run(
         taken = await describe(client, new_id, "process")
         raise CliError(
             f"{process_id} was already redriven as {new_id} "
-            f"({process_status_of(taken) or (taken.status.name if taken.status else '?')}); "
+            f"({status_to_tell(taken) or (taken.status.name if taken.status else '?')}); "
             "redrive that one if it failed"
         ) from err
     link = None
@@ -117,7 +118,7 @@ async def run(
         ),
         "approval_link": link,
     }
-    return document, render(new_id, redrive, failed_input, state, link)
+    return document, render(new_id, redrive, failed_input, state, link, closed)
 
 
 async def read_history(
@@ -173,14 +174,22 @@ def plan(process_id: str, failed: ProcessInput, state: ProcessState) -> Redrive:
 
 
 def render(
-    new_id: str, redrive: Redrive, failed: ProcessInput, state: ProcessState, link: str | None
+    new_id: str,
+    redrive: Redrive,
+    failed: ProcessInput,
+    state: ProcessState,
+    link: str | None,
+    closed: str | None = None,
 ) -> str:
+    """``closed``: Temporal's status when Temporal closed the process by itself (terminated,
+    timed out): its state is then as it last wrote it, not a failure (``common.closed``)."""
     options = failed.options
-    failure = f"{state.failure_reason.value}: " if state.failure_reason else ""
-    lines = [
-        f"Redrive {redrive.count} of {redrive.redriven_from}: {new_id}",
-        f"It failed with {failure}{state.failure_message or state.status.value}",
-    ]
+    if closed is not None:
+        ended = f"It was {closed} in Temporal at stage {state.stage.value}, before it finished"
+    else:
+        failure = f"{state.failure_reason.value}: " if state.failure_reason else ""
+        ended = f"It failed with {failure}{state.failure_message or state.status.value}"
+    lines = [f"Redrive {redrive.count} of {redrive.redriven_from}: {new_id}", ended]
     approval = redrive.approval
     if approval is not None:
         lines.append(f"Approval kept: {approval.decided_by}, {when(approval.decided_at)}")

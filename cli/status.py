@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError, when
-from cli.queries import describe, process_status_of, query_state
+from cli.queries import closed_by, describe, query_state, status_to_tell
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
 from workflows.messages import (
@@ -63,25 +63,27 @@ async def run(
     document = {
         "process_id": process_id,
         "temporal_status": temporal_status,
-        "process_status": process_status_of(description),
+        # Temporal's when it closed the process by itself: the state still shows it waiting.
+        "process_status": status_to_tell(description, state),
         "state": state.model_dump(mode="json") if state else None,
         "problem": problem,
     }
     if state is not None:
-        redriven_as = await successor(client, state)
+        redriven_as = await successor(client, state, closed_by(description, state))
         document["redriven_as"] = redriven_as
-        text = render_state(state, temporal_status, redriven_as)
+        text = render_state(state, temporal_status, redriven_as, closed_by(description, state))
     else:
         text = (
-            f"{process_id}\n  status    {process_status_of(description) or '-'}\n"
+            f"{process_id}\n  status    {status_to_tell(description) or '-'}\n"
             f"  temporal  {temporal_status or '-'}\n  ({problem})"
         )
     return document, text
 
 
-async def successor(client: Client, state: ProcessState) -> str | None:
-    """The redrive of this process, if one was started (one RPC, only for a closed failure)."""
-    if state.status is not ProcessStatus.FAILED:
+async def successor(client: Client, state: ProcessState, closed: str | None = None) -> str | None:
+    """The redrive of this process, if one was started (one RPC, only for a closed failure, or
+    a process Temporal closed by itself: ``closed``)."""
+    if state.status is not ProcessStatus.FAILED and closed is None:
         return None
     original = state.process_id
     if state.redrive_count:
@@ -97,10 +99,21 @@ async def successor(client: Client, state: ProcessState) -> str | None:
 
 
 def render_state(
-    state: ProcessState, temporal_status: str | None, redriven_as: str | None = None
+    state: ProcessState,
+    temporal_status: str | None,
+    redriven_as: str | None = None,
+    closed: str | None = None,
 ) -> str:
+    """The state as lines. ``closed``: Temporal's status when Temporal closed the process by
+    itself (``common.closed``); it then leads, the state being as the process last wrote it."""
+    status = f"{state.status.value} (stage {state.stage.value})"
+    if closed is not None:
+        status = (
+            f"{closed} in Temporal, at stage {state.stage.value} "
+            f"(its own last status: {state.status.value})"
+        )
     rows: list[tuple[str, str]] = [
-        ("status", f"{state.status.value} (stage {state.stage.value})"),
+        ("status", status),
         ("requested by", f"{state.requested_by}, {when(state.created_at)}"),
         ("description", state.description or "-"),
     ]
@@ -138,12 +151,35 @@ def render_state(
         rows.append(("failure", f"{state.failure_reason.value}: {state.failure_message}"))
     if state.finished_at:
         rows.append(("finished", when(state.finished_at)))
+    if closed is not None:
+        rows.append(("cleanup", left_behind(state)))
     if redriven_as:
         rows.append(("redriven as", redriven_as))
     rows.append(("temporal", temporal_status or "-"))
     width = max(len(label) for label, _ in rows)
     body = "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
     return f"{state.process_id}\n{body}"
+
+
+def left_behind(state: ProcessState) -> str:
+    """What a close by Temporal left as it was: none of the process's own cleanup ran."""
+    parts = [
+        "none ran: its record in the process table was not closed and keeps its last status "
+        f"({state.status.value})"
+    ]
+    if state.lock.status == "held":
+        parts.append(
+            "the mutex frees the lock and marks the record failed (abandoned) at its next "
+            "liveness check"
+        )
+    elif state.lock.status == "requested":
+        parts.append("its place in the lock's queue is dropped when its turn comes")
+    sent = [
+        str(name) for name, command in sorted(state.commands.items()) if command.status == "sent"
+    ]
+    if sent:
+        parts.append(f"{', '.join(sent)} sent and not withdrawn: the downstream may still act")
+    return "; ".join(parts)
 
 
 def _compact(value: object, limit: int = 120) -> str:

@@ -61,9 +61,42 @@ def test_bare_uuid_means_a_process_id() -> None:
 
 def test_list_query_filters_on_the_search_attribute() -> None:
     assert list_query(None) == "WorkflowType = 'ProcessWorkflow'"
+    # A process Temporal terminated still says in-progress: only running ones are.
     assert list_query("in-progress") == (
-        "WorkflowType = 'ProcessWorkflow' AND ProcessStatus = 'in-progress'"
+        "WorkflowType = 'ProcessWorkflow' AND ProcessStatus = 'in-progress' "
+        "AND ExecutionStatus = 'Running'"
     )
+    assert list_query("failed") == "WorkflowType = 'ProcessWorkflow' AND ProcessStatus = 'failed'"
+
+
+def test_a_process_temporal_closed_leads_with_temporals_status_and_what_was_left() -> None:
+    state = ProcessState(
+        process_id="process-1",
+        requested_by="alice",
+        description="deploy v2",
+        stage=Stage.RUNNING_COMMANDS,
+        status=ProcessStatus.IN_PROGRESS,
+        created_at=T0,
+        updated_at=T0,
+        approval=ApprovalState(decision="approved", decided_by="bob", decided_at=T0),
+        lock=LockState(resource="approval-commands", status="held", lease_id=7),
+        commands={
+            CommandName.ONE: CommandState(command=CommandName.ONE, status="succeeded"),
+            CommandName.TWO: CommandState(command=CommandName.TWO, status="sent"),
+        },
+    )
+    text = render_state(state, "TERMINATED", closed="terminated")
+    rows = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in text.splitlines()[1:]}
+    assert rows["status"] == (
+        "terminated in Temporal, at stage running-commands (its own last status: in-progress)"
+    )
+    cleanup = rows["cleanup"]
+    assert "keeps its last status (in-progress)" in cleanup
+    assert "marks the record failed (abandoned)" in cleanup
+    assert "command-two sent and not withdrawn" in cleanup
+    assert "in-progress (stage" not in text
+    # A process that closed itself shows no such line.
+    assert "cleanup" not in render_state(state, "RUNNING")
 
 
 def test_every_command_takes_json() -> None:
