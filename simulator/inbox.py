@@ -194,6 +194,9 @@ class Inbox:
             self.receive(envelope)
         except ValueError as err:
             log.error("dropping message %s: %s", sqs_message.get("MessageId"), err)
+        except RecursionError:
+            # Raised out of the consumer, it would end the process, and the message come back.
+            log.error("dropping message %s: nested too deeply", sqs_message.get("MessageId"))
 
     # -- HTTP -------------------------------------------------------------------------------------
 

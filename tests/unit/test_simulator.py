@@ -417,3 +417,12 @@ async def test_inbox_serves_json_and_html(capsys: pytest.CaptureFixture[str]) ->
             assert r.status == 200
             assert "default-src 'none'" in r.headers["Content-Security-Policy"]
             assert "Approval requested: process-2" in await r.text()
+
+
+def test_inbox_drops_a_message_nested_too_deeply(caplog: pytest.LogCaptureFixture) -> None:
+    inbox = Inbox(InboxSettings(echo=False))
+    deep: Any = {"MessageId": "m-deep", "ReceiptHandle": "r", "Body": "[" * 30_000}
+    inbox._take_notification(deep)  # raised, it would end the consumer and the process
+    inbox._take_notification({"MessageId": "m-1", "Body": json.dumps(approval_notification("p"))})
+    assert [m.message_id for m in inbox.mailbox.messages()] == ["m-1"]
+    assert "dropping message m-deep: nested too deeply" in caplog.text
