@@ -13,13 +13,16 @@ API remembers, per link (the process and the callback its token names), what it 
   the same message get its failure at once, each its own copy (a burst during a Temporal outage
   is answered within one call's timeout, not one timeout per post in turn); if the send was only
   cancelled (its client went away), a post with the same message tries it;
-- a send that ended uncertain (no answer in time, a 503, cancelled, anything unexpected: the
-  signal may have landed, and then the workflow keeps it as the first) leaves the link
+- a send that ended uncertain (no answer in time, a 503 that says "may or may not", cancelled,
+  anything unexpected: the signal may have landed, and then the workflow keeps it as the first)
+  leaves the link
   *unconfirmed*: a different message is refused 503 ``earlier-message-unconfirmed`` and not
   sent, until a post of the unconfirmed message is answered for sure (delivered, or refused for
   good). Sending it would be answered 202 and remembered while the workflow may keep the first
   one, and the first one's retry would then be told the other "was delivered". A definite
-  refusal (4xx, 500) of a send leaves nothing unconfirmed: a different message tries. The hold
+  refusal (4xx, 500) of a send, or a 503 that knows nothing was recorded (``nothing_recorded``:
+  no connection to Temporal could be made), leaves nothing unconfirmed: a different message
+  tries. The hold
   lasts at most ``UNCONFIRMED_HOLD`` (2 min): if the first message's sender gave up, the
   signal may never have landed, and holding the other message back until the link expires
   would lose the only result the process can still get. After the hold the other message is
@@ -163,9 +166,10 @@ class RecentDeliveries:
             return Outcome.SENT, message
         except Exception as err:
             failure = err
-            # A refusal for good (4xx, 500) says this message was not recorded; anything else
+            # A refusal for good (4xx, 500), or a 503 that knows no request reached Temporal
+            # (no connection could be made), says this message was not recorded; anything else
             # (503: may or may not have arrived; unexpected) leaves it possibly delivered.
-            sure = isinstance(err, Problem) and err.status != 503
+            sure = isinstance(err, Problem) and (err.status != 503 or err.nothing_recorded)
             raise
         finally:
             # Cancelled (BaseException) leaves ``sure`` False: the signal may be on its way.

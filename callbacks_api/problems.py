@@ -39,6 +39,7 @@ class Problem(Exception):
         state: ProcessState | None = None,
         extra: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        nothing_recorded: bool = False,
     ) -> None:
         super().__init__(f"{status} {kind}: {detail}")
         self.status = status
@@ -49,12 +50,25 @@ class Problem(Exception):
         self.state = state
         self.extra = dict(extra or {})
         self.headers = dict(headers or {})
+        # A 503 that knows for sure its message was not recorded: no connection to Temporal was
+        # made, or the server refused the signal. Any other 503 of a send may have landed
+        # (``callbacks_api.deliveries`` holds its link as unconfirmed). 4xx and 500 are sure.
+        self.nothing_recorded = nothing_recorded
 
     def __reduce__(self) -> tuple[Any, ...]:
         # ``copy.copy`` (and pickle) rebuild from this: the one-string ``args`` would not do.
         return (
             _rebuild,
-            (self.status, self.kind, self.title, self.detail, self.state, self.extra, self.headers),
+            (
+                self.status,
+                self.kind,
+                self.title,
+                self.detail,
+                self.state,
+                self.extra,
+                self.headers,
+                self.nothing_recorded,
+            ),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -75,8 +89,18 @@ def _rebuild(
     state: ProcessState | None,
     extra: Mapping[str, Any],
     headers: Mapping[str, str],
+    nothing_recorded: bool,
 ) -> Problem:
-    return Problem(status, kind, title, detail, state=state, extra=extra, headers=headers)
+    return Problem(
+        status,
+        kind,
+        title,
+        detail,
+        state=state,
+        extra=extra,
+        headers=headers,
+        nothing_recorded=nothing_recorded,
+    )
 
 
 def problem_response(problem: Problem) -> web.Response:
@@ -125,6 +149,21 @@ def temporal_unavailable() -> Problem:
         "Service temporarily unavailable",
         "The workflow service did not answer in time. Nothing was recorded; try again shortly.",
         headers={"Retry-After": "5"},
+    )
+
+
+def temporal_not_connected() -> Problem:
+    """No connection to Temporal could be made, so no request left this API: nothing can have
+    been recorded. (The SDK says so only for a client that never connected; one that was
+    connected retries a refused connection inside the call, so an earlier try may have landed.)"""
+    return Problem(
+        503,
+        "temporal-unavailable",
+        "Service temporarily unavailable",
+        "The workflow service could not be reached (no connection could be made), so nothing "
+        "was sent. Nothing was recorded; try again shortly.",
+        headers={"Retry-After": "5"},
+        nothing_recorded=True,
     )
 
 

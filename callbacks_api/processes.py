@@ -84,6 +84,13 @@ READ_NOT_READY = RPCStatusCode.FAILED_PRECONDITION
 SIGNAL_LIMIT_MESSAGE = "exceeded workflow execution limit for signal events"
 BLOB_LIMIT_MESSAGE = "Blob data size exceeds limit"
 
+# How the SDK (temporalio 1.35) says its lazy client could not connect: a RuntimeError raised
+# before any request is sent, e.g. "Failed client connect: Server connection error: ...
+# ConnectionRefused". Once connected, a refused connection is an RPCError UNAVAILABLE ("tcp
+# connect error") that sdk-core retries inside the call, so the error alone cannot tell whether
+# an earlier try reached the server: that stays "may or may not".
+CONNECT_FAILED = "Failed client connect"
+
 Signal = ApprovalDecision | CommandCallback | CommandHeartbeat
 _SIGNAL_NAMES: dict[type[Signal], str] = {
     ApprovalDecision: APPROVAL_DECISION_SIGNAL,
@@ -251,7 +258,10 @@ class Processes:
         try:
             description = await self.describe(process_id)
         except Problem as problem:
-            return problem  # unknown-process, or the server went away meanwhile (503)
+            # unknown-process, or the server went away meanwhile (503). Either way the server
+            # refused the signal itself: nothing was recorded.
+            problem.nothing_recorded = True
+            return problem
         if description.status == WorkflowExecutionStatus.RUNNING:
             # Closed and started again under the same id between the two calls: ask for a retry.
             return problems.delivery_unknown()
@@ -311,10 +321,14 @@ class Processes:
             logger.error("State query failed: %s", err, extra=_about(process_id))
             raise problems.internal_error() from err
         except RuntimeError as err:
-            # A lazy client that cannot connect raises RuntimeError("Failed client connect: ...");
-            # nothing reached the server.
-            logger.warning("Temporal %s could not connect: %s", what, err, extra=_about(process_id))
-            raise problems.temporal_unavailable() from err
+            if str(err).startswith(CONNECT_FAILED):
+                # The lazy client could not connect: no request left this API.
+                logger.warning(
+                    "Temporal %s could not connect: %s", what, err, extra=_about(process_id)
+                )
+                raise problems.temporal_not_connected() from err
+            logger.error("Temporal %s failed: %s", what, err, extra=_about(process_id))
+            raise unanswered() from err
 
 
 def refusal(err: RPCError, *, signal: bool = True) -> Problem:

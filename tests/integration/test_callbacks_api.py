@@ -11,6 +11,7 @@ tokens' expiry is checked against.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,8 @@ from callbacks_api.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
 from tests.support.moto_server import free_loopback_port
+from tests.support.processes import alive, children, command_line
+from tests.support.temporal import start_dev_server
 from tests.workflow.fakes import Fakes
 from workflows.messages import (
     APPROVAL_CALLBACK,
@@ -1027,7 +1030,7 @@ async def test_temporal_unreachable_is_a_clear_503() -> None:
         response = await http.get(f"/approvals/{token}")
         html = await response.text()
         assert response.status == 503
-        assert "did not answer" in html
+        assert "could not be reached" in html
         assert "Traceback" not in html
         assert response.headers["Retry-After"]
         command = settings.signer.sign(
@@ -1039,6 +1042,76 @@ async def test_temporal_unreachable_is_a_clear_503() -> None:
         response = await http.post(f"/callbacks/{command}", json={"status": "succeeded"})
         body = await problem(response, 503, "temporal-unavailable")
         assert "Nothing was recorded" in body["detail"]
+        # Nothing left this API, as the first answer said: a different result on the link is
+        # tried too, not held back as if the first might have landed.
+        response = await http.post(f"/callbacks/{command}", json={"status": "failed"})
+        body = await problem(response, 503, "temporal-unavailable")
+        assert "Nothing was recorded" in body["detail"]
+
+
+async def test_temporal_frozen_or_killed_after_the_api_connected_may_have_recorded() -> None:
+    """Frozen (SIGSTOP), Temporal does not answer in time. Killed, once the API connected: the
+    SDK retries the refused connection inside the call (UNAVAILABLE "tcp connect error"), so an
+    earlier try may have reached the server. Both answer "may or may not", and a different
+    result on the link is held back, as that answer implies."""
+    env = await start_dev_server()
+    try:
+        port = env.client.service_client.config.target_host.rsplit(":", 1)[1]
+        [server] = [
+            pid
+            for pid in children(os.getpid())
+            if "start-dev" in command_line(pid) and port in " ".join(command_line(pid))
+        ]
+        settings = make_settings()
+        command = settings.signer.sign(
+            f"process-{uuid.uuid4()}",
+            CommandName.ONE.value,
+            Purpose.COMMAND,
+            datetime.now(UTC) + timedelta(hours=1),
+        )
+        app = create_app(settings, env.client, temporal_timeout=timedelta(seconds=2))
+        async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+            # Connected: the server itself answers that no such process exists.
+            response = await http.post(f"/callbacks/{command}", json={"status": "succeeded"})
+            await problem(response, 404, "unknown-process")
+
+            # Frozen: no answer in time. An approval decided then may or may not be recorded.
+            approval = settings.signer.sign(
+                f"process-{uuid.uuid4()}",
+                APPROVAL_CALLBACK,
+                Purpose.APPROVAL,
+                datetime.now(UTC) + timedelta(hours=1),
+            )
+            os.kill(server, signal.SIGSTOP)
+            try:
+                response = await http.post(
+                    f"/approvals/{approval}",
+                    data={
+                        "check": form_check(settings.signing_keys[0].secret, approval),
+                        "decision": "approve",
+                    },
+                )
+                html = await response.text()
+            finally:
+                os.kill(server, signal.SIGCONT)
+            assert response.status == 503, html
+            assert "did not confirm it received this, so it may or may not have been" in html
+
+            os.kill(server, signal.SIGKILL)
+
+            async def server_alive() -> bool:
+                return alive(server)
+
+            await eventually(server_alive, lambda up: not up)
+
+            response = await http.post(f"/callbacks/{command}", json={"status": "succeeded"})
+            body = await problem(response, 503, "temporal-unavailable")
+            assert "may or may not have been recorded" in body["detail"]
+            response = await http.post(f"/callbacks/{command}", json={"status": "failed"})
+            await problem(response, 503, "earlier-message-unconfirmed")
+    finally:
+        with contextlib.suppress(Exception):  # its server is already gone
+            await env.shutdown()
 
 
 async def test_an_overlong_request_line_gets_our_400(tmp_path: Path) -> None:

@@ -15,7 +15,12 @@ from callbacks_api.deliveries import (
     RecentDeliveries,
     digest_of,
 )
-from callbacks_api.problems import Problem, delivery_unknown, too_large_for_temporal
+from callbacks_api.problems import (
+    Problem,
+    delivery_unknown,
+    temporal_not_connected,
+    too_large_for_temporal,
+)
 from workflows.messages import CommandCallback
 
 LATER = datetime.now(UTC) + timedelta(hours=1)
@@ -155,6 +160,23 @@ async def test_after_an_uncertain_send_a_different_message_is_503_until_the_firs
     assert (send.calls, send.sent) == (2, 1)
 
 
+async def test_a_send_that_never_left_leaves_nothing_unconfirmed() -> None:
+    """No connection to Temporal could be made: X was answered "nothing was recorded", so Y is
+    sent, not held back as if X might have landed (before: 503 for Y, two minutes long)."""
+    memory, send = RecentDeliveries(), Sender(failures=2, error=temporal_not_connected)
+    link = ("process-1", "command-one")
+    x, y = delivered("succeeded"), delivered("failed")
+
+    with pytest.raises(Problem) as first:
+        await memory.deliver(link, x, send)
+    assert "Nothing was recorded" in first.value.detail
+    with pytest.raises(Problem) as second:  # Y tried, and met the same outage
+        await memory.deliver(link, y, send)
+    assert (second.value.kind, second.value.nothing_recorded) == ("temporal-unavailable", True)
+    assert await memory.deliver(link, y, send) == (Outcome.SENT, y)
+    assert (send.calls, send.sent) == (3, 1)
+
+
 async def test_an_uncertain_send_holds_a_different_message_back_for_two_minutes_only() -> None:
     """X's sender may have given up after its uncertain send, and X may never have landed.
 
@@ -213,6 +235,15 @@ async def test_each_waiter_on_a_failed_send_raises_its_own_copy() -> None:
             delivery_unknown().detail,
         )
         assert result.headers == {"Retry-After": "5"}
+        assert not result.nothing_recorded
+
+
+async def test_a_copy_keeps_whether_nothing_was_recorded() -> None:
+    memory, send = RecentDeliveries(), Sender(failures=1, pause=0.01, error=temporal_not_connected)
+    results = await asyncio.gather(
+        *(memory.deliver(("p", "c"), delivered(), send) for _ in range(2)), return_exceptions=True
+    )
+    assert all(isinstance(r, Problem) and r.nothing_recorded for r in results)
 
 
 async def test_when_the_send_in_flight_is_cancelled_a_waiter_sends() -> None:

@@ -103,6 +103,41 @@ async def test_any_other_refusal_is_500_and_not_try_again(
     assert status.name in caplog.text
 
 
+class UnconnectedClient(RefusingClient):
+    """A lazy client whose signal fails with the RuntimeError the SDK raises before sending."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RPCStatusCode.UNAVAILABLE, "unused")
+        self.runtime_error = RuntimeError(message)
+
+    async def signal(self, *args: Any, **kwargs: Any) -> None:
+        self.signals += 1
+        raise self.runtime_error
+
+
+async def test_a_signal_that_could_not_connect_says_nothing_was_recorded_for_sure() -> None:
+    # temporalio 1.35's words, from a lazy client pointed at a port nobody listens on.
+    refused = "Failed client connect: Server connection error: ... ConnectionRefused ..."
+    processes = Processes(cast(Client, UnconnectedClient(refused)))
+    with pytest.raises(Problem) as failed:
+        await processes.signal("process-1", CommandCallback(command="c", status="succeeded"))
+    assert (failed.value.status, failed.value.kind) == (503, "temporal-unavailable")
+    assert failed.value.nothing_recorded and "Nothing was recorded" in failed.value.detail
+
+
+async def test_any_other_runtime_error_of_a_signal_may_have_landed() -> None:
+    processes = Processes(cast(Client, UnconnectedClient("something else went wrong")))
+    with pytest.raises(Problem) as failed:
+        await processes.signal("process-1", CommandCallback(command="c", status="succeeded"))
+    assert not failed.value.nothing_recorded and "may or may not" in failed.value.detail
+
+
+async def test_an_uncertain_signal_is_not_sure_nothing_was_recorded() -> None:
+    # sdk-core retries UNAVAILABLE ("tcp connect error") inside the call: an earlier try may
+    # have reached the server, whatever the last one met.
+    assert not (await refusal_of(RPCStatusCode.UNAVAILABLE, "tcp connect error")).nothing_recorded
+
+
 # The dev server's words (temporal 1.32) for a query while the workflow task keeps failing.
 NOT_READY = "Unable to query workflow due to Workflow Task in failed state."
 
