@@ -246,6 +246,7 @@ class Downstream:
             # Failed (or fenced) work is worth another try: a new plan, as for a new command.
             fresh = self._job(command, via, fence, first_run=False)
             held.received_at, held.delay, held.fails = fresh.received_at, fresh.delay, fresh.fails
+            held.fails_because = fresh.fails_because
             held.refused, held.payload = None, None
             held.callback_attempts, held.callback_status, held.done = 0, None, False
             held.gave_up = False
@@ -294,15 +295,24 @@ class Downstream:
                 fence=fence,
                 refused=refused,
             )
+        fails = self._rng.random() < self._settings.failure_rate or (
+            first_run and command.command in self._settings.fail_once
+        )
         return Job(
             command=command,
             via=via,
             received_at=datetime.now(UTC),
             fence=fence,
             delay=self._rng.uniform(*self._settings.delays(command.command)),
-            fails=self._rng.random() < self._settings.failure_rate
-            or (first_run and command.command in self._settings.fail_once),
+            fails=fails,
+            fails_because=self._why_it_fails(command.command, first_run) if fails else None,
         )
+
+    def _why_it_fails(self, command: str, first_run: bool) -> str:
+        """The setting a failure comes from, as its callback names it."""
+        if first_run and command in self._settings.fail_once:
+            return f"SIMULATOR_FAIL_ONCE={','.join(sorted(self._settings.fail_once))}"
+        return f"SIMULATOR_FAILURE_RATE={self._settings.failure_rate}"
 
     def _run(self, job: Job) -> None:
         if job.done or job.key in self._running or self._closing:
@@ -358,11 +368,8 @@ class Downstream:
         await self._work_until_due(job)
         command = job.command.command
         if job.fails:
-            why = (
-                f"SIMULATOR_FAIL_ONCE={','.join(sorted(self._settings.fail_once))}"
-                if command in self._settings.fail_once and not job.redrives
-                else f"SIMULATOR_FAILURE_RATE={self._settings.failure_rate}"
-            )
+            # A job journaled before ``fails_because`` existed says what today's settings say.
+            why = job.fails_because or self._why_it_fails(command, first_run=not job.redrives)
             payload: dict[str, Any] = {
                 "status": "failed",
                 "error": f"simulated failure of {command} ({why})",

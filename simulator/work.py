@@ -66,6 +66,8 @@ class Job(BaseModel):
     # Decided once, when the command is taken, so a resumed job keeps its fate.
     delay: float = 0.0
     fails: bool = False
+    # Which setting made it fail, said in its callback: the settings of a later start may differ.
+    fails_because: str | None = None
     # Why the command was refused (an SQS command is refused with a failed callback).
     refused: str | None = None
     # The callback body, made when the work ends; resent as it is after a restart.

@@ -145,6 +145,37 @@ async def test_a_redrive_runs_failed_work_again_under_the_same_key() -> None:
     )
 
 
+async def test_a_failure_resumed_after_a_restart_names_the_setting_it_was_planned_under(
+    tmp_path: Path,
+) -> None:
+    # Taken under SIMULATOR_FAIL_ONCE, stopped before the work ends, started again without it:
+    # the plan (fail) is kept, and so is its reason; today's settings say a rate of 0.
+    state = tmp_path / "journal.jsonl"
+    peer = DownstreamPeer()
+    never = asyncio.Event()
+
+    async def forever(_: float) -> None:
+        await never.wait()
+
+    async with aiohttp.ClientSession() as http, serving(peer.app()) as callbacks:
+        planned = settings(state_path=state, fail_once="command-two", min_delay=60, max_delay=60)
+        first = Downstream(planned, http, sleep=forever)
+        async with serving(create_app(first, "/commands/two")) as base:
+            await post_command(http, base, command(callbacks))
+        await first.close()  # the stop: the job stays in the journal, unfinished
+
+        again = Downstream(settings(state_path=state), http, sleep=no_sleep)
+        try:
+            assert again.resume() == 1
+            await again.drain()
+        finally:
+            await again.close()
+
+    [(_, callback)] = peer.callbacks
+    assert callback["status"] == "failed"
+    assert "SIMULATOR_FAIL_ONCE=command-two" in callback["error"], callback
+
+
 async def test_a_redrive_of_work_that_succeeded_delivers_the_result_without_redoing_it() -> None:
     peer = DownstreamPeer()
     async with simulator(peer) as (downstream, base, callbacks, http):
