@@ -58,16 +58,26 @@ MAX_RESPONSE_DETAIL_BYTES = 4096
 DEFAULT_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=20, sock_connect=5)
 
 
+# The longest delay ``retry_after`` reports. RFC 9110 sets no bound, and a header may say
+# 99999999999999999999 (more seconds than a timedelta holds) or a date in the year 9999; the
+# send then waits ``max_retry_after`` (20 min by default), which this is far above, as the
+# callback link and lock lease are sized for that. A day keeps the delay a plain number.
+RETRY_AFTER_CAP = timedelta(days=1)
+
+
 def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:
     """A ``Retry-After`` header (delay seconds or HTTP-date) as a delay; None if absent or bad.
 
-    The delay is at least one second: a zero delay would read as "no delay given" to Temporal.
+    The delay is at least one second: a zero delay would read as "no delay given" to Temporal;
+    and at most ``RETRY_AFTER_CAP``: a longer one says "much later", never an error.
     """
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        delay = timedelta(seconds=int(value))
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() takes and int() does not
+        cap = int(RETRY_AFTER_CAP.total_seconds())
+        # Compared as text first: int() refuses more than 4300 digits.
+        delay = timedelta(seconds=int(value) if len(value) <= len(str(cap)) else cap)
     else:
         try:
             when = parsedate_to_datetime(value)
@@ -76,7 +86,7 @@ def retry_after(value: str | None, now: datetime | None = None) -> timedelta | N
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         delay = when - (now or datetime.now(UTC))
-    return max(delay, timedelta(seconds=1))
+    return min(max(delay, timedelta(seconds=1)), RETRY_AFTER_CAP)
 
 
 class CommandActivities:

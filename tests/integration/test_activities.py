@@ -437,7 +437,12 @@ async def test_command_two_keeps_only_a_small_response(
 
 @pytest.mark.parametrize(
     ("path", "delay"),
-    [("/status/503", None), ("/status/503?retry_after=7", timedelta(seconds=7))],
+    [
+        ("/status/503", None),
+        ("/status/503?retry_after=7", timedelta(seconds=7)),
+        # More seconds than a timedelta holds: the longest wait allowed, not an OverflowError.
+        ("/status/503?retry_after=99999999999999999999", timedelta(minutes=20)),
+    ],
 )
 async def test_command_two_retryable_status(
     aws: Aws,

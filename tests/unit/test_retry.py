@@ -11,7 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.commands import retry_after
+from activities.commands import RETRY_AFTER_CAP, retry_after
 from activities.retry import linear_delay_error
 
 TWO_MINUTES = timedelta(minutes=2)
@@ -124,6 +124,13 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
         ("soon", None),
         ("-5", None),
         ("", None),
+        # Absurd delays are capped, never an exception (OverflowError, int()'s digit limit).
+        ("86400", RETRY_AFTER_CAP),
+        ("86401", RETRY_AFTER_CAP),
+        ("99999999999999999999", RETRY_AFTER_CAP),
+        ("9" * 5000, RETRY_AFTER_CAP),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_CAP),
+        ("\u00b2", None),  # a digit to str.isdigit(), not to int()
     ],
 )
 def test_retry_after_header(header: str | None, delay: timedelta | None) -> None:
