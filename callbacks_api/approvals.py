@@ -26,7 +26,12 @@ from pydantic import ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from callbacks_api import links, pages, problems
-from callbacks_api.bodies import read_body, require_content_type
+from callbacks_api.bodies import (
+    LINE_BREAKS_AND_TABS,
+    control_character,
+    read_body,
+    require_content_type,
+)
 from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
@@ -253,11 +258,13 @@ def approval_refusal(state: ProcessState, *, raced: bool = False) -> Problem | N
         told = f"Another decision arrived first: this {decided}" if raced else f"This {decided}"
         named = any(a.role != "anyone" for a in approval.approvers)
         counts = "It is settled" if named else "Only the first decision counts"
+        # Only a visitor who sent a decision (raced) has one that was not recorded.
+        ours = "; yours was not recorded." if raced else "."
         return Problem(
             409,
             "already-decided",
             "Already decided",
-            f"{told} {counts}; yours was not recorded.",
+            f"{told} {counts}{ours}",
             state=state,
             extra={
                 "decision": approval.decision,
@@ -342,7 +349,11 @@ def refuse_cross_site(request: web.Request) -> None:
 def read_decision(body: bytes, token: str, keys: Sequence[SigningKey]) -> ApprovalDecision:
     """The decision a posted form carries, once its check shows it came from this link's page."""
     try:
-        fields = parse_qs(body.decode("utf-8"), max_num_fields=20, strict_parsing=bool(body))
+        # errors="strict": percent-encoded bytes that are not UTF-8 (%ff) are refused as raw
+        # ones are, not recorded as U+FFFD in place of what the person typed.
+        fields = parse_qs(
+            body.decode("utf-8"), max_num_fields=20, strict_parsing=bool(body), errors="strict"
+        )
     except (UnicodeDecodeError, ValueError) as err:
         raise _malformed_form("The form could not be read.") from err
     if any(len(values) > 1 for values in fields.values()):
@@ -366,6 +377,16 @@ def read_decision(body: bytes, token: str, keys: Sequence[SigningKey]) -> Approv
     # Collapse whitespace so a name cannot carry line breaks into logs or pages.
     name = " ".join(form.get("name", "").split()) or pages.DEFAULT_APPROVER
     comment = form.get("comment", "").strip() or None
+    # Both are printed in operators' terminals (``approval-flow status``): an escape sequence
+    # there could rewrite or hide what they read, so it is refused, not recorded. A comment
+    # keeps its line breaks (a textarea sends CR LF).
+    for field, text, allowed in (("name", name, ""), ("comment", comment, LINE_BREAKS_AND_TABS)):
+        found = control_character(text or "", allowed)
+        if found is not None:
+            raise _malformed_form(
+                f"The {field} contains a control character ({found}), such as a terminal "
+                "escape; remove it and resubmit."
+            )
     try:
         return ApprovalDecision(approved=choice == "approve", decided_by=name, comment=comment)
     except ValidationError as err:

@@ -11,13 +11,20 @@ are answered from ``RecentDeliveries`` without signalling again. Answers are JSO
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callbacks_api import links, problems
-from callbacks_api.bodies import JSON_CONTENT_TYPE, invalid_body, read_body, require_content_type
+from callbacks_api.bodies import (
+    JSON_CONTENT_TYPE,
+    FiniteJson,
+    PlainText,
+    invalid_body,
+    read_body,
+    require_content_type,
+)
 from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
 from callbacks_api.heartbeats import CommandHeartbeats
 from callbacks_api.problems import Problem
@@ -36,8 +43,10 @@ class CallbackBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     status: Literal["succeeded", "failed"]
-    result: dict[str, Any] | None = None
-    error: str | None = Field(None, max_length=4000)
+    # Finite numbers only: the workflow must record the result that was sent, not null for NaN.
+    result: dict[str, FiniteJson] | None = None
+    # Shown to operators in a terminal: no escape sequences.
+    error: PlainText | None = Field(None, max_length=4000)
 
 
 class CommandCallbacks:

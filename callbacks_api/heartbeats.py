@@ -23,10 +23,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 from cachetools import TTLCache
-from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from callbacks_api import links, problems
-from callbacks_api.bodies import JSON_CONTENT_TYPE, invalid_body, read_body, require_content_type
+from callbacks_api.bodies import (
+    JSON_CONTENT_TYPE,
+    FiniteJson,
+    invalid_body,
+    read_body,
+    require_content_type,
+)
 from callbacks_api.deliveries import DEFAULT_CAPACITY, Delivered, RecentDeliveries
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
@@ -44,7 +50,7 @@ class HeartbeatBody(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    progress: JsonValue = None
+    progress: FiniteJson = None
 
 
 class CommandHeartbeats:

@@ -40,6 +40,7 @@ class Problem(Exception):
         extra: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         nothing_recorded: bool = False,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(f"{status} {kind}: {detail}")
         self.status = status
@@ -54,6 +55,9 @@ class Problem(Exception):
         # made, or the server refused the signal. Any other 503 of a send may have landed
         # (``callbacks_api.deliveries`` holds its link as unconfirmed). 4xx and 500 are sure.
         self.nothing_recorded = nothing_recorded
+        # The request left the connection unusable (its body could not be framed): answer, then
+        # close it rather than read the next request from the remains.
+        self.close_connection = close_connection
 
     def __reduce__(self) -> tuple[Any, ...]:
         # ``copy.copy`` (and pickle) rebuild from this: the one-string ``args`` would not do.
@@ -68,6 +72,7 @@ class Problem(Exception):
                 self.extra,
                 self.headers,
                 self.nothing_recorded,
+                self.close_connection,
             ),
         )
 
@@ -90,6 +95,7 @@ def _rebuild(
     extra: Mapping[str, Any],
     headers: Mapping[str, str],
     nothing_recorded: bool,
+    close_connection: bool,
 ) -> Problem:
     return Problem(
         status,
@@ -100,6 +106,7 @@ def _rebuild(
         extra=extra,
         headers=headers,
         nothing_recorded=nothing_recorded,
+        close_connection=close_connection,
     )
 
 
@@ -338,7 +345,10 @@ def error_middleware(render: Callable[[Problem], web.Response]) -> Middleware:
         try:
             return await handler(request)
         except Problem as problem:
-            return render(problem)
+            response = render(problem)
+            if problem.close_connection:
+                response.force_close()
+            return response
         except web.HTTPException as err:
             if err.status < 400:
                 raise

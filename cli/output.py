@@ -63,6 +63,16 @@ def when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not print as itself escaped (``\\x1b``,
+    ``\\n``, ``\\u202e``): a value the CLI did not write (a name or comment from an approval
+    link, a downstream's error) cannot move the cursor, clear the screen, reorder the line or
+    start a line that looks like the CLI's own."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def program(argv0: str | None = None, search_path: str | None = None) -> str:
     """How to type this CLI again, for hints printed to copy: ``approval-flow`` when that name
     finds this very script on PATH (an activated venv, an image), else its path from here

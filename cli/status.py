@@ -10,7 +10,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli.output import CliError, when
+from cli.output import CliError, printable, when
 from cli.queries import closed_by, describe, query_state, status_to_tell
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
@@ -156,9 +156,11 @@ def render_state(
     if redriven_as:
         rows.append(("redriven as", redriven_as))
     rows.append(("temporal", temporal_status or "-"))
+    # Names, comments, errors and descriptions come from outside: escaped, each row one line.
+    rows = [(printable(label), printable(value)) for label, value in rows]
     width = max(len(label) for label, _ in rows)
     body = "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
-    return f"{state.process_id}\n{body}"
+    return f"{printable(state.process_id)}\n{body}"
 
 
 def left_behind(state: ProcessState) -> str:

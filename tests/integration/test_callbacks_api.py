@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -42,12 +43,15 @@ from callbacks_api.approvals import form_check
 from callbacks_api.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
+from tests.support.http import RawResponse, post_until_closed
 from tests.support.moto_server import free_loopback_port
 from tests.support.processes import alive, children, command_line
 from tests.support.temporal import start_dev_server
 from tests.workflow.fakes import Fakes
 from workflows.messages import (
     APPROVAL_CALLBACK,
+    COMMAND_CALLBACK_SIGNAL,
+    COMMAND_HEARTBEAT_SIGNAL,
     CommandName,
     FailureReason,
     ProcessInput,
@@ -756,9 +760,27 @@ async def test_malformed_forms_are_refused(stack: Stack) -> None:
         response = await stack.http.post(url, data=form)
         assert response.status == 400, form
         assert_page_headers(response)
+    # Terminal escapes and bidi overrides would reach operators' terminals: refused, named.
+    for field, text in (
+        ("name", "\x1b[31mRED\x1b]0;pwned\x07"),
+        ("comment", "\x1b[2Jcleared"),
+        ("name", "Ada \u202eevil"),
+        ("comment", "fine\r\nthen \x9b C1"),
+    ):
+        response = await stack.http.post(
+            url, data={"check": check, "decision": "approve", field: text}
+        )
+        assert response.status == 400, text
+        assert f"The {field} contains a control character" in await response.text()
     for body in (f"check={check}&decision=approve&decision=reject", "%zz=\xff", "&&&"):
         response = await stack.http.post(url, data=body.encode("latin-1"), headers=headers)
         assert response.status == 400, body
+    # Bytes that are not UTF-8, raw or percent-encoded alike, are not read as U+FFFD.
+    for name in ("\xff\xfe", "%ff%fe"):
+        body = f"check={check}&decision=approve&name={name}"
+        response = await stack.http.post(url, data=body.encode("latin-1"), headers=headers)
+        assert response.status == 400, body
+        assert "The form could not be read." in await response.text()
 
     # A form that did not come from this link's page, or from another site, is refused.
     response = await stack.http.post(url, data={"check": "0" * 64, "decision": "approve"})
@@ -974,6 +996,99 @@ async def test_bad_callback_bodies_are_refused(stack: Stack) -> None:
     await problem(response, 405, "method-not-allowed")
     assert response.headers["Allow"] == "POST"
 
+    assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
+
+
+async def test_non_json_numbers_and_terminal_escapes_are_refused_not_changed(
+    stack: Stack,
+) -> None:
+    process_id = await stack.approved_and_sent()
+    token = stack.command_token(process_id, CommandName.ONE)
+    url = f"/callbacks/{token}"
+    json_headers = {"Content-Type": "application/json"}
+
+    # The JSON parser takes these; the workflow would have recorded null (or nothing) instead.
+    for number in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b'[1, {"b": NaN}]'):
+        data = b'{"status": "succeeded", "result": {"a": ' + number + b"}}"
+        response = await stack.http.post(url, data=data, headers=json_headers)
+        body = await problem(response, 400, "invalid-body")
+        assert [e["loc"] for e in body["errors"]] == ["result.a"], number
+        assert "finite" in body["errors"][0]["msg"]
+    for error in ("\x1b[2Jcleared", "bell\x07", "nul\x00", "csi\x9b", "\u202eevil"):
+        response = await stack.callback(token, {"status": "failed", "error": error})
+        body = await problem(response, 400, "invalid-body")
+        assert [e["loc"] for e in body["errors"]] == ["error"], error
+        assert "control character" in body["errors"][0]["msg"]
+    assert await stack.signals(process_id, COMMAND_CALLBACK_SIGNAL) == 0
+
+    # What JSON can carry passes unchanged, line breaks in an error included.
+    result = {"a": 1.5e308, "b": -0.0, "c": [1, 2**53], "text": "tab\tand\nline"}
+    response = await stack.callback(token, {"status": "succeeded", "result": result})
+    assert response.status == 202, await response.text()
+    state = await eventually(
+        lambda: stack.state(process_id),
+        lambda s: s.commands[CommandName.ONE].status == "succeeded",
+    )
+    assert state.commands[CommandName.ONE].result == result
+    other = stack.command_token(process_id, CommandName.TWO)
+    response = await stack.callback(other, {"status": "failed", "error": "line one\r\n\tline two"})
+    assert response.status == 202, await response.text()
+
+
+async def test_a_body_that_cannot_be_decoded_is_400_in_one_log_line(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Content-Encoding the body does not match: 400 on every route, the connection closed
+    (what is left of it frames no request), one log line and no traceback, nothing signalled."""
+    caplog.set_level(logging.INFO)
+    process_id = await stack.approved_and_sent()
+    command = stack.command_token(process_id, CommandName.ONE)
+    approving = await stack.start_process()
+    approval = stack.approval_token(approving)
+    gzip_json = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    gzip_form = {"Content-Type": FORM, "Content-Encoding": "gzip"}
+    form = f"check={hidden_check_for(stack, approval)}&decision=approve".encode()
+
+    async def post(path: str, headers: dict[str, str], body: bytes) -> RawResponse:
+        assert stack.http.port is not None  # the server is started
+        return await post_until_closed(stack.http.host, stack.http.port, path, headers, body)
+
+    for path in (f"/callbacks/{command}", f"/callbacks/{command}/heartbeat"):
+        for encoding, body in (
+            ("gzip", b"notgzip"),
+            ("gzip", b'{"status": "succeeded"}'),
+            ("deflate", b"notdeflate"),
+        ):
+            headers = {**gzip_json, "Content-Encoding": encoding}
+            response = await post(path, headers, body)
+            assert response.status == 400, (path, body, response)
+            assert response.headers["content-type"] == PROBLEM
+            assert json.loads(response.body)["type"].endswith(":unreadable-body")
+            assert response.headers["connection"] == "close"
+    response = await post(f"/approvals/{approval}", gzip_form, b"notgzip")
+    assert response.status == 400 and response.headers["content-type"].startswith("text/html")
+    assert b"could not be read" in response.body
+    # A form that is gzip indeed is taken (asked to close: a good request keeps it open).
+    response = await post(
+        f"/approvals/{approval}", {**gzip_form, "Connection": "close"}, gzip.compress(form)
+    )
+    assert response.status == 303
+
+    ours = [r for r in caplog.records if r.name.startswith(("aiohttp", "callbacks_api"))]
+    assert not [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]
+    refused = [r.getMessage() for r in ours if r.name == "callbacks_api.bodies"]
+    assert len(refused) == 7
+    assert all("\n" not in line and command not in line for line in refused)
+    assert "Refused an unreadable body on POST /callbacks/{token} (" in refused[0]
+
+    # A gzip bomb is refused by its decompressed size, as before.
+    bomb = b'{"status": "succeeded", "result": {"x": "' + b"a" * (1 << 20) + b'"}}'
+    too_large = await stack.http.post(
+        f"/callbacks/{command}", data=gzip.compress(bomb), headers=gzip_json
+    )
+    await problem(too_large, 413, "too-large")
+    assert await stack.signals(process_id, COMMAND_CALLBACK_SIGNAL) == 0
+    assert await stack.signals(process_id, COMMAND_HEARTBEAT_SIGNAL) == 0
     assert (await stack.state(process_id)).commands[CommandName.ONE].status == "sent"
 
 

@@ -179,6 +179,12 @@ async def test_bad_heartbeats_are_refused_and_nothing_is_signalled(api: Api) -> 
         400,
         "invalid-body",
     )
+    # Not JSON numbers, though the parser takes them: the history would hold null instead.
+    for progress in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b'{"percent": NaN}'):
+        data = b'{"progress": ' + progress + b"}"
+        response = await api.beat(token, data=data, headers={"Content-Type": "application/json"})
+        body = await problem(response, 400, "invalid-body")
+        assert body["errors"][0]["loc"] == "progress" and "finite" in body["errors"][0]["msg"]
     await problem(
         await api.beat(token, data=b"progress=1", headers={"Content-Type": "text/plain"}),
         415,

@@ -7,6 +7,7 @@ import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -15,6 +16,7 @@ from callbacks_api.approvals import (
     approval_refusal,
     approver_refusal,
     form_check,
+    read_decision,
     read_submitted,
     recorded_decision,
     submitted_mark,
@@ -126,6 +128,67 @@ def test_a_lost_race_says_another_decision_came_first() -> None:
     assert refusal is not None and refusal.status == 409
     assert "arrived first" in refusal.detail and "by Bob" in refusal.detail
     assert refusal.extra["decided_by"] == "Bob"
+
+
+def test_a_plain_visit_to_a_decided_request_is_not_told_its_decision_was_lost() -> None:
+    refusal = approval_refusal(make_state(approval=decided(by="Bob")))
+    assert refusal is not None and refusal.status == 409
+    assert refusal.detail == (
+        "This request was already approved by Bob. Only the first decision counts."
+    )
+    raced = approval_refusal(make_state(approval=decided(by="Bob")), raced=True)
+    assert raced is not None and raced.detail.endswith("; yours was not recorded.")
+
+
+TOKEN = "a.b.c"
+KEYS = [SigningKey("k", "k" * 32)]
+
+
+def form(**fields: str) -> bytes:
+    return urlencode({"check": form_check(KEYS[0].secret, TOKEN), **fields}).encode()
+
+
+def test_a_form_keeps_line_breaks_in_the_comment_and_collapses_them_in_the_name() -> None:
+    decision = read_decision(
+        form(decision="approve", name=" Ada\t Lovelace\n", comment="line one\r\n\tline two"),
+        TOKEN,
+        KEYS,
+    )
+    assert decision.decided_by == "Ada Lovelace"
+    assert decision.comment == "line one\r\n\tline two"
+    rtl = read_decision(
+        form(decision="reject", name="\u05d0\u200f \U0001f468\u200d\U0001f469"), TOKEN, KEYS
+    )
+    assert rtl.decided_by == "\u05d0\u200f \U0001f468\u200d\U0001f469"  # marks and joiners
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "found"),
+    [
+        ("name", "\x1b[31mRED\x1b]0;pwned\x07", "U+001B"),
+        ("comment", "\x1b[2Jcleared", "U+001B"),
+        ("comment", "ring\x07", "U+0007"),
+        ("name", "nul\x00", "U+0000"),
+        ("name", "del\x7f", "U+007F"),
+        ("comment", "c1 \x9b31m", "U+009B"),
+        ("name", "Ada \u202eevil", "U+202E"),
+        ("comment", "isolate \u2066x\u2069", "U+2066"),
+    ],
+)
+def test_a_form_with_control_characters_is_refused_naming_the_field(
+    field: str, text: str, found: str
+) -> None:
+    with pytest.raises(Problem) as refused:
+        read_decision(form(decision="approve", **{field: text}), TOKEN, KEYS)
+    assert (refused.value.status, refused.value.kind) == (400, "malformed-form")
+    assert refused.value.detail.startswith(f"The {field} contains a control character ({found})")
+
+
+@pytest.mark.parametrize("name", [b"%ff%fe", b"\xff\xfe", b"%c3%28"])
+def test_a_form_that_is_not_utf8_is_refused_raw_or_percent_encoded(name: bytes) -> None:
+    with pytest.raises(Problem) as refused:
+        read_decision(form(decision="approve") + b"&name=" + name, TOKEN, KEYS)
+    assert (refused.value.status, refused.value.detail) == (400, "The form could not be read.")
 
 
 def test_the_outcome_page_knows_its_own_decision_and_no_other() -> None:

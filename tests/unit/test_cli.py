@@ -138,6 +138,55 @@ def test_state_reads_as_lines() -> None:
     assert lines[-1].split() == ["temporal", "FAILED"]
 
 
+def test_state_prints_what_others_wrote_with_control_characters_escaped() -> None:
+    """Names, comments and errors come from links and downstream systems: an escape sequence
+    in one must reach the terminal as text, and a line break must not start a fake row."""
+    state = ProcessState(
+        process_id="process-1",
+        requested_by="alice\x1b]0;pwned\x07",
+        description="deploy\nstatus  completed",
+        stage=Stage.FAILED,
+        status=ProcessStatus.FAILED,
+        created_at=T0,
+        updated_at=T0,
+        approval=ApprovalState(
+            decision="approved",
+            decided_by="\x1b[31mRED\x1b]0;pwned\x07",
+            decided_at=T0,
+            comment="\x1b[2Jcleared \u202eevil",
+        ),
+        lock=LockState(resource="approval-commands", status="released"),
+        commands={
+            CommandName.ONE: CommandState(
+                command=CommandName.ONE, status="failed", error="bad\x9b31m\r\nline"
+            ),
+        },
+    )
+    text = render_state(state, "FAILED")
+    assert text.isascii() and "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert r"approved by \x1b[31mRED\x1b]0;pwned\x07 at" in text
+    assert r'"\x1b[2Jcleared \u202eevil"' in text
+    assert r"alice\x1b]0;pwned\x07, 2026" in text
+    assert r"deploy\nstatus  completed" in text
+    assert r"failed: bad\x9b31m\r\nline" in text
+    assert len(text.splitlines()) == len(render_state(make_plain(state), "FAILED").splitlines())
+
+
+def make_plain(state: ProcessState) -> ProcessState:
+    """The same state with every outside text plain."""
+    return state.model_copy(
+        update={
+            "requested_by": "alice",
+            "description": "deploy",
+            "approval": state.approval.model_copy(update={"decided_by": "bob", "comment": "ok"}),
+            "commands": {
+                name: command.model_copy(update={"error": "bad"})
+                for name, command in state.commands.items()
+            },
+        }
+    )
+
+
 def test_lock_shows_holder_and_queue_in_order() -> None:
     state = MutexState(
         resource="approval-commands",
