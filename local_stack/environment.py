@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import secrets
+import shlex
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +16,11 @@ from local_stack.settings import REGION, LocalStackSettings
 
 SIGNING_KEY_FILE = "signing-keys"
 SIGNING_SECRET_BYTES = 48  # URL-safe text of 64 characters; the tokens need at least 32 bytes
+SETTINGS_FILE = "stack.env"
+# The variables the project's own programs read (common/settings.py; the `temporal` CLI reads
+# TEMPORAL_ADDRESS too); the simulator's and the inbox's are make run's business alone.
+SHARED_PREFIXES = ("APPROVAL_", "TEMPORAL_", "AWS_")
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class StackError(Exception):
@@ -122,3 +130,40 @@ def temporal_server_environment(env: dict[str, str]) -> dict[str, str]:
     started), and its internal spans belong to no process's trace.
     """
     return {name: value for name, value in env.items() if not name.startswith("OTEL_")}
+
+
+def shared_settings(env: dict[str, str]) -> dict[str, str]:
+    """Of the worker's environment, what a worker, API or CLI run beside the stack needs.
+
+    Not its metrics port: a second worker would find it taken.
+    """
+    return {
+        name: value
+        for name, value in sorted(env.items())
+        if name.startswith(SHARED_PREFIXES)
+        and name != "APPROVAL_METRICS_PORT"
+        and _SHELL_NAME.fullmatch(name)
+    }
+
+
+def write_settings_file(data_dir: Path, settings: dict[str, str]) -> Path:
+    """Write ``settings`` as a file a POSIX shell sources (``. .data/stack.env``); its path.
+
+    Made again at every start (the ports may have moved), mode 0600 from the first byte: it
+    holds the signing key. Replaced in one step, so a reader never sees half a file.
+    """
+    path = data_dir / SETTINGS_FILE
+    partial = path.with_name(path.name + ".partial")
+    lines = [
+        "# make run's settings, for a worker, the callbacks API or a CLI run beside it:",
+        f"#   . {shlex.quote(str(path))} && .venv/bin/python -m worker   (docs/operations.md)",
+        "# Written at each start of make run. It holds the signing key: keep it to yourself.",
+        *(f"export {name}={shlex.quote(value)}" for name, value in settings.items()),
+    ]
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    os.replace(partial, path)
+    return path

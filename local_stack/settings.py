@@ -28,6 +28,9 @@ class LocalStackSettings(BaseSettings):
     metrics_port: int = 9464
     # Start one process at the end, so there is something to look at.
     demo: bool = True
+    # Run the worker as one of the stack's parts. False leaves it to the operator, who can then
+    # stop and restart it alone (a part that dies stops the whole stack): docs/operations.md.
+    worker: bool = True
     # Deadline for each part to become ready, and for each to stop before it is killed.
     ready_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(10.0, gt=0)
@@ -37,15 +40,22 @@ class LocalStackSettings(BaseSettings):
 
     def ports(self) -> list[tuple[int, str, str]]:
         """(port, what listens there, the setting that moves it)."""
-        return [
+        ports = [
             (self.temporal_port, "Temporal", "LOCAL_STACK_TEMPORAL_PORT"),
             (self.ui_port, "Temporal UI", "LOCAL_STACK_UI_PORT"),
             (self.moto_port, "AWS emulator", "LOCAL_STACK_MOTO_PORT"),
             (self.api_port, "callbacks API", "LOCAL_STACK_API_PORT"),
             (self.simulator_port, "downstream simulator", "LOCAL_STACK_SIMULATOR_PORT"),
             (self.inbox_port, "approval inbox", "LOCAL_STACK_INBOX_PORT"),
-            (self.metrics_port, "worker metrics", "LOCAL_STACK_METRICS_PORT"),
         ]
+        if self.worker:  # a worker run by hand opens no metrics port unless told to
+            ports.append((self.metrics_port, "worker metrics", "LOCAL_STACK_METRICS_PORT"))
+        return ports
+
+    @property
+    def starts_demo(self) -> bool:
+        """The demo needs a worker to mail its link: none without make run's own."""
+        return self.demo and self.worker
 
     def url(self, port: int, path: str = "") -> str:
         return f"http://{self.host}:{port}{path}"

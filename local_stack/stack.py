@@ -6,7 +6,11 @@ deadline, never guessed with a sleep):
 1. the Temporal dev server with its Web UI (state in a SQLite file, ``ProcessStatus`` registered)
    and the AWS emulator (``moto_server``), side by side;
 2. the AWS bootstrap (tables, topic, queue; idempotent), then the tables saved at the last stop;
-3. the worker, the callbacks API, the downstream simulator and the approval inbox, side by side.
+3. the worker (unless ``LOCAL_STACK_WORKER=false``), the callbacks API and the approval inbox,
+   side by side, and the downstream simulator once the API answers (it calls back through it).
+
+Every start writes ``stack.env`` in the data folder: the settings a worker, API or CLI run
+beside the stack needs (``. .data/stack.env``).
 
 Stopping goes the other way: the services first, then the tables are saved, then the servers.
 Watching the parts while they run is the supervisor's (``local_stack.supervisor``).
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import aiohttp
 from temporalio.client import Client
@@ -28,9 +34,12 @@ from common.temporal import TemporalUnavailable, connect
 from local_stack.children import Child, ChildFailed
 from local_stack.dev_server import dynamic_config_args
 from local_stack.environment import (
+    SETTINGS_FILE,
     child_environment,
+    shared_settings,
     signing_keys,
     temporal_server_environment,
+    write_settings_file,
 )
 from local_stack.readiness import http_ok, temporal_ready, wait_until_ready, worker_polling
 from local_stack.settings import LocalStackSettings
@@ -44,6 +53,8 @@ SERVERS = frozenset({"temporal", "moto"})
 DYNAMODB_JOURNAL = "dynamodb-journal.jsonl"
 # Its queues and their messages, topics and subscriptions (local_stack/durable_messaging.py).
 MESSAGING_JOURNAL = "messaging-journal.jsonl"
+# How often the stack asks whether a worker run by hand polls yet (a describe of the task queue).
+HAND_WORKER_POLL_INTERVAL = 1.0
 
 
 class Stack:
@@ -75,6 +86,9 @@ class Stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         keys = signing_keys(settings.data_dir)
         self._env = child_environment(settings, keys)
+        write_settings_file(
+            settings.data_dir, shared_settings({**self._env, **worker_version(self._env)})
+        )
         # Our own view of the settings the children get, for the demo and the checks.
         self.app_settings = StarterSettings(
             temporal_address=settings.temporal_address,
@@ -146,25 +160,83 @@ class Stack:
                 "APPROVAL_METRICS_PORT": str(settings.metrics_port),
                 **worker_version(self._env),
             }
-            worker = await self._start("worker", [python, "-m", "worker"], env=worker_env)
+            worker = None
+            if settings.worker:
+                worker = await self._start("worker", [python, "-m", "worker"], env=worker_env)
+            else:
+                self.say(f"no worker of its own (LOCAL_STACK_WORKER=false): {self.worker_command}")
             api = await self._start("api", [python, "-m", "callbacks_api"])
-            simulator = await self._start("simulator", [python, "-m", "simulator"])
             inbox = await self._start("inbox", [python, "-m", "simulator.inbox"])
             client = self.client
             assert client is not None
             task_queue = self.app_settings.task_queue
-            await asyncio.gather(
-                self._ready(worker, lambda: worker_polling(client, task_queue, since)),
-                self._ready(api, lambda: http_ok(http, settings.url(settings.api_port, "/readyz"))),
-                self._ready(
+
+            async def api_then_simulator() -> None:
+                await self._ready(
+                    api, lambda: http_ok(http, settings.url(settings.api_port, "/readyz"))
+                )
+                # The simulator resumes unfinished work at once, and each piece ends in a
+                # callback through the API: started before the API answers, its first tries
+                # met a closed port ("callback ... failed (ClientConnectorError ...)").
+                simulator = await self._start("simulator", [python, "-m", "simulator"])
+                await self._ready(
                     simulator,
                     lambda: http_ok(http, settings.url(settings.simulator_port, "/healthz")),
-                ),
+                )
+
+            checks = [
+                api_then_simulator(),
                 self._ready(
                     inbox, lambda: http_ok(http, settings.url(settings.inbox_port, "/healthz"))
                 ),
+            ]
+            if worker is not None:
+                checks.append(
+                    self._ready(worker, lambda: worker_polling(client, task_queue, since))
+                )
+            await _all(*checks)
+            if worker is not None:
+                await self._make_current(worker, worker_env)
+
+    @property
+    def settings_file(self) -> Path:
+        return self.settings.data_dir / SETTINGS_FILE
+
+    @property
+    def worker_command(self) -> str:
+        """How to run a worker by hand against this stack, as docs/operations.md says."""
+        return f". {shlex.quote(str(self.settings_file))} && .venv/bin/python -m worker"
+
+    async def make_current_once_polled(self) -> None:
+        """Without a worker of its own: make the build in stack.env current once a worker polls.
+
+        What ``up`` does for its own worker, for the operator's: until a version is current
+        (a fresh data folder), the server gives new processes to unversioned workers only.
+        """
+        assert self.client is not None and self.app_settings is not None
+        client, task_queue = self.client, self.app_settings.task_queue
+        since = time.time()
+        while True:
+            with contextlib.suppress(Exception):  # Temporal busy: ask again
+                if await worker_polling(client, task_queue, since):
+                    break
+            await asyncio.sleep(HAND_WORKER_POLL_INTERVAL)
+        version = worker_version(self._env)
+        deployment, build_id = version["APPROVAL_DEPLOYMENT_NAME"], version["APPROVAL_BUILD_ID"]
+        try:
+            took = await set_current_version(
+                self.settings.bin_dir / "temporal",
+                self.settings.temporal_address,
+                self.app_settings.temporal_namespace,
+                deployment,
+                build_id,
+                self.settings.ready_timeout,
+                env=self._env,
             )
-            await self._make_current(worker, worker_env)
+        except VersionNotSet as err:  # e.g. a worker of another build: the operator's to decide
+            self.say(str(err))
+            return
+        self.say(f"worker build {build_id} of deployment {deployment} is current ({took:.1f} s)")
 
     async def _make_current(self, worker: Child, env: dict[str, str]) -> None:
         """Make the worker's build current, as docs/upgrades.md has operators do it."""
@@ -276,3 +348,14 @@ class Stack:
     def kill_all(self) -> None:
         for child in self.children:
             child.kill()
+
+
+async def _all(*checks: Awaitable[Any]) -> None:
+    """Await them side by side; the first failure cancels the rest (none starts a part late)."""
+    tasks = [asyncio.ensure_future(check) for check in checks]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

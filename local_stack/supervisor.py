@@ -77,20 +77,26 @@ async def run(settings: LocalStackSettings, terminal: TextIO = sys.stdout) -> in
     try:
         up = asyncio.create_task(stack.up())
         stopper = asyncio.create_task(stop.wait())
+        tasks: list[asyncio.Task[Any]] = [up, stopper]
         try:
             await _first(up, stopper, deaths.first)
             if up.done() and not stop.is_set() and not deaths.first.done():
                 up.result()  # raises what went wrong while starting
-                link = await _race(_demo(stack), stop, deaths.first) if settings.demo else None
+                if not settings.worker:  # the operator's worker, once it runs
+                    tasks.append(asyncio.create_task(stack.make_current_once_polled()))
+                link = None
+                if settings.starts_demo:
+                    link = await _race(_demo(stack), stop, deaths.first)
                 if not stop.is_set() and not deaths.first.done():
                     assert stack.app_settings is not None
                     ready_in = time.monotonic() - started_at
                     namespace = stack.app_settings.temporal_namespace
-                    for line in banner(stack.settings, namespace, link, ready_in):
+                    lines = banner(stack.settings, namespace, link, ready_in, stack.settings_file)
+                    for line in lines:
                         _print(terminal, line)
                     await _first(stopper, deaths.first)
         finally:
-            for task in (up, stopper):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task

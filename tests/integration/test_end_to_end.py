@@ -340,10 +340,21 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
         await eventually(
             lambda: stack.queued_commands() == 1, "the third's command one queued", FLOW_TIMEOUT
         )
+        first_output = stack.output
+        demo = re.search(r"demo process (\S+) started", first_output)
+        link = re.search(r"^Approval link: (\S+)$", first_output, re.MULTILINE)
+        assert demo and link
+        simulator_log = stack.data_dir / "logs" / "simulator.log"
+        before_restart = simulator_log.stat().st_size
         await stack.kill_9(simulator)
         restarted = time.monotonic()
-        await stack.start_again(LOCAL_STACK_DEMO="false")
+        await stack.start_again()
         ready = time.monotonic()
+        # The demo still waits for its approval: no second one, the same link again.
+        again = stack.output
+        assert "started" not in re.findall(r"demo process \S+ (\S+)", again)
+        assert f"demo process {demo.group(1)} (from an earlier start) still waits" in again
+        assert f"Approval link: {link.group(1)}" in again
         client = await stack.client()
         result = await asyncio.wait_for(client.get_workflow_handle(second).result(), FLOW_TIMEOUT)
         done = time.monotonic()
@@ -360,6 +371,12 @@ async def test_approved_process_completes(tmp_path: Path) -> None:
         assert result["status"] == "success"
         assert stack.table_item(third)["status"] == "completed"
         assert stack.table_item(process_id)["status"] == "completed"  # written before the kill
+        # The simulator started once the API answered: its resumed callbacks met no closed port.
+        with simulator_log.open("rb") as log:
+            log.seek(before_restart)
+            after_restart = log.read().decode(errors="replace")
+        assert "callback for command-two answered 202" in after_restart
+        assert "ClientConnectorError" not in after_restart
 
         assert await stack.stop() == 0
         assert "stack    | stopped" in stack.output

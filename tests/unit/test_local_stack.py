@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from local_stack.banner import banner
 from local_stack.children import Child, ChildFailed
-from local_stack.environment import child_environment
+from local_stack.environment import child_environment, shared_settings, write_settings_file
 from local_stack.readiness import wait_until_ready
 from local_stack.settings import LocalStackSettings
 
@@ -52,3 +56,53 @@ async def test_a_part_never_ready_is_one_line_naming_the_last_error(tmp_path: Pa
     assert str(failed.value) == (
         "worker was not ready within 0.2 s (last check: RuntimeError: connection refused)"
     )
+
+
+def test_stack_env_is_private_and_sourced_by_a_shell(tmp_path: Path) -> None:
+    old = tmp_path / "stack.env"
+    old.write_text("stale\n")
+    old.chmod(0o644)  # a file left by hand: replaced, not reused
+    settings = {"APPROVAL_DESCRIPTION": 'it\'s a "test" $HOME', "TEMPORAL_ADDRESS": "h:1"}
+
+    path = write_settings_file(tmp_path, settings)
+
+    assert path == old and stat.S_IMODE(path.stat().st_mode) == 0o600
+    shown = subprocess.run(
+        ["sh", "-c", '. "$1" && env', "sh", str(path)],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert 'APPROVAL_DESCRIPTION=it\'s a "test" $HOME' in shown
+    assert "TEMPORAL_ADDRESS=h:1" in shown
+
+
+def test_stack_env_holds_what_a_worker_beside_the_stack_needs(tmp_path: Path) -> None:
+    settings = LocalStackSettings(data_dir=tmp_path)
+    env = child_environment(
+        settings, "k1:secret", base={"APPROVAL_TASK_QUEUE": "mine", "PATH": "/bin"}
+    )
+    shared = shared_settings({**env, "APPROVAL_METRICS_PORT": "9464", "APPROVAL_BAD-NAME": "1"})
+
+    assert shared["APPROVAL_SIGNING_KEYS"] == "k1:secret"
+    assert shared["APPROVAL_TASK_QUEUE"] == "mine"  # the user's own settings too
+    assert shared["TEMPORAL_ADDRESS"] == "127.0.0.1:7233"
+    assert shared["AWS_ENDPOINT_URL"] == "http://127.0.0.1:5000"
+    assert "APPROVAL_METRICS_PORT" not in shared  # a second worker would find it taken
+    assert not [name for name in shared if not name.startswith(("APPROVAL_", "TEMPORAL_", "AWS_"))]
+    assert "APPROVAL_BAD-NAME" not in shared  # no shell could set it
+
+
+def test_without_a_worker_the_stack_leaves_its_metrics_port_and_its_demo(tmp_path: Path) -> None:
+    settings = LocalStackSettings(data_dir=tmp_path, worker=False)
+    assert "LOCAL_STACK_METRICS_PORT" not in [setting for _, _, setting in settings.ports()]
+    assert not settings.starts_demo
+
+    lines = banner(settings, "default", None, 1.0, tmp_path / "stack.env")
+    assert not [line for line in lines if line.startswith("Approval link:")]
+    assert f"Settings for other terminals: . {tmp_path / 'stack.env'}" in lines
+    assert (
+        f"No worker runs (LOCAL_STACK_WORKER=false): . {tmp_path / 'stack.env'} "
+        "&& .venv/bin/python -m worker"
+    ) in lines
