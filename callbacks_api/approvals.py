@@ -35,6 +35,7 @@ from callbacks_api.bodies import (
 from callbacks_api.deliveries import Delivered, Outcome, RecentDeliveries, digest_of
 from callbacks_api.problems import Problem
 from callbacks_api.processes import Processes
+from common.closed import CLOSED_BY_TEMPORAL, temporal_status_name
 from common.settings import Settings
 from common.tokens import Purpose, SigningKey, fingerprint
 from workflows.messages import (
@@ -231,6 +232,9 @@ class Approvals:
         if await self._processes.polled(self._settings.task_queue):
             return True
         description = await self._processes.describe(process_id)
+        if description.status in CLOSED_BY_TEMPORAL:
+            # Terminated or timed out: whatever a worker would show, the decision changes nothing.
+            raise problems.closed_by_temporal(temporal_status_name(description.status))
         if await self._processes.has_worker(description):
             return True
         return False if description.status == WorkflowExecutionStatus.RUNNING else None

@@ -15,18 +15,17 @@ API remembers, per link (the process and the callback its token names), what it 
   cancelled (its client went away), a post with the same message tries it;
 - a send that ended uncertain (no answer in time, a 503 that says "may or may not", cancelled,
   anything unexpected: the signal may have landed, and then the workflow keeps it as the first)
-  leaves the link
-  *unconfirmed*: a different message is refused 503 ``earlier-message-unconfirmed`` and not
-  sent, until a post of the unconfirmed message is answered for sure (delivered, or refused for
-  good). Sending it would be answered 202 and remembered while the workflow may keep the first
-  one, and the first one's retry would then be told the other "was delivered". A definite
-  refusal (4xx, 500) of a send, or a 503 that knows nothing was recorded (``nothing_recorded``:
-  no connection to Temporal could be made), leaves nothing unconfirmed: a different message
-  tries. The hold
-  lasts at most ``UNCONFIRMED_HOLD`` (2 min): if the first message's sender gave up, the
-  signal may never have landed, and holding the other message back until the link expires
-  would lose the only result the process can still get. After the hold the other message is
-  sent; the workflow keeps whichever arrived first.
+  leaves the link *unconfirmed*: a different message is refused 503
+  ``earlier-message-unconfirmed`` and not sent, until a post of the unconfirmed message is
+  answered for sure (delivered, or refused for good). Sending it would be answered 202 and
+  remembered while the workflow may keep the first one, and the first one's retry would then be
+  told the other "was delivered". A definite refusal (4xx, 500) of a send, or a 503 that knows
+  nothing was recorded (``nothing_recorded``: no connection to Temporal could be made), leaves
+  nothing unconfirmed: a different message tries. The hold lasts at most ``UNCONFIRMED_HOLD``
+  (2 min): if the first message's sender gave up, the signal may never have landed, and holding
+  the other message back until the link expires would lose the only result the process can
+  still get. After the hold the other message is sent; the workflow keeps whichever arrived
+  first.
 
 The memory is bounded. It holds at most ``capacity`` links (least recently used dropped first),
 each for no longer than its token is valid: after that the link is refused as expired anyway.

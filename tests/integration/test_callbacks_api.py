@@ -498,6 +498,11 @@ async def test_a_decision_delivered_then_terminated_is_not_being_recorded(stack:
     assert response.status == 303
     outcome = response.headers["Location"]
     await stack.client.get_workflow_handle(process_id).terminate("operator")
+    # No worker at all: the server alone says it is closed.
+    response = await stack.http.get(f"/approvals/{token}{outcome}")
+    html = await response.text()
+    assert response.status == 410, html
+    assert "status terminated" in html
 
     async with stack.worker(task_queue):
         # A worker replaying the closed run for the query applies the decision that arrived
