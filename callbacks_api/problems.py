@@ -174,14 +174,17 @@ def temporal_not_connected() -> Problem:
     )
 
 
-def no_worker_answer(why: str = "no worker answered in time") -> Problem:
+def no_worker_answer(why: str = "no worker answered in time", *, lasting: bool = False) -> Problem:
     """The server took the state query, but no worker answered it in time. ``why`` says what
-    the server showed then (``common.unanswered``): none runs, or the one running is busy."""
+    the server showed then (``common.unanswered``): none runs, or the one running is busy.
+    ``lasting``: it lasts until an operator acts (the process's build runs nowhere), so the page
+    does not say that trying again shortly helps."""
+    then = "trying again helps only once they have" if lasting else "try again shortly"
     return Problem(
         503,
         "no-worker-answer",
         "Service temporarily unavailable",
-        f"The process could not be read just now ({why}). Nothing was recorded; try again shortly.",
+        f"The process could not be read just now ({why}). Nothing was recorded; {then}.",
         headers={"Retry-After": "5"},
     )
 

@@ -36,7 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from callbacks_api import problems
 from callbacks_api.problems import Problem
 from common.closed import closed_by_temporal, temporal_status_name
-from common.unanswered import diagnose, task_queue_polled
+from common.unanswered import diagnose, server_saw_no_poller, task_queue_polled
 from workflows.messages import (
     APPROVAL_DECISION_SIGNAL,
     COMMAND_CALLBACK_SIGNAL,
@@ -156,10 +156,12 @@ class Processes:
     ) -> ProcessState:
         """The ``state`` query, answered by a worker within ``within`` (the call timeout).
 
-        No worker answering in time is 503 ``no-worker-answer``; its detail says what the server
-        shows then (``common.unanswered``: no worker polls, or the worker is busy with this
-        process), unless ``explain`` is off (a caller that words it itself). A process whose
-        workflow task keeps failing (or is not scheduled yet) is 503 ``not-ready``.
+        No worker answering in time (or the server saying no worker that could answer polls) is
+        503 ``no-worker-answer``; its detail says what the server shows then
+        (``common.unanswered``: no worker polls, none of the build the process is pinned to, or
+        the worker is busy with this process), unless ``explain`` is off (a caller that words it
+        itself). A process whose workflow task keeps failing (or is not scheduled yet) is 503
+        ``not-ready``.
         """
         wait = within or self._timeout
         handle = self._client.get_workflow_handle(process_id)
@@ -179,9 +181,15 @@ class Processes:
         except Problem as problem:
             if problem.kind != "no-worker-answer" or not explain:
                 raise
-            unanswered = await diagnose(self._client, process_id, wait, self.poll_seen)
+            cause = problem.__cause__
+            refused = isinstance(cause, RPCError) and server_saw_no_poller(cause)
+            unanswered = await diagnose(
+                self._client, process_id, wait, self.poll_seen, refused=refused
+            )
             logger.info("State query unanswered: %s", unanswered.reason(), extra=_about(process_id))
-            raise problems.no_worker_answer(unanswered.for_people()) from problem.__cause__
+            raise problems.no_worker_answer(
+                unanswered.for_people(), lasting=unanswered.lasting
+            ) from problem.__cause__
         return state
 
     async def _closed_state(
@@ -290,6 +298,11 @@ class Processes:
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise problems.unknown_process() from err
+            if server_saw_no_poller(err) and not signal:
+                # No worker that could answer polls (none, or none of the process's pinned
+                # build): a query nobody answered, as a timeout is, not a process not ready.
+                logger.info("Temporal %s: %s", what, err.message, extra=_about(process_id))
+                raise unanswered() from err
             if err.status == READ_NOT_READY and not signal:
                 logger.warning(
                     "Temporal %s: process not ready: %s",

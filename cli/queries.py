@@ -16,7 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
 from common.closed import closed_by_temporal
-from common.unanswered import diagnose
+from common.unanswered import diagnose, server_saw_no_poller
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY, ProcessState, ProcessStatus
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
@@ -41,18 +41,23 @@ async def query_state(
     """The ``state`` query's answer, or None and why there is none.
 
     Given the ``client``, an unanswered query is explained from what the server shows (no
-    worker polls, or the worker is busy with this workflow: ``common.unanswered``); without it
-    (a caller that only retries) it is only said to be unanswered.
+    worker polls, none of the build the workflow is pinned to, or the worker is busy with this
+    workflow: ``common.unanswered``); without it (a caller that only retries) it is only said
+    to be unanswered.
     """
     try:
         return await handle.query(
             STATE_QUERY, result_type=result_type, rpc_timeout=QUERY_TIMEOUT
         ), None
     except RPCError as err:
-        if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+        # The server refuses the query about a second before its deadline when no worker that
+        # could answer polls (none, or none of the process's pinned build): unanswered too.
+        refused = server_saw_no_poller(err)
+        if refused or err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             if client is None:
                 return None, f"no worker answered the state query within {_seconds(QUERY_TIMEOUT)}"
-            return None, (await diagnose(client, handle.id, QUERY_TIMEOUT)).reason()
+            unanswered = await diagnose(client, handle.id, QUERY_TIMEOUT, refused=refused)
+            return None, unanswered.reason()
         return None, f"state query failed: {err.message}"
     except Exception as err:  # WorkflowQueryFailedError, WorkflowQueryRejectedError, ...
         return None, f"state query failed: {err}"

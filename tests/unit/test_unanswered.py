@@ -13,11 +13,20 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from callbacks_api.problems import Problem
+from callbacks_api.problems import Problem, no_worker_answer
 from callbacks_api.processes import Processes
-from common.unanswered import PendingActivity, Seen, Unanswered, Why, classify, diagnose
+from common.unanswered import (
+    Build,
+    PendingActivity,
+    Seen,
+    Unanswered,
+    Why,
+    classify,
+    diagnose,
+)
 
 QUEUE = "approval-flow"
+LOCAL = Build("approval-flow", "local")
 FIVE = timedelta(seconds=5)
 
 
@@ -40,6 +49,12 @@ def seen(**fields: Any) -> Seen:
         # Whether a worker polls is not known: only the task can be spoken for.
         (seen(worker_polls=None, task_started=True, task_attempt=1), Why.TASK_RUNNING),
         (seen(worker_polls=None), Why.UNKNOWN),
+        # Pinned to a build none of whose workers polls: nothing else can answer.
+        (seen(pinned_to=LOCAL, build_polls=False), Why.BUILD_NOT_POLLING),
+        (seen(worker_polls=False, pinned_to=LOCAL, build_polls=False), Why.BUILD_NOT_POLLING),
+        (seen(pinned_to=LOCAL, build_polls=False, task_started=False), Why.BUILD_NOT_POLLING),
+        (seen(pinned_to=LOCAL, build_polls=True), Why.WORKER_SILENT),
+        (seen(pinned_to=LOCAL, build_polls=None), Why.WORKER_SILENT),
     ],
 )
 def test_the_reason_is_the_one_the_server_showed(observed: Seen | None, why: Why) -> None:
@@ -52,6 +67,52 @@ def test_no_worker_polling_names_the_task_queue_and_asks_for_the_worker() -> Non
         "no worker is polling task queue approval-flow (no poll in the last 70 s): "
         "is the worker running?"
     )
+
+
+@pytest.mark.parametrize(
+    ("builds", "worker_polls", "polling", "to"),
+    [
+        (("local-2",), True, "build local-2 does", "local-2"),
+        (("b", "c"), True, "builds b, c do", "BUILD"),
+        ((), True, "other workers do", "BUILD"),
+        ((), False, "nor did any other worker", "BUILD"),
+    ],
+)
+def test_a_process_pinned_to_a_build_nobody_runs_names_it_and_both_ways_out(
+    builds: tuple[str, ...], worker_polls: bool, polling: str, to: str
+) -> None:
+    pinned = seen(
+        workflow_id="process-1",
+        worker_polls=worker_polls,
+        pinned_to=LOCAL,
+        build_polls=False,
+        polling_builds=builds,
+    )
+    unanswered = Unanswered(FIVE, pinned)
+    assert unanswered.reason() == (
+        "the process is pinned to build local of deployment approval-flow (Worker Versioning), "
+        "and no worker of that build polled task queue approval-flow in the last 70 s "
+        f"({polling}): start a worker of build local (APPROVAL_BUILD_ID=local), or, once "
+        "`approval-flow replay` on a build that runs says its history replays, move the process "
+        "there: temporal workflow update-options --workflow-id process-1 "
+        "--versioning-override-behavior pinned --versioning-override-deployment-name "
+        f"approval-flow --versioning-override-build-id {to} (docs/upgrades.md, step 5)"
+    )
+    # For a person: no Temporal words, and no "try again shortly" (it lasts until someone acts).
+    assert unanswered.lasting
+    people = no_worker_answer(unanswered.for_people(), lasting=unanswered.lasting).detail
+    assert "the version of this service it was started on" in people
+    assert "try again shortly" not in people and "trying again helps only once they have" in people
+    assert "build" not in people and "task queue" not in people
+
+
+def test_a_silent_worker_of_a_pinned_process_names_the_build_that_must_answer() -> None:
+    text = Unanswered(FIVE, seen(pinned_to=LOCAL, build_polls=True)).reason()
+    assert text.endswith(
+        "; the process is pinned to build local of deployment approval-flow and only a worker "
+        "of that build answers (one stopped less than 70 s ago still counts)"
+    )
+    assert not Unanswered(FIVE, seen(pinned_to=LOCAL, build_polls=True)).lasting
 
 
 def test_a_running_task_says_the_worker_is_at_it_and_since_when() -> None:
