@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common import tracing
+from workflows.lock_queue import LockQueue
 from workflows.messages import (
     LOCK_REQUEST_SIGNAL,
     STATE_QUERY,
     CheckHolder,
     HolderLiveness,
+    MutexCounters,
     MutexInput,
     MutexState,
     ProcessState,
@@ -79,20 +82,71 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
     A query on a closed run is answered by a worker replaying its history (this worker polls the
     mutex's task queue): the replay every recorded history gets in ``make test``. A run past its
     retention is gone, and so is any holder it had.
+
+    A run that was closed while it was still taking over (an operator terminated it too) adopted
+    nothing yet: its holder is the one of the run it was reading. So the answer follows
+    ``taking_over_from`` back to a run that finished its take-over (or never had one), with what
+    reached the later runs meanwhile queued behind (``adopted``).
     """
-    handle = activity.client().get_workflow_handle(
-        mutex_workflow_id(recover.resource), run_id=recover.run_id
-    )
+    state = await _last_state(recover.resource, recover.run_id)
+    followed = 0
+    while state is not None and state.taking_over_from is not None:
+        if followed == MAX_TAKE_OVER_CHAIN:
+            # Not reachable but by a loop of run ids, which the server never makes.
+            raise ApplicationError(f"take-over chain longer than {MAX_TAKE_OVER_CHAIN} runs")
+        activity.logger.warning(
+            "closed mutex run %s was still taking over from %s; following it",
+            recover.run_id,
+            state.taking_over_from,
+        )
+        earlier = await _last_state(recover.resource, state.taking_over_from)
+        state = adopted(state, earlier)
+        followed += 1
+    return state
+
+
+# How many runs closed mid-take-over ``recover_mutex`` follows back (each was terminated by hand).
+MAX_TAKE_OVER_CHAIN = 20
+
+
+async def _last_state(resource: str, run_id: str) -> MutexState | None:
+    handle = activity.client().get_workflow_handle(mutex_workflow_id(resource), run_id=run_id)
     try:
         state: MutexState = await handle.query(STATE_QUERY, result_type=MutexState)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            activity.logger.warning(
-                "closed mutex run %s is gone; nothing to take over", recover.run_id
-            )
+            activity.logger.warning("closed mutex run %s is gone; nothing to take over", run_id)
             return None
         raise
     return state
+
+
+def adopted(later: MutexState, earlier: MutexState | None) -> MutexState:
+    """What ``later``, closed while taking over from the run ``earlier`` stands for, would have
+    had: ``earlier``'s holder, queue and lease ids, and behind them the requests that reached
+    ``later`` meanwhile (as the mutex itself merges them when its take-over ends).
+
+    A run taking over grants nothing (its holder is None), so ``earlier``'s holder stands.
+    ``earlier`` None: that run is gone, and so is any holder it had.
+    """
+    if earlier is None:
+        return later.model_copy(update={"taking_over_from": None})
+    queue = LockQueue(earlier.queue)
+    held = earlier.holder.request_id if earlier.holder is not None else None
+    for request in later.queue:
+        if request.request_id not in queue and request.request_id != held:
+            queue.enqueue(request)
+    counters = earlier.counters.model_dump()
+    for name, value in later.counters.model_dump().items():
+        counters[name] = counters.get(name, 0) + value
+    return earlier.model_copy(
+        update={
+            "queue": queue.as_list(),
+            "next_lease_id": max(earlier.next_lease_id, later.next_lease_id),
+            "counters": MutexCounters(**counters),
+            "abandoned": [*earlier.abandoned, *later.abandoned],
+        }
+    )
 
 
 @activity.defn(name="describe_workflow")

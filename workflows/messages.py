@@ -613,6 +613,20 @@ class MutexOptions(Message):
     activity_attempt_timeout: timedelta = timedelta(seconds=30)
 
 
+class AbandonedMark(Message):
+    """A holder that closed without releasing: its process record still to be marked abandoned.
+
+    The mutex retries the mark until DynamoDB answers; one still pending at continue-as-new is
+    carried to the next run (``MutexState.abandoned``) instead of holding up the queue."""
+
+    process_id: str
+    lease_id: int
+    # How the holder's run ended (``CANCELED``, ``TERMINATED``, ``NOT_FOUND``...).
+    status: str
+    # When the mutex noticed, which the record keeps whichever run writes it.
+    at: datetime
+
+
 class MutexState(Message):
     """Carried across continue-as-new and returned by the ``state`` query."""
 
@@ -623,6 +637,12 @@ class MutexState(Message):
     counters: MutexCounters = MutexCounters()
     # The closed run this chain took over from (its holder, queue and lease ids), if any.
     recovered_from: str | None = None
+    # Abandoned holders' records not marked yet (DynamoDB did not answer): the next run marks them.
+    abandoned: list[AbandonedMark] = []
+    # The closed run this run is still taking over from. Set only while it has not read that run:
+    # a run closed meanwhile (terminated) adopted nothing, and whoever takes over from it must look
+    # one run further back.
+    taking_over_from: str | None = None
 
 
 class MutexInput(Message):

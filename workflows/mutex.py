@@ -29,6 +29,19 @@ beside it. And a holder reset to after its grant, whose new run holds the very l
 Since the patch ``mutex-one-liveness-timer`` (issue 12) the liveness check keeps its schedule on
 one timer of its own, and the loop waits without a timeout: requests and releases no longer
 cancel and restart a timer each (40 timers for 20 requests and 20 handoffs before; one now).
+
+Since the patch ``mutex-take-over-ignores-cancel`` the take-over runs as a task beside the loop,
+which a cancel request does not reach: the mutex ignores a cancel while it takes over too. Before
+it, the cancel reached the ``recover_mutex`` activity and closed the run before it had adopted
+anything, and the next run, taking over from that empty run, granted a second holder.
+
+Since the patch ``mutex-carries-abandon-marks`` an abandoned holder's record mark that DynamoDB
+has not taken yet no longer holds up continue-as-new: it goes to the next run in its input
+(``MutexState.abandoned``), which retries it. Before it, an outage stopped every grant once the
+history called for continue-as-new.
+
+A deadline computed from a request (``lease_timeout``) or the options is clamped to the end of
+time instead of overflowing (``_later``): no request can fail the mutex's workflow task.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -54,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         LOCK_REQUEST_SIGNAL,
         LOCK_REVOKED_SIGNAL,
         STATE_QUERY,
+        AbandonedMark,
         CheckHolder,
         FailureReason,
         HolderLiveness,
@@ -88,6 +102,17 @@ PRIORITY_PATCH = "mutex-priority"
 # request or release that woke the loop cancelled the loop's timer and started another: two
 # commands, two history events and a server timer for each message, in the handoff's own task.
 ONE_TIMER_PATCH = "mutex-one-liveness-timer"
+# From this patch on (only with the ones above) the take-over is a task of its own beside the
+# loop, which waits for it. A cancel request cancels only the run's own task (the loop), and the
+# mutex ignores it there; before it, the cancel reached the ``recover_mutex`` activity the loop
+# was awaiting, came back as an ``ActivityError`` and closed the mutex mid-take-over.
+SHIELDED_TAKE_OVER_PATCH = "mutex-take-over-ignores-cancel"
+# From this patch on (only with the ones above) an abandoned holder's record mark runs as a task
+# continue-as-new does not wait for: a mark still pending then is carried to the next run in its
+# input and started again there (the write is idempotent: a final record never moves). Before
+# it, continue-as-new waited for the mark, which retries until DynamoDB answers: an outage
+# stopped every grant once the history was long enough.
+CARRIED_MARKS_PATCH = "mutex-carries-abandon-marks"
 
 _BOOKKEEPING_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -103,6 +128,29 @@ _FINAL_WRITE_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
     maximum_attempts=0,
 )
+
+
+# What a deadline becomes when ``now + span`` would pass the last moment a datetime can hold.
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+_START_OF_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def _later(now: datetime, span: timedelta) -> datetime:
+    """``now + span``, or the end (start) of time where the sum would overflow.
+
+    A request's ``lease_timeout`` of three million days made ``now + lease_timeout`` raise
+    ``OverflowError``: the workflow task failed and was retried forever, so nobody was granted
+    the lock again, and a take-over could not read the run either (its state query replays the
+    same failure). The mutex must never fail a task on a request's values.
+
+    No patch needed: for every span whose sum did not overflow this is the very same datetime,
+    so every history that completed a task replays as it was recorded; a sum that overflowed
+    failed its task every time, so no completed task of any history depends on it.
+    """
+    try:
+        return now + span
+    except OverflowError:
+        return _END_OF_TIME if span > timedelta(0) else _START_OF_TIME
 
 
 def _lease_floor(now: datetime) -> int:
@@ -128,7 +176,7 @@ class MutexWorkflow:
         self._next_lease_id = state.next_lease_id
         self._counters = state.counters.model_dump()
         self._changed = False
-        self._next_check_at = workflow.now() + self._options.liveness_interval
+        self._next_check_at = _later(workflow.now(), self._options.liveness_interval)
         self._v2 = False
         # Grants, liveness checks and record-keeping in flight beside the queue (v2).
         self._background: set[asyncio.Task[None]] = set()
@@ -141,18 +189,34 @@ class MutexWorkflow:
         self._take_over_from = input.previous_run_id if input.state is None else None
         self._recovering = False
         self._deferred: list[LockRelease | LockCancel] = []
+        self._shields_take_over = False
+        self._take_over_task: asyncio.Task[None] | None = None
+        self._carries_marks = False
+        # Abandoned holders' records being marked, by process and lease (CARRIED_MARKS_PATCH):
+        # what continue-as-new hands to the next run if DynamoDB has not taken them yet.
+        self._marks: dict[tuple[str, int], AbandonedMark] = {}
+        self._mark_tasks: set[asyncio.Task[None]] = set()
+        self._carried = list(state.abandoned)
 
     @workflow.run
     async def run(self, input: MutexInput) -> None:
         self._v2 = workflow.patched(OPERATORS_PATCH)
         self._takes_over = self._v2 and workflow.patched(TAKE_OVER_PATCH)
         self._one_timer = self._takes_over and workflow.patched(ONE_TIMER_PATCH)
+        self._shields_take_over = self._one_timer and workflow.patched(SHIELDED_TAKE_OVER_PATCH)
+        self._carries_marks = self._one_timer and workflow.patched(CARRIED_MARKS_PATCH)
         if self._v2 and input.state is None:
             self._next_lease_id = max(self._next_lease_id, _lease_floor(workflow.now()))
         if self._one_timer:
             # Not one of the background tasks continue-as-new waits for: it never ends, and its
             # timer is simply dropped with the run. A cancel of the mutex does not reach it.
             self._watcher = asyncio.create_task(self._watch_holder())
+        if self._carries_marks:
+            for mark in self._carried:
+                self._start_mark(mark)
+        if self._shields_take_over and self._take_over_from is not None:
+            # Not the run's own task, so a cancel request does not reach it (see _serve).
+            self._take_over_task = asyncio.create_task(self._take_over(self._take_over_from))
         while True:
             try:
                 await self._serve(input)
@@ -171,7 +235,16 @@ class MutexWorkflow:
                 self._count("ignored_cancels")
 
     async def _serve(self, input: MutexInput) -> None:
-        if self._takes_over and self._take_over_from is not None:
+        if self._take_over_task is not None:
+            # A cancel interrupts only this wait: run() ignores it and comes back to wait again.
+            await workflow.wait_condition(self._take_over_task.done)
+            if not self._take_over_task.cancelled() and self._take_over_task.exception():
+                # Not expected (recover_mutex retries until it answers). Granting without the
+                # closed run's state could make two holders: fail the task, visibly, instead.
+                raise RuntimeError(
+                    f"take-over from {self._take_over_from} failed"
+                ) from self._take_over_task.exception()
+        elif self._takes_over and self._take_over_from is not None:
             await self._take_over(self._take_over_from)
         while True:
             if self._holder is None and self._queue:
@@ -189,7 +262,7 @@ class MutexWorkflow:
             # The check runs on a fixed schedule: signals that wake the loop do not postpone it.
             until_check = self._next_check_at - workflow.now()
             if until_check <= timedelta(0):
-                self._next_check_at = workflow.now() + self._options.liveness_interval
+                self._next_check_at = _later(workflow.now(), self._options.liveness_interval)
                 if self._v2:
                     if not self._checking:
                         self._checking = True
@@ -277,6 +350,9 @@ class MutexWorkflow:
             next_lease_id=self._next_lease_id,
             counters=MutexCounters(**self._counters),
             recovered_from=self._recovered_from,
+            abandoned=list(self._marks.values()),
+            # Only while this run has not read the run it takes over from (see MutexState).
+            taking_over_from=self._take_over_from if self._takes_over else None,
         )
 
     # -- steps ----------------------------------------------------------------------------------
@@ -289,12 +365,12 @@ class MutexWorkflow:
             holder_workflow_id=request.requester_workflow_id,
             lease_id=self._next_lease_id,
             granted_at=now,
-            expires_at=now + request.lease_timeout,
+            expires_at=_later(now, request.lease_timeout),
             holder_run_id=request.requester_run_id if self._v2 else None,
         )
         self._next_lease_id += 1
         self._holder = lease
-        self._next_check_at = now + self._options.liveness_interval
+        self._next_check_at = _later(now, self._options.liveness_interval)
         if self._v2:
             # The grant is sent beside the queue: the loop goes back to waiting at once, and a
             # grant that fails frees the lock from its own task.
@@ -351,7 +427,7 @@ class MutexWorkflow:
             if until_check > timedelta(0):
                 await workflow.sleep(until_check)
                 continue
-            self._next_check_at = workflow.now() + self._options.liveness_interval
+            self._next_check_at = _later(workflow.now(), self._options.liveness_interval)
             if not self._checking:
                 self._checking = True
                 self._beside(self._check_holder_v2())
@@ -423,6 +499,15 @@ class MutexWorkflow:
             self._free()
         finally:
             self._checking = False
+        if self._carries_marks:
+            mark = AbandonedMark(
+                process_id=holder.holder_workflow_id,
+                lease_id=holder.lease_id,
+                status=liveness.status,
+                at=workflow.now(),
+            )
+            self._start_mark(mark)
+            return
         await self._mark_abandoned(holder, liveness.status, _FINAL_WRITE_RETRY)
 
     async def _take_over(self, previous_run_id: str) -> None:
@@ -557,6 +642,38 @@ class MutexWorkflow:
         except FailureError as err:
             # The lock is already free; a record we cannot mark must not stop the queue.
             workflow.logger.error("could not mark %s abandoned: %s", holder.holder_workflow_id, err)
+
+    def _start_mark(self, mark: AbandonedMark) -> None:
+        """Mark ``mark``'s record abandoned in a task continue-as-new does not wait for: it
+        retries until DynamoDB answers, and an outage must not stop the queue. If the run
+        continues as new first, the mark goes with it (``state().abandoned``)."""
+        key = (mark.process_id, mark.lease_id)
+        if key in self._marks:
+            return
+        self._marks[key] = mark
+        task = asyncio.create_task(self._write_mark(key, mark))
+        self._mark_tasks.add(task)
+        task.add_done_callback(self._mark_tasks.discard)
+
+    async def _write_mark(self, key: tuple[str, int], mark: AbandonedMark) -> None:
+        try:
+            await workflow.execute_activity_method(
+                ProcessTableActivities.update_process_status,
+                UpdateProcessStatus(
+                    process_id=mark.process_id,
+                    status=ProcessStatus.FAILED,
+                    reason=FailureReason.ABANDONED,
+                    message=f"closed ({mark.status}) while holding lease {mark.lease_id}",
+                    at=mark.at,
+                ),
+                start_to_close_timeout=self._options.activity_attempt_timeout,
+                retry_policy=_FINAL_WRITE_RETRY,
+            )
+        except FailureError as err:
+            # Only a non-retryable failure ends the retries: nothing to carry on with.
+            workflow.logger.error("could not mark %s abandoned: %s", mark.process_id, err)
+        finally:
+            del self._marks[key]
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -25,11 +25,13 @@ from workflows.messages import (
     CommandName,
     CreateProcessRecord,
     HolderLiveness,
+    MutexState,
     NotifyApprovers,
     NotifyResult,
     ProcessState,
     ProcessStatus,
     PublishApprovalRequest,
+    RecoverMutex,
     RequestLock,
     SendCommand,
     SendResult,
@@ -90,6 +92,10 @@ class Fakes:
     send_gate: asyncio.Event | None = None
     cancels_seen: set[tuple[str, CommandName]] = field(default_factory=set)
     sends_resolved: list[tuple[str, CommandName]] = field(default_factory=list)
+    # Holds a take-over's read of the closed run (``recover_mutex``) until opened; the closed
+    # runs it was asked for are noted in ``recovering``.
+    recover_gate: asyncio.Event | None = None
+    recovering: set[str] = field(default_factory=set)
 
     # -- activities ---------------------------------------------------------------------------
 
@@ -201,6 +207,13 @@ class Fakes:
             raise RuntimeError("Temporal visibility unavailable (scripted)")
         return await mutex.check_holder(holder)
 
+    @activity.defn(name="recover_mutex")
+    async def recover_mutex(self, recover: RecoverMutex) -> MutexState | None:
+        if self.recover_gate is not None:
+            self.recovering.add(recover.run_id)
+            await self.recover_gate.wait()
+        return await mutex.recover_mutex(recover)
+
     def activities(self) -> list[Any]:
         return [
             self.create_process,
@@ -212,7 +225,7 @@ class Fakes:
             self.request_lock,
             self.describe_workflow,
             self.check_holder,
-            mutex.recover_mutex,
+            self.recover_mutex,
         ]
 
     def activities_with_table(self, table: Any) -> list[Any]:

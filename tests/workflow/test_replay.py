@@ -265,6 +265,18 @@ REQUIRED["v4"] += [
     "process_tolerated_percentage_exceeded",
 ]
 
+# ``mutex-take-over-ignores-cancel`` and ``mutex-carries-abandon-marks``: the take-over in a task
+# of its own (a cancel meanwhile is ignored), an abandoned holder's pending record mark carried
+# across continue-as-new. Every mutex branch again, with all the mutex patches before them:
+# ``record_histories v5 --only 'mutex_*,ops_mutex_priority,error_lease_revoked,lock_contention,
+# late_grant_released'``, keeping only the mutex files (the process did not change).
+REQUIRED["v5"] = [
+    *(name for name in REQUIRED["v4"] if name.startswith(("mutex_", "ops_mutex_"))),
+    "mutex_abandon_mark_carried_run1",
+    "mutex_abandon_mark_carried_run2",
+    "mutex_takeover_cancel_ignored",
+]
+
 
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()

@@ -6,6 +6,7 @@ branch needs one, and saves the mutex's history once nobody holds or waits for t
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from temporalio.api.common.v1 import WorkflowExecution
@@ -342,6 +343,88 @@ async def mutex_takeover_reset_keeps_lease(rec: Recording) -> None:
         rec.save("mutex_takeover_reset_keeps_lease", mutex)
 
 
+async def mutex_takeover_cancel_ignored(rec: Recording) -> None:
+    """The mutex is terminated under a holder; the next run's take-over is slow, and an operator
+    cancels that run meanwhile: the cancel is ignored, and the run takes over and serves on
+    (patch mutex-take-over-ignores-cancel)."""
+    fakes = Fakes(recover_gate=asyncio.Event())
+    async with harness(rec.client, fakes) as h:
+        await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.terminate("operator error")
+        late = await start(h, requested_by="late")
+        await h.approve(late)
+        await eventually(lambda: fakes.recovering, within=PATIENCE, what="the take-over to start")
+        await rec.client.get_workflow_handle(mutex_workflow_id(h.resource)).cancel()
+
+        async def ignored() -> bool:
+            return (await h.mutex_state()).counters.ignored_cancels == 1
+
+        await eventually(ignored, within=PATIENCE, what="the cancel to be ignored")
+        assert fakes.recover_gate is not None
+        fakes.recover_gate.set()
+        for handle in (holder, late):
+            await h.wait_sent(handle)
+            await h.call_back(handle, ONE)
+            await h.call_back(handle, TWO)
+            await rec.completed(handle)
+        state, history = await rec.mutex_idle(h)
+        assert history.closed_activities("recover_mutex", COMPLETED) == 1
+        assert len(history.of(E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)) == 1
+        assert not history.of(E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+        assert (state.counters.grants, state.counters.releases) == (2, 2)
+        rec.save("mutex_takeover_cancel_ignored", history)
+
+
+async def mutex_abandon_mark_carried(rec: Recording) -> None:
+    """An abandoned holder's record cannot be marked yet (DynamoDB holds the write) when the
+    mutex continues as new: the mark goes to the next run, which writes it, and the waiter is
+    granted meanwhile (patch mutex-carries-abandon-marks). Both runs saved."""
+    fakes = Fakes(fail_gate=asyncio.Event())
+    async with harness(rec.client, fakes) as h:
+        first_run = await rec.start_mutex(h, liveness_interval=SECOND, max_history_events=100)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        await holder.terminate("operator killed it")
+        await eventually(
+            lambda: holder.id in fakes.fail_waiting, within=PATIENCE, what="the mark held"
+        )
+        mutex = rec.client.get_workflow_handle_for(MutexWorkflow.run, mutex_workflow_id(h.resource))
+        stale = LockRelease(request_id="nobody", lease_id=999)
+
+        async def rolled_over() -> bool:
+            await mutex.signal(MutexWorkflow.release, stale)
+            return (await mutex.describe()).run_id != first_run
+
+        await eventually(rolled_over, within=PATIENCE, what="the mutex to continue as new")
+        waiter = await start(h, requested_by="waiter")
+        await h.approve(waiter)
+        await h.wait_sent(waiter)  # granted while the mark still waits on DynamoDB
+        assert fakes.fail_gate is not None
+        fakes.fail_gate.set()
+        await h.call_back(waiter, ONE)
+        await h.call_back(waiter, TWO)
+        await rec.completed(waiter)
+
+        async def marked() -> bool:
+            return not (await h.mutex_state()).abandoned
+
+        await eventually(marked, within=PATIENCE, what="the carried mark written")
+        await rec.mutex_idle(h)
+        assert h.fakes.records[holder.id]["reason"] == FailureReason.ABANDONED
+        runs = await _chain(rec, mutex_workflow_id(h.resource), first_run)
+        assert len(runs) == 2, f"{len(runs)} runs"
+        carried = runs[0].continued_as_new_with().state
+        assert carried is not None and [m.process_id for m in carried.abandoned] == [holder.id]
+        assert runs[1].closed_activities("update_process_status", COMPLETED) == 1
+        for number, history in enumerate(runs, start=1):
+            rec.save(f"mutex_abandon_mark_carried_run{number}", history)
+
+
 SCENARIOS = [
     mutex_cancel_ignored,
     mutex_fifo_queue_liveness_alive,
@@ -353,4 +436,6 @@ SCENARIOS = [
     mutex_continue_as_new,
     mutex_takeover_terminated,
     mutex_takeover_reset_keeps_lease,
+    mutex_takeover_cancel_ignored,
+    mutex_abandon_mark_carried,
 ]

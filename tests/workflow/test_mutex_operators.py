@@ -1,0 +1,336 @@
+"""MutexWorkflow against an operator's cancel mid-take-over, a DynamoDB outage at
+continue-as-new, and a request whose values overflow a deadline (time-skipping server).
+
+Each test failed on the code before the patches ``mutex-take-over-ignores-cancel`` and
+``mutex-carries-abandon-marks`` (and the deadline clamp ``_later``): the mutex closed on the
+cancel and the next run granted a second holder; no grant went out until DynamoDB answered; one
+request failed every workflow task of the mutex, for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.mutex import closed_mutex_run
+from tests.workflow.fakes import Fakes, eventually
+from tests.workflow.requester import Requester
+from workflows.messages import (
+    LOCK_RELEASE_SIGNAL,
+    LOCK_REQUEST_SIGNAL,
+    FailureReason,
+    LockRelease,
+    LockRequest,
+    MutexInput,
+    MutexOptions,
+    ProcessStatus,
+    StatusUpdateResult,
+    UpdateProcessStatus,
+    mutex_workflow_id,
+)
+from workflows.mutex import MutexWorkflow
+
+
+def _request(requester: str, request_id: str) -> LockRequest:
+    return LockRequest(
+        requester_workflow_id=requester,
+        request_id=request_id,
+        lease_timeout=timedelta(days=1),
+        requested_at=datetime.now(UTC),
+    )
+
+
+async def _granted(handle: WorkflowHandle[Requester, None], request_id: str) -> bool:
+    return request_id in await handle.query(Requester.grants)
+
+
+def _without(fakes: Fakes, name: str) -> list[Callable[..., Any]]:
+    return [a for a in fakes.activities() if getattr(a, "__name__", "") != name]
+
+
+async def test_a_cancel_during_take_over_is_ignored_and_the_old_holder_keeps_the_lock(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A grants H and is terminated; run B takes over from A, slowly; an operator cancels B
+    meanwhile. B must keep running, adopt H, and grant nobody else while H holds the lock.
+
+    Before the patch the cancel reached B's ``recover_mutex``, B closed cancelled having adopted
+    nothing, and the next request's run took over from B (no holder) and granted W beside H."""
+    # The closed run's replay is slow (recover_mutex held): the cancel lands meanwhile.
+    fakes = Fakes(recover_gate=asyncio.Event())
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    with ThreadPoolExecutor(4) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[MutexWorkflow, Requester],
+            activities=fakes.activities(),
+            activity_executor=executor,
+        ):
+            holder = await client.start_workflow(
+                Requester.run, "h", id=holder_id, task_queue=task_queue
+            )
+            waiter = await client.start_workflow(
+                Requester.run, "w", id=waiter_id, task_queue=task_queue
+            )
+            run_a = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(holder_id, "h")],
+            )
+            await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+            await run_a.terminate("operator error")
+            run_b = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(
+                    resource=resource, previous_run_id=await closed_mutex_run(client, resource)
+                ),
+                id=mutex_id,
+                task_queue=task_queue,
+            )
+            await eventually(lambda: fakes.recovering, what="run B reading run A")
+            during = await run_b.query(MutexWorkflow.state)
+            assert during.taking_over_from == run_a.result_run_id
+            await run_b.cancel()
+            # A request meanwhile (signal-with-start finds B running: no run C starts).
+            await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(waiter_id, "w")],
+            )
+
+            async def cancel_seen() -> bool:
+                state = await run_b.query(MutexWorkflow.state)
+                return state.counters.ignored_cancels == 1
+
+            await eventually(cancel_seen, what="the cancel ignored during the take-over")
+            assert fakes.recover_gate is not None
+            fakes.recover_gate.set()
+
+            async def taken_over() -> bool:
+                state = await run_b.query(MutexWorkflow.state)
+                return state.recovered_from == run_a.result_run_id
+
+            await eventually(taken_over, what="run B to take over from run A")
+            assert (await run_b.describe()).status == WorkflowExecutionStatus.RUNNING
+            state = await run_b.query(MutexWorkflow.state)
+            assert state.holder is not None and state.holder.holder_workflow_id == holder_id
+            assert [r.request_id for r in state.queue] == ["w"]
+            assert state.taking_over_from is None
+            assert not await _granted(waiter, "w")
+            # H lets go: now, and only now, W is granted.
+            await holder.signal(Requester.let_go)
+            await eventually(lambda: _granted(waiter, "w"), what="W granted after H released")
+
+
+async def test_a_dynamodb_outage_holds_up_no_grant_at_continue_as_new(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """An abandoned holder's record cannot be marked (DynamoDB down) when the history calls for
+    continue-as-new: the mutex continues as new anyway, carrying the mark, and grants the next
+    request; the mark is written once DynamoDB answers.
+
+    Before the patch continue-as-new waited for the mark, which retries until DynamoDB answers:
+    nobody was granted the lock for the whole outage."""
+    dynamodb_up = False
+    attempts: list[UpdateProcessStatus] = []
+    written: list[UpdateProcessStatus] = []
+
+    @activity.defn(name="update_process_status")
+    async def process_table(update: UpdateProcessStatus) -> StatusUpdateResult:
+        attempts.append(update)
+        if not dynamodb_up:
+            raise RuntimeError("DynamoDB unavailable (scripted)")
+        written.append(update)
+        return StatusUpdateResult(applied=True, status=update.status)
+
+    client: Client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[MutexWorkflow, Requester],
+        activities=[*_without(Fakes(), "update_process_status"), process_table],
+    ):
+        mutex = await client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(resource=resource, options=MutexOptions(max_history_events=100)),
+            id=mutex_workflow_id(resource),
+            task_queue=task_queue,
+        )
+        holder = await client.start_workflow(
+            Requester.run, "h", id=holder_id, task_queue=task_queue
+        )
+        waiter = await client.start_workflow(
+            Requester.run, "w", id=waiter_id, task_queue=task_queue
+        )
+        await mutex.signal(LOCK_REQUEST_SIGNAL, _request(holder_id, "h"))
+        await eventually(lambda: _granted(holder, "h"), what="H granted")
+        await holder.terminate("operator killed it")
+        await time_env.sleep(timedelta(minutes=1, seconds=5))  # past the next liveness check
+        await eventually(lambda: len(attempts) >= 1, what="the abandon mark attempted")
+        state = await mutex.query(MutexWorkflow.state)
+        assert state.holder is None and state.counters.abandoned_holders == 1
+        assert [m.process_id for m in state.abandoned] == [holder_id]
+
+        # Stale releases (harmless) grow the history past max_history_events.
+        async def history_long() -> bool:
+            description = await mutex.describe()
+            return description.raw_description.workflow_execution_info.history_length >= 100
+
+        while not await history_long():
+            await mutex.signal(LOCK_RELEASE_SIGNAL, LockRelease(request_id="x", lease_id=1))
+        await mutex.signal(LOCK_REQUEST_SIGNAL, _request(waiter_id, "w"))
+        await eventually(lambda: _granted(waiter, "w"), what="W granted during the outage")
+        latest = client.get_workflow_handle(mutex_workflow_id(resource))
+        assert (await latest.describe()).run_id != mutex.first_execution_run_id
+        carried = await latest.query(MutexWorkflow.state)
+        assert [m.process_id for m in carried.abandoned] == [holder_id]
+        assert not written
+        dynamodb_up = True
+
+        async def marked() -> bool:
+            return not (await latest.query(MutexWorkflow.state)).abandoned
+
+        await eventually(marked, what="the carried mark written once DynamoDB answers")
+        assert {(w.process_id, w.status, w.reason) for w in written} == {
+            (holder_id, ProcessStatus.FAILED, FailureReason.ABANDONED)
+        }
+        # The time it was noticed, not when it was finally written.
+        assert written[0].at == carried.abandoned[0].at
+
+
+async def test_a_lease_timeout_past_the_end_of_time_is_clamped_and_wedges_nothing(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """A request with a lease of three million days (``now + lease_timeout`` overflows) is
+    granted a lease to the end of time, and the next request is granted after it.
+
+    Before the clamp the sum raised ``OverflowError`` in every attempt of the workflow task:
+    nobody on the resource was granted the lock again, and no take-over could read the run."""
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    async with Worker(
+        client, task_queue=task_queue, workflows=[MutexWorkflow, Requester], activities=[]
+    ):
+        holder = await client.start_workflow(
+            Requester.run, "h", id=holder_id, task_queue=task_queue
+        )
+        waiter = await client.start_workflow(
+            Requester.run, "w", id=waiter_id, task_queue=task_queue
+        )
+        huge = _request(holder_id, "h").model_copy(
+            update={"lease_timeout": timedelta(days=3_000_000)}
+        )
+        mutex = await client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(resource=resource),
+            id=mutex_workflow_id(resource),
+            task_queue=task_queue,
+            start_signal=LOCK_REQUEST_SIGNAL,
+            start_signal_args=[huge],
+        )
+        await eventually(lambda: _granted(holder, "h"), what="the huge lease granted")
+        await mutex.signal(LOCK_REQUEST_SIGNAL, _request(waiter_id, "w"))
+        state = await mutex.query(MutexWorkflow.state)
+        assert state.holder is not None and state.holder.request_id == "h"
+        assert state.holder.expires_at == datetime.max.replace(tzinfo=UTC)
+        await holder.signal(Requester.let_go)
+        await eventually(lambda: _granted(waiter, "w"), what="the next request granted")
+        failed = [
+            e
+            async for e in mutex.fetch_history_events()
+            if e.HasField("workflow_task_failed_event_attributes")
+        ]
+        assert not failed
+
+
+async def test_a_run_terminated_mid_take_over_is_looked_through_to_the_run_it_was_reading(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A grants H and is terminated; run B, still reading A (slowly), is terminated too, with
+    W's request queued. Run C takes over from B, which adopted nothing: it must look through B to
+    A, keep H as the holder and W waiting behind it.
+
+    Before, C adopted B's empty state and granted W at once, beside H."""
+    fakes = Fakes(recover_gate=asyncio.Event())
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    with ThreadPoolExecutor(4) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[MutexWorkflow, Requester],
+            activities=fakes.activities(),
+            activity_executor=executor,
+        ):
+            holder = await client.start_workflow(
+                Requester.run, "h", id=holder_id, task_queue=task_queue
+            )
+            waiter = await client.start_workflow(
+                Requester.run, "w", id=waiter_id, task_queue=task_queue
+            )
+            run_a = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(holder_id, "h")],
+            )
+            await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+            await run_a.terminate("operator error")
+            run_b = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource, previous_run_id=run_a.result_run_id),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(waiter_id, "w")],
+            )
+            await eventually(lambda: fakes.recovering, what="run B reading run A")
+            await run_b.terminate("operator: the new run looks stuck")
+            assert fakes.recover_gate is not None
+            fakes.recover_gate.set()
+            previous = await closed_mutex_run(client, resource)
+            assert previous == run_b.result_run_id
+            run_c = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource, previous_run_id=previous),
+                id=mutex_id,
+                task_queue=task_queue,
+            )
+
+            async def taken_over() -> bool:
+                state = await run_c.query(MutexWorkflow.state)
+                return state.recovered_from == previous
+
+            await eventually(taken_over, what="run C to take over")
+            state = await run_c.query(MutexWorkflow.state)
+            assert state.holder is not None and state.holder.holder_workflow_id == holder_id
+            assert [r.request_id for r in state.queue] == ["w"]
+            assert not await _granted(waiter, "w")
+            await holder.signal(Requester.let_go)
+            await eventually(lambda: _granted(waiter, "w"), what="W granted after H released")
