@@ -64,8 +64,8 @@ def unreadable_body() -> Problem:
         400,
         "unreadable-body",
         "Unreadable request body",
-        "The request body could not be read: it does not match its Content-Encoding, or it "
-        "ended early. Nothing was recorded.",
+        "The request body could not be read: it does not match its Content-Encoding, or its "
+        "bytes are otherwise not what its headers say. Nothing was recorded.",
         close_connection=True,
     )
 
