@@ -231,6 +231,20 @@ MAX_REMINDERS = 48
 # Room left in a lease beyond what a process needs: clocks, a slow workflow task, a release.
 LEASE_MARGIN = timedelta(minutes=10)
 
+# The longest any duration option may be: a year. Longer than any approval, lock wait, lease or
+# command this workflow is for should take, so no honest value is refused; and far from where
+# things break: the workflow adds timeouts and send budgets to now (a date past the year 9999
+# failed its task for good), Temporal's durations end at 10,000 years, and a lease as long as
+# the mutex's whole life wedges the lock. The most attempts a retry may make: 100, where the
+# defaults are 3 and 5 (each attempt of a linear delay waits longer than the one before). The
+# workflow refuses whatever lies beyond its own frozen range (``RANGE_LONGEST``,
+# ``RANGE_MOST_ATTEMPTS`` in workflows/process.py, patch ``process-options-in-range``): these
+# never go above those.
+LONGEST_OPTION = timedelta(days=365)
+MOST_ATTEMPTS = 100
+# The final writes' retries start at 1 s; a maximum interval below that is refused by the SDK.
+SHORTEST_FINAL_WRITE_INTERVAL = timedelta(seconds=1)
+
 
 class InvalidProcessOptions(ValueError):
     """Process options that cannot work; the message says why, in one line."""
@@ -311,8 +325,10 @@ class ProcessOptions(Message):
 
         A lease shorter than what the process may need gets it revoked mid-phase, its commands
         fenced off downstream: raising ``command_timeout`` alone must not do that silently. Not a
-        validator: processes already running with such options must still decode.
+        validator: processes already running with such options must still decode. Durations and
+        attempts out of range come first, so the sums below neither overflow nor loop long.
         """
+        self._check_ranges()
         remind_every = self.approval.remind_every
         if remind_every is not None and self.approval_timeout / remind_every > MAX_REMINDERS:
             # Each reminder is a timer and an activity in the history: a short interval over a
@@ -329,6 +345,48 @@ class ProcessOptions(Message):
                 f"lease_timeout {self.lease_timeout} is shorter than a process may hold the "
                 f"lock: {needed} ({spent}); raise lease_timeout or lower the others"
             )
+
+    def _check_ranges(self) -> None:
+        """Every duration between 0 and ``LONGEST_OPTION`` (an attempt timeout above 0), every
+        retry at most ``MOST_ATTEMPTS`` attempts; the message names the option and the bound."""
+        durations: dict[str, timedelta | None] = {
+            "approval_timeout": self.approval_timeout,
+            "lock_timeout": self.lock_timeout,
+            "command_timeout": self.command_timeout,
+            "aws_retry.delay": self.aws_retry.delay,
+            "http_retry.delay": self.http_retry.delay,
+            "max_retry_after": self.max_retry_after,
+            "activity_attempt_timeout": self.activity_attempt_timeout,
+            "command_heartbeat_timeout": self.command_heartbeat_timeout,
+            "lease_timeout": self.lease_timeout,
+            "send_heartbeat_timeout": self.send_heartbeat_timeout,
+            "final_write_max_interval": self.final_write_max_interval,
+            "approval.remind_every": self.approval.remind_every,
+            "approval.escalate_after": self.approval.escalate_after,
+        }
+        for name, value in durations.items():
+            if value is None:
+                continue
+            if value > LONGEST_OPTION:
+                raise InvalidProcessOptions(
+                    f"{name} {value} is longer than {LONGEST_OPTION}, the longest a process "
+                    "option may be; shorten it"
+                )
+            if value < timedelta(0):
+                raise InvalidProcessOptions(f"{name} {value} is negative")
+        if self.activity_attempt_timeout == timedelta(0):
+            raise InvalidProcessOptions("activity_attempt_timeout must be longer than 0")
+        if self.final_write_max_interval < SHORTEST_FINAL_WRITE_INTERVAL:
+            raise InvalidProcessOptions(
+                f"final_write_max_interval {self.final_write_max_interval} is shorter than "
+                f"{SHORTEST_FINAL_WRITE_INTERVAL}, the final writes' first retry interval"
+            )
+        for name, retry in (("aws_retry", self.aws_retry), ("http_retry", self.http_retry)):
+            if retry.max_attempts > MOST_ATTEMPTS:
+                raise InvalidProcessOptions(
+                    f"{name}.max_attempts {retry.max_attempts} is more than {MOST_ATTEMPTS}, "
+                    "the most a retry may make; lower it"
+                )
 
 
 class Redrive(Message):

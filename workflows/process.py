@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -78,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.waiting import Deadlines, wait_until
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
+_T = TypeVar("_T")
 # From this patch on, a redriven process (input ``redrive``) keeps the approval and the commands
 # that succeeded in the process it redrives, and sends the others under the original's keys.
 REDRIVE_PATCH = "redrive"
@@ -140,6 +141,35 @@ SUBSUMED_BY_LOCAL_WRITES = frozenset(
 )
 
 
+# From this patch on, a cancel that arrives once the commands are done (the policy satisfied,
+# every send resolved) no longer changes the outcome: the lock goes back, the record is written
+# ``completed`` (shielded, as the cleanup is) and the run completes. Before it, such a cancel
+# reached the release or the write and the process was recorded failed ``cancelled`` although
+# its commands had run (with the real table the write could even land first: DynamoDB said
+# completed, Temporal cancelled). Asked only when such a cancel arrives: a process not
+# cancelled there records no marker and leaves the history it always did.
+COMPLETION_OUTLIVES_CANCEL_PATCH = "process-completion-outlives-cancel"
+# From this patch on, a process whose options lie outside the range below fails at once,
+# cleanly (record failed ``error``, the message names the option). Before it, the first date or
+# duration it could not compute (``now + approval_timeout`` past the year 9999, a negative
+# attempt timeout, a retry policy the SDK refuses) failed a workflow task, again on every
+# retry: the process never failed and its record stayed pending. Asked only for such options:
+# a process in range records no marker and leaves the history it always did.
+OPTIONS_IN_RANGE_PATCH = "process-options-in-range"
+# The range: the longest any duration option may be, and the most attempts a retry may make.
+# Within it, every date the workflow computes (now + a timeout + a send budget of up to 100
+# linear delays: under 5,100 years) stays before the year 9999, every duration fits Temporal's
+# (10,000 years), and the send budget's loop stays short. FROZEN: a process outside it takes
+# the patched branch, so moving a bound would change the commands of the processes between
+# the old bound and the new (a new patch). ``ProcessOptions.check()`` (the starters) refuses
+# at least all of this, and a clear one-line answer comes from there first.
+RANGE_LONGEST = timedelta(days=365)
+RANGE_MOST_ATTEMPTS = 100
+# A retry policy's first interval for the final writes: their ``maximum_interval`` may not be
+# below it (the SDK refuses the policy), 0 meaning no maximum.
+_FINAL_WRITE_FIRST_INTERVAL = timedelta(seconds=1)
+
+
 def runs_patch(patch: str, local_writes: bool) -> bool:
     """Whether a process runs the code of ``patch``, one of ``SUBSUMED_BY_LOCAL_WRITES``: every
     process under ``process-local-writes`` does, without recording it; an older process answers
@@ -160,11 +190,57 @@ def final_write_retry(options: ProcessOptions) -> RetryPolicy:
     stops only at an error no retry can fix (the record is gone, or already final).
     """
     return RetryPolicy(
-        initial_interval=timedelta(seconds=1),
+        initial_interval=_FINAL_WRITE_FIRST_INTERVAL,
         backoff_coefficient=2.0,
         maximum_interval=options.final_write_max_interval,
         maximum_attempts=0,
     )
+
+
+def options_out_of_range(options: ProcessOptions) -> str | None:
+    """Why a process cannot run with ``options`` (patch ``process-options-in-range``), in one
+    line; None when it can. Pure, cheap and total: it runs for every process, in its first task.
+
+    Only what the workflow cannot compute with: the longest durations (``RANGE_LONGEST``), the
+    most attempts (``RANGE_MOST_ATTEMPTS``), and the few values the SDK refuses in a command
+    (an attempt timeout that is not positive, a negative retry delay or heartbeat timeout, a
+    final-write interval below its first). FROZEN, as the range is.
+    """
+    durations: dict[str, timedelta | None] = {
+        "approval_timeout": options.approval_timeout,
+        "lock_timeout": options.lock_timeout,
+        "command_timeout": options.command_timeout,
+        "aws_retry.delay": options.aws_retry.delay,
+        "http_retry.delay": options.http_retry.delay,
+        "max_retry_after": options.max_retry_after,
+        "activity_attempt_timeout": options.activity_attempt_timeout,
+        "command_heartbeat_timeout": options.command_heartbeat_timeout,
+        "lease_timeout": options.lease_timeout,
+        "send_heartbeat_timeout": options.send_heartbeat_timeout,
+        "final_write_max_interval": options.final_write_max_interval,
+        "approval.remind_every": options.approval.remind_every,
+        "approval.escalate_after": options.approval.escalate_after,
+    }
+    for name, value in durations.items():
+        if value is not None and value > RANGE_LONGEST:
+            return f"{name} {value} is longer than {RANGE_LONGEST}"
+    for name, retry in (("aws_retry", options.aws_retry), ("http_retry", options.http_retry)):
+        if retry.max_attempts > RANGE_MOST_ATTEMPTS:
+            return f"{name}.max_attempts {retry.max_attempts} is more than {RANGE_MOST_ATTEMPTS}"
+    zero = timedelta(0)
+    if options.activity_attempt_timeout <= zero:
+        return f"activity_attempt_timeout {options.activity_attempt_timeout} is not positive"
+    for name in ("aws_retry.delay", "http_retry.delay", "send_heartbeat_timeout"):
+        value = durations[name]
+        if value is not None and value < zero:
+            return f"{name} {value} is negative"
+    interval = options.final_write_max_interval
+    if interval != zero and interval < _FINAL_WRITE_FIRST_INTERVAL:
+        return (
+            f"final_write_max_interval {interval} is below the first retry's "
+            f"{_FINAL_WRITE_FIRST_INTERVAL} (0 means no maximum)"
+        )
+    return None
 
 
 class ProcessFailure(Exception):
@@ -227,9 +303,20 @@ class ProcessWorkflow:
     async def run(self, input: ProcessInput) -> ProcessResult:
         if input.redrive is not None and self._since(REDRIVE_PATCH):
             self._resume(input.redrive)
+        out_of_range = options_out_of_range(input.options)
+        if out_of_range is not None and workflow.patched(OPTIONS_IN_RANGE_PATCH):
+            # Its own options could not even create and fail the record: the defaults do
+            # (only the table's retries and timeouts are read before it fails).
+            self._options = ProcessOptions()
+        else:
+            out_of_range = None  # in range; or started before the patch, and replayed as it ran
         try:
             with self._step("create process"):
                 await self._create_record()
+            if out_of_range is not None:
+                raise ProcessFailure(
+                    FailureReason.ERROR, f"process options out of range: {out_of_range}"
+                )
             with self._step("ask for approval"):
                 await self._ask_for_approval()
             with self._step("wait for the lock"):
@@ -244,9 +331,7 @@ class ProcessWorkflow:
                 outcomes = await self._run_commands()
             with self._step("complete process"):
                 self._stage = Stage.COMPLETING
-                await self._release_lock()
-                await self._set_status(ProcessStatus.COMPLETED, stage=Stage.COMPLETED)
-            await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._complete()
             return ProcessResult(process_id=self._process_id, commands=outcomes)
         except ProcessFailure as failure:
             await self._fail(failure)
@@ -654,6 +739,51 @@ class ProcessWorkflow:
                 seen = f"the last at {last.isoformat()}" if last else "none since it was sent"
                 return f"no heartbeat within {heartbeat} ({seen})"
 
+    # -- completion -----------------------------------------------------------------------------
+
+    async def _complete(self) -> None:
+        """Give the lock back, write the record ``completed``, let the handlers finish.
+
+        The commands are done: a cancel that arrives now cannot undo them. From patch
+        ``process-completion-outlives-cancel`` on it is logged and the completion goes on: each
+        step is started as before (its commands in the same order) and then awaited through the
+        cancel (``_through_cancel``), as the cleanup is shielded. The patch is asked only when
+        such a cancel arrives; recorded before it (no marker), the cancel stops the step it
+        reached, as it did, and the process fails ``cancelled``.
+        """
+        try:
+            await self._release_lock()
+        except asyncio.CancelledError:
+            # The SDK waits for a sent signal through a cancel; should one come through, the
+            # release is sent all the same.
+            if not workflow.patched(COMPLETION_OUTLIVES_CANCEL_PATCH):
+                raise
+            workflow.logger.warning("cancel after the commands were done: completing the process")
+        await self._set_status(ProcessStatus.COMPLETED, stage=Stage.COMPLETED, through_cancel=True)
+        handlers = asyncio.ensure_future(workflow.wait_condition(workflow.all_handlers_finished))
+        await self._through_cancel(handlers)
+
+    async def _through_cancel(self, operation: asyncio.Future[_T]) -> _T:
+        """Await ``operation``, already started, through a cancel of the process (patch
+        ``process-completion-outlives-cancel``; see ``_complete``).
+
+        Recorded before the patch, the cancel reaches ``operation`` as it did when it was
+        awaited directly: cancelled (an activity's cancel command in the same activation), or,
+        when it had just finished, a CancelledError at the await.
+        """
+        while True:
+            try:
+                return await asyncio.shield(operation)
+            except asyncio.CancelledError:
+                if not workflow.patched(COMPLETION_OUTLIVES_CANCEL_PATCH):
+                    if operation.done():
+                        raise
+                    operation.cancel()
+                    return await operation
+                workflow.logger.warning(
+                    "cancel after the commands were done: completing the process"
+                )
+
     # -- failure and cleanup --------------------------------------------------------------------
 
     async def _fail(self, failure: ProcessFailure) -> NoReturn:
@@ -756,7 +886,9 @@ class ProcessWorkflow:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _set_status(self, status: ProcessStatus, stage: Stage) -> None:
+    async def _set_status(
+        self, status: ProcessStatus, stage: Stage, through_cancel: bool = False
+    ) -> None:
         final = status.is_final and self._guards_sends
         await self._write_status(
             UpdateProcessStatus(
@@ -770,6 +902,7 @@ class ProcessWorkflow:
             retry=final_write_retry(self._options)
             if final
             else linear_retry(self._options.aws_retry),
+            through_cancel=through_cancel,
         )
         self._status = status
         self._stage = stage
@@ -778,9 +911,24 @@ class ProcessWorkflow:
         self._touch()
         workflow.upsert_search_attributes([STATUS_KEY.value_set(status.value)])
 
-    async def _write_status(self, update: UpdateProcessStatus, retry: RetryPolicy) -> None:
+    async def _write_status(
+        self, update: UpdateProcessStatus, retry: RetryPolicy, through_cancel: bool = False
+    ) -> None:
+        """``through_cancel``: awaited through a cancel of the process (``_through_cancel``)."""
         if self._local_writes:
-            await self._table_write(ProcessTableActivities.update_process_status, update, retry)
+            await self._table_write(
+                ProcessTableActivities.update_process_status, update, retry, through_cancel
+            )
+            return
+        if through_cancel:
+            await self._through_cancel(
+                workflow.start_activity_method(
+                    ProcessTableActivities.update_process_status,
+                    update,
+                    start_to_close_timeout=self._options.activity_attempt_timeout,
+                    retry_policy=retry,
+                )
+            )
             return
         await workflow.execute_activity_method(
             ProcessTableActivities.update_process_status,
@@ -790,7 +938,11 @@ class ProcessWorkflow:
         )
 
     async def _table_write(
-        self, method: Callable[[Any, Any], Any], arg: Any, retry: RetryPolicy
+        self,
+        method: Callable[[Any, Any], Any],
+        arg: Any,
+        retry: RetryPolicy,
+        through_cancel: bool = False,
     ) -> None:
         """One write of the process table: first tried in the worker, then as an activity.
 
@@ -811,6 +963,17 @@ class ProcessWorkflow:
         # activity, and the slot is free again at once; a slot is held at most 2 s by a try.
         local_try = min(attempt, LOCAL_WRITE_TRY_TIMEOUT)
         try:
+            if through_cancel:
+                await self._through_cancel(
+                    workflow.start_local_activity_method(
+                        method,
+                        arg,
+                        schedule_to_close_timeout=local_try,
+                        start_to_close_timeout=local_try,
+                        retry_policy=RetryPolicy(maximum_attempts=1),
+                    )
+                )
+                return
             await workflow.execute_local_activity_method(
                 method,
                 arg,
@@ -830,6 +993,13 @@ class ProcessWorkflow:
                 getattr(method, "__name__", "table write"),
                 _describe(err),
             )
+        if through_cancel:
+            await self._through_cancel(
+                workflow.start_activity_method(
+                    method, arg, start_to_close_timeout=attempt, retry_policy=retry
+                )
+            )
+            return
         await workflow.execute_activity_method(
             method, arg, start_to_close_timeout=attempt, retry_policy=retry
         )

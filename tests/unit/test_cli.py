@@ -339,6 +339,30 @@ async def test_a_lease_shorter_than_a_process_needs_is_refused_at_start(
     assert "command timeout 3:00:00" in message
 
 
+async def test_a_duration_out_of_range_is_refused_at_start(time_env: WorkflowEnvironment) -> None:
+    """A 3,000,000-day approval timeout once started a process that failed a workflow task on
+    every retry, its record pending for good: the CLI now refuses it, in the settings or in a
+    flag, with one line naming the option and the bound."""
+    settings = CliSettings(
+        inbox_url=None, process=ProcessOptions(approval_timeout=timedelta(days=3_000_000))
+    )
+    args = build_parser().parse_args(["start", "--requested-by", "alice"])
+    with pytest.raises(CliError) as error:
+        await execute(args, time_env.client, settings, Output(False, io.StringIO()))
+    assert error.value.code == EXIT_USAGE
+    assert str(error.value) == (
+        "invalid process options: approval_timeout 3000000 days, 0:00:00 is longer than "
+        "365 days, 0:00:00, the longest a process option may be; shorten it"
+    )
+    flag = ["start", "--requested-by", "alice", "--remind-every", "P400D"]
+    with pytest.raises(CliError) as error:
+        await execute_args(time_env, flag)
+    assert error.value.code == EXIT_USAGE
+    assert str(error.value).startswith(
+        "invalid process options: approval.remind_every 400 days, 0:00:00 is longer than"
+    )
+
+
 async def test_a_heartbeat_timeout_no_system_could_meet_is_refused_at_start(
     time_env: WorkflowEnvironment,
 ) -> None:

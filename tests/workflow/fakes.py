@@ -87,6 +87,8 @@ class Fakes:
     publish_gate: asyncio.Event | None = None
     fail_gate: asyncio.Event | None = None
     fail_waiting: set[str] = field(default_factory=set)  # processes whose failed write waits
+    complete_gate: asyncio.Event | None = None
+    complete_waiting: set[str] = field(default_factory=set)  # processes whose completed write waits
     # Holds command two's request in flight (heartbeating, as the real send) until opened; a
     # cancel that reaches the send is noted in ``cancels_seen`` and waits for the request.
     send_gate: asyncio.Event | None = None
@@ -118,6 +120,9 @@ class Fakes:
         if self.fail_gate is not None and update.status is ProcessStatus.FAILED:
             self.fail_waiting.add(update.process_id)
             await self.fail_gate.wait()
+        if self.complete_gate is not None and update.status is ProcessStatus.COMPLETED:
+            self.complete_waiting.add(update.process_id)
+            await self.complete_gate.wait()
         record = self.records.get(update.process_id)
         if record is None:
             raise ApplicationError(

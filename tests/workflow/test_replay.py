@@ -265,6 +265,12 @@ REQUIRED["v4"] += [
     "process_tolerated_percentage_exceeded",
 ]
 
+# A cancel while the record is written ``completed``, as the code before
+# ``process-completion-outlives-cancel`` ran it (the process failed ``cancelled``): recorded by
+# that code with ``record_histories v4 --only cancelled_while_completing`` (the scenario then
+# expected the Cancelled end). It replays through the patch's old branch.
+REQUIRED["v4"] += ["process_cancelled_while_completing"]
+
 # ``mutex-take-over-ignores-cancel`` and ``mutex-carries-abandon-marks``: the take-over in a task
 # of its own (a cancel meanwhile is ignored), an abandoned holder's pending record mark carried
 # across continue-as-new. Every mutex branch again, with all the mutex patches before them:
@@ -276,6 +282,12 @@ REQUIRED["v5"] = [
     "mutex_abandon_mark_carried_run2",
     "mutex_takeover_cancel_ignored",
 ]
+
+# The two patches of the review of the process's options and completion, recorded with
+# ``record_histories v5 --only cancelled_while_completing,options_out_of_range``: each patch is
+# asked only on its own branch (a cancel once the commands are done; options out of range), so
+# every other process leaves the history v4 recorded.
+REQUIRED["v5"] += ["process_cancelled_while_completing", "process_options_out_of_range"]
 
 
 def _name(path: Path) -> str:

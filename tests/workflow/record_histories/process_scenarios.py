@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
+
+from temporalio.client import WorkflowHandle
 
 from tests.workflow.fakes import Fakes, HttpReply, eventually
 from tests.workflow.harness import harness
@@ -24,6 +27,7 @@ from workflows.messages import (
     CompletionPolicy,
     FailureReason,
     LockRequest,
+    ProcessStatus,
     RetrySettings,
     mutex_workflow_id,
 )
@@ -156,24 +160,63 @@ async def cancelled_during_cleanup(rec: Recording) -> None:
             lambda: handle.id in fakes.fail_waiting, within=PATIENCE, what="the failed write"
         )
         await handle.cancel()
-
-        async def delivered() -> bool:
-            # Recorded and handed to a task while the write still runs: never idle meanwhile
-            # (the task that runs a local activity stays open, heartbeating).
-            events = (await rec.history(handle.id)).events
-            kinds = [e.event_type for e in events]
-            requested = E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
-            return (
-                requested in kinds
-                and E.EVENT_TYPE_WORKFLOW_TASK_STARTED in kinds[kinds.index(requested) :]
-            )
-
-        await eventually(delivered, within=PATIENCE, what="the cancel delivered")
+        await _cancel_delivered(rec, handle)
         assert fakes.fail_gate is not None
         fakes.fail_gate.set()
         history = await rec.failed(handle, FailureReason.REJECTED)
         assert fakes.records[handle.id]["reason"] == FailureReason.REJECTED
         rec.save("process_cancelled_during_cleanup", history)
+
+
+async def _cancel_delivered(rec: Recording, handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait until the cancel is recorded and handed to a workflow task while a write still runs:
+    never idle meanwhile (the task that runs a local activity stays open, heartbeating)."""
+
+    async def delivered() -> bool:
+        events = (await rec.history(handle.id)).events
+        kinds = [e.event_type for e in events]
+        requested = E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
+        return (
+            requested in kinds
+            and E.EVENT_TYPE_WORKFLOW_TASK_STARTED in kinds[kinds.index(requested) :]
+        )
+
+    await eventually(delivered, within=PATIENCE, what="the cancel delivered")
+
+
+async def cancelled_while_completing(rec: Recording) -> None:
+    """A cancel that arrives while the record is written ``completed``: both commands are done
+    and the lock given back, so it changes nothing; the process completes."""
+    fakes = Fakes(complete_gate=asyncio.Event())
+    async with harness(rec.client, fakes) as h:
+        handle = await start(h)
+        await h.approve(handle)
+        await h.wait_sent(handle)
+        await h.call_back(handle, ONE)
+        await h.call_back(handle, TWO)
+        await eventually(
+            lambda: handle.id in fakes.complete_waiting, within=PATIENCE, what="completed write"
+        )
+        await handle.cancel()
+        await _cancel_delivered(rec, handle)
+        assert fakes.complete_gate is not None
+        fakes.complete_gate.set()
+        history = await rec.completed(handle)
+        assert history.of(E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
+        assert history.signals_sent("release") == 1
+        assert fakes.records[handle.id]["status"] is ProcessStatus.COMPLETED
+        rec.save("process_cancelled_while_completing", history)
+
+
+async def options_out_of_range(rec: Recording) -> None:
+    """Started without the starters' check, with an approval timeout past the year 9999: the
+    process fails ``error`` at once, its record marked, instead of failing a task for ever."""
+    async with harness(rec.client) as h:
+        handle = await start(h, approval_timeout=timedelta(days=3_000_000))
+        history = await rec.failed(handle, FailureReason.ERROR)
+        assert not history.activities("request_lock")
+        assert h.fakes.records[handle.id]["status"] is ProcessStatus.FAILED
+        rec.save("process_options_out_of_range", history)
 
 
 async def error_record_missing(rec: Recording) -> None:
@@ -515,6 +558,8 @@ SCENARIOS = [
     cancelled_during_activity,
     cancelled_while_sending,
     cancelled_during_cleanup,
+    cancelled_while_completing,
+    options_out_of_range,
     error_record_missing,
     error_lease_revoked,
     retried_create,
