@@ -2,29 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.api.common.v1 import Payloads
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
+from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common import tracing
 from workflows.lock_queue import LockQueue
 from workflows.messages import (
+    LOCK_CANCEL_SIGNAL,
+    LOCK_GRANTED_SIGNAL,
+    LOCK_RELEASE_SIGNAL,
     LOCK_REQUEST_SIGNAL,
+    LOCK_REVOKED_SIGNAL,
     STATE_QUERY,
     CheckHolder,
+    FailureReason,
     HolderLiveness,
+    Lease,
+    LockCancel,
+    LockGranted,
+    LockRelease,
+    LockRequest,
+    LockRevoked,
     MutexCounters,
     MutexInput,
     MutexState,
     ProcessState,
     RecoverMutex,
     RequestLock,
+    UpdateProcessStatus,
     mutex_workflow_id,
 )
 
 # The mutex is started by type name so this module never imports workflow code.
 MUTEX_WORKFLOW_TYPE = "MutexWorkflow"
+# The lease end the mutex gives where ``granted_at + lease_timeout`` overflows (its ``_later``).
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+T = TypeVar("T")
 
 
 @activity.defn(name="request_lock")
@@ -109,6 +133,10 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
 MAX_TAKE_OVER_CHAIN = 20
 
 
+# From this attempt on, a closed run whose replay keeps failing is read from its events instead.
+READ_EVENTS_FROM_ATTEMPT = 3
+
+
 async def _last_state(resource: str, run_id: str) -> MutexState | None:
     handle = activity.client().get_workflow_handle(mutex_workflow_id(resource), run_id=run_id)
     try:
@@ -118,7 +146,140 @@ async def _last_state(resource: str, run_id: str) -> MutexState | None:
             activity.logger.warning("closed mutex run %s is gone; nothing to take over", run_id)
             return None
         raise
+    except WorkflowQueryFailedError as err:
+        # The worker could not replay the run (a nondeterminism, or a task that failed every
+        # time, as a lease past the year 9999 did before it was clamped). Retrying the query
+        # would wait forever, and the new run grants nothing meanwhile: after a few attempts
+        # (a replay can fail once under load), read the run's events instead.
+        if activity.info().attempt < READ_EVENTS_FROM_ATTEMPT:
+            raise
+        activity.logger.error(
+            "closed mutex run %s cannot be replayed (%s); taking over from its events", run_id, err
+        )
+        events = [event async for event in handle.fetch_history_events()]
+        return state_from_events(resource, events, activity.payload_converter())
     return state
+
+
+def state_from_events(
+    resource: str, events: Sequence[HistoryEvent], converter: PayloadConverter
+) -> MutexState:
+    """A closed run's last state from its events alone, for a run no worker can replay.
+
+    What it must assume: every grant the run sent (a ``lock_granted`` signal) holds the lock
+    until the history shows it ended, by a matching release, a cancel of its request, a grant
+    that failed, a revocation, or the holder's record marked abandoned; a grant a failed task
+    only meant to send was never sent, so nobody holds it. Whatever it cannot tell errs on the
+    side of a holder: a release deferred during the run's own take-over is not applied, and a
+    lease whose request it cannot find never expires. The liveness check frees such a holder
+    once its run has closed, so the cost is a wait, never a second holder.
+
+    Not read from the events: what the run counted, and abandon marks it started itself (the
+    ones it was handed at its start are kept), so such a record may stay ``in-progress``.
+    """
+
+    def decode(payloads: Payloads, kind: type[T]) -> T:
+        value: T = converter.from_payloads(list(payloads.payloads), [kind])[0]
+        return value
+
+    state = MutexState(resource=resource)
+    queue = LockQueue()
+    holder: Lease | None = None
+    requests: dict[str, LockRequest] = {}  # the last request seen for each id
+    grants: dict[int, Lease] = {}  # by the event that sent the grant
+    recovering: set[int] = set()  # recover_mutex scheduled (this run took over from another)
+    next_lease_id = 1
+    for event in events:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            started = decode(event.workflow_execution_started_event_attributes.input, MutexInput)
+            if started.state is not None:
+                state = started.state
+                queue = LockQueue(state.queue)
+                holder = state.holder
+                next_lease_id = state.next_lease_id
+                requests.update((r.request_id, r) for r in state.queue)
+            elif started.previous_run_id is not None:
+                # Still taking over until recover_mutex's answer shows up below.
+                state = state.model_copy(update={"taking_over_from": started.previous_run_id})
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signaled = event.workflow_execution_signaled_event_attributes
+            if signaled.signal_name == LOCK_REQUEST_SIGNAL:
+                request = decode(signaled.input, LockRequest)
+                requests[request.request_id] = request
+                held = holder is not None and holder.request_id == request.request_id
+                if request.request_id not in queue and not held:
+                    queue.enqueue(request)
+            elif signaled.signal_name == LOCK_RELEASE_SIGNAL:
+                release = decode(signaled.input, LockRelease)
+                if (
+                    holder is not None
+                    and holder.lease_id == release.lease_id
+                    and holder.request_id == release.request_id
+                ):
+                    holder = None
+            elif signaled.signal_name == LOCK_CANCEL_SIGNAL:
+                cancel = decode(signaled.input, LockCancel)
+                queue.remove(cancel.request_id)
+                if holder is not None and holder.request_id == cancel.request_id:
+                    holder = None
+        elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            sent = event.signal_external_workflow_execution_initiated_event_attributes
+            if sent.signal_name == LOCK_GRANTED_SIGNAL:
+                grant = decode(sent.input, LockGranted)
+                queue.remove(grant.request_id)
+                asked = requests.get(grant.request_id)
+                granted_at = event.event_time.ToDatetime(tzinfo=UTC)
+                holder = Lease(
+                    request_id=grant.request_id,
+                    holder_workflow_id=sent.workflow_execution.workflow_id,
+                    lease_id=grant.lease_id,
+                    granted_at=granted_at,
+                    expires_at=_expiry(granted_at, asked.lease_timeout) if asked else END_OF_TIME,
+                    holder_run_id=asked.requester_run_id if asked else None,
+                )
+                grants[event.event_id] = holder
+                next_lease_id = max(next_lease_id, grant.lease_id + 1)
+            elif sent.signal_name == LOCK_REVOKED_SIGNAL:
+                revoked = decode(sent.input, LockRevoked)
+                if holder is not None and holder.lease_id == revoked.lease_id:
+                    holder = None
+        elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_FAILED:
+            failed = event.signal_external_workflow_execution_failed_event_attributes
+            if holder is not None and grants.get(failed.initiated_event_id) is holder:
+                holder = None
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled = event.activity_task_scheduled_event_attributes
+            if scheduled.activity_type.name == "recover_mutex":
+                recovering.add(event.event_id)
+            elif scheduled.activity_type.name == "update_process_status" and holder is not None:
+                update = decode(scheduled.input, UpdateProcessStatus)
+                if (
+                    update.reason == FailureReason.ABANDONED
+                    and update.process_id == holder.holder_workflow_id
+                    and (update.message or "").endswith(f"lease {holder.lease_id}")
+                ):
+                    holder = None
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            completed = event.activity_task_completed_event_attributes
+            if completed.scheduled_event_id in recovering:
+                arrived = state.model_copy(
+                    update={"holder": None, "queue": queue.as_list(), "taking_over_from": None}
+                )
+                answer = completed.result.payloads
+                recovered = (
+                    None
+                    if not answer or answer[0].data == b"null"
+                    else decode(completed.result, MutexState)
+                )
+                state = adopted(arrived, recovered)
+                queue = LockQueue(state.queue)
+                holder = state.holder
+                next_lease_id = max(next_lease_id, state.next_lease_id)
+                requests.update((r.request_id, r) for r in state.queue)
+    return state.model_copy(
+        update={"holder": holder, "queue": queue.as_list(), "next_lease_id": next_lease_id}
+    )
 
 
 def adopted(later: MutexState, earlier: MutexState | None) -> MutexState:
@@ -205,3 +366,10 @@ async def check_holder(holder: CheckHolder) -> HolderLiveness:
                 current_lock=lock,
             )
     return HolderLiveness(workflow_id=holder.workflow_id, running=False, status=name)
+
+
+def _expiry(granted_at: datetime, lease_timeout: timedelta) -> datetime:
+    try:
+        return granted_at + lease_timeout
+    except OverflowError:
+        return END_OF_TIME if lease_timeout > timedelta(0) else datetime.min.replace(tzinfo=UTC)

@@ -1,10 +1,13 @@
-"""MutexWorkflow against an operator's cancel mid-take-over, a DynamoDB outage at
-continue-as-new, and a request whose values overflow a deadline (time-skipping server).
+"""MutexWorkflow against what operators and bad values do to it (time-skipping server): a cancel
+mid-take-over, a run terminated mid-take-over, a closed run no worker can replay, a DynamoDB
+outage at continue-as-new, a request whose lease overflows a deadline.
 
-Each test failed on the code before the patches ``mutex-take-over-ignores-cancel`` and
-``mutex-carries-abandon-marks`` (and the deadline clamp ``_later``): the mutex closed on the
-cancel and the next run granted a second holder; no grant went out until DynamoDB answered; one
-request failed every workflow task of the mutex, for good.
+Each test failed on the code before it: the mutex closed on the cancel and the next run granted a
+second holder (patch ``mutex-take-over-ignores-cancel``); a run taking over from a run terminated
+mid-take-over granted beside the old holder, and one that could not replay the closed run waited
+forever (``recover_mutex``); no grant went out until DynamoDB answered (patch
+``mutex-carries-abandon-marks``); one request failed every workflow task of the mutex, for good
+(the clamp ``_later``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -25,9 +28,11 @@ from activities.mutex import closed_mutex_run
 from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.requester import Requester
 from workflows.messages import (
+    LOCK_GRANTED_SIGNAL,
     LOCK_RELEASE_SIGNAL,
     LOCK_REQUEST_SIGNAL,
     FailureReason,
+    LockGranted,
     LockRelease,
     LockRequest,
     MutexInput,
@@ -334,3 +339,92 @@ async def test_a_run_terminated_mid_take_over_is_looked_through_to_the_run_it_wa
             assert not await _granted(waiter, "w")
             await holder.signal(Requester.let_go)
             await eventually(lambda: _granted(waiter, "w"), what="W granted after H released")
+
+
+@workflow.defn(name="MutexWorkflow", sandboxed=False)
+class _UnreadableMutex:
+    """A mutex run today's ``MutexWorkflow`` cannot replay (as a run wedged by an older bug, or
+    written by code since changed without a patch): it grants the first request it gets, a
+    second later, with lease 7."""
+
+    def __init__(self) -> None:
+        self._requests: list[LockRequest] = []
+
+    @workflow.run
+    async def run(self, input: MutexInput) -> None:
+        await workflow.wait_condition(lambda: bool(self._requests))
+        # MutexWorkflow grants at once: the timer where its grant should be breaks its replay.
+        await workflow.sleep(timedelta(seconds=1))
+        first = self._requests[0]
+        await workflow.get_external_workflow_handle(first.requester_workflow_id).signal(
+            LOCK_GRANTED_SIGNAL,
+            LockGranted(resource=input.resource, request_id=first.request_id, lease_id=7),
+        )
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal(name=LOCK_REQUEST_SIGNAL)
+    def request(self, request: LockRequest) -> None:
+        self._requests.append(request)
+
+
+async def test_a_closed_run_no_worker_can_replay_is_taken_over_from_its_history(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A, which today's code cannot replay, granted H and queued W, and was terminated. The
+    next run cannot query A's state (the replay fails): it must still take over, from what A's
+    history shows (H holds lease 7, W waits), and not grant W while H holds the lock.
+
+    Before, ``recover_mutex`` retried the failing query forever and nothing was granted again."""
+    client = time_env.client
+    resource = f"res-{uuid.uuid4().hex[:8]}"
+    mutex_queue, requester_queue = f"tq-{uuid.uuid4()}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    async with Worker(client, task_queue=requester_queue, workflows=[Requester]):
+        holder = await client.start_workflow(
+            Requester.run, "h", id=holder_id, task_queue=requester_queue
+        )
+        waiter = await client.start_workflow(
+            Requester.run, "w", id=waiter_id, task_queue=requester_queue
+        )
+        async with Worker(client, task_queue=mutex_queue, workflows=[_UnreadableMutex]):
+            run_a = await client.start_workflow(
+                "MutexWorkflow",
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=mutex_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(holder_id, "h")],
+            )
+            await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+            await run_a.signal(LOCK_REQUEST_SIGNAL, _request(waiter_id, "w"))
+            await run_a.terminate("operator error")
+        fakes = Fakes()
+        with ThreadPoolExecutor(4) as executor:
+            async with Worker(
+                client,
+                task_queue=mutex_queue,
+                workflows=[MutexWorkflow],
+                activities=fakes.activities(),
+                activity_executor=executor,
+            ):
+                run_b = await client.start_workflow(
+                    MutexWorkflow.run,
+                    MutexInput(resource=resource, previous_run_id=run_a.result_run_id),
+                    id=mutex_id,
+                    task_queue=mutex_queue,
+                )
+
+                async def taken_over() -> bool:
+                    state = await run_b.query(MutexWorkflow.state)
+                    return state.recovered_from == run_a.result_run_id
+
+                await eventually(taken_over, what="run B to take over from A's history")
+                state = await run_b.query(MutexWorkflow.state)
+                assert state.holder is not None
+                assert (state.holder.holder_workflow_id, state.holder.lease_id) == (holder_id, 7)
+                assert [r.request_id for r in state.queue] == ["w"]
+                assert state.next_lease_id > 7
+                assert not await _granted(waiter, "w")
+                await holder.signal(Requester.let_go)  # releases lease 7
+                await eventually(lambda: _granted(waiter, "w"), what="W granted after H")

@@ -1,0 +1,65 @@
+"""``state_from_events``: a closed mutex run's state read from its events, for a run no worker can
+replay. Checked against every recorded mutex history, whose last state is known: the state a run
+handed on at continue-as-new, or nobody holding or waiting (each recording ends idle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+
+from activities.mutex import state_from_events
+from common.payloads import DATA_CONVERTER
+from workflows.messages import MutexInput
+
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
+MUTEX = sorted(
+    p for p in HISTORIES.glob("*/*.json") if "mutex" in p.stem and "process" not in p.stem
+)
+CONVERTER = DATA_CONVERTER.payload_converter
+
+
+def _history(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, path.read_text())
+
+
+@pytest.mark.parametrize("path", MUTEX, ids=[f"{p.parent.name}/{p.stem}" for p in MUTEX])
+def test_the_state_read_from_events_is_the_state_the_run_ended_with(path: Path) -> None:
+    events = list(_history(path).events)
+    state = state_from_events("any", events, CONVERTER)
+    last = events[-1]
+    if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+        attributes = last.workflow_execution_continued_as_new_event_attributes
+        (carried,) = CONVERTER.from_payloads(list(attributes.input.payloads), [MutexInput])
+        assert carried.state is not None
+        expected = carried.state
+        assert (state.holder and state.holder.lease_id) == (
+            expected.holder and expected.holder.lease_id
+        )
+        assert (state.holder and state.holder.holder_workflow_id) == (
+            expected.holder and expected.holder.holder_workflow_id
+        )
+        assert [r.request_id for r in state.queue] == [r.request_id for r in expected.queue]
+        assert state.next_lease_id == expected.next_lease_id
+    else:
+        assert state.holder is None, state.holder
+        assert not state.queue
+    assert state.taking_over_from is None
+
+
+def test_a_run_closed_before_its_take_over_answered_is_still_taking_over() -> None:
+    (path,) = [p for p in MUTEX if p.parent.name == "v5" and p.stem == "mutex_takeover_terminated"]
+    events = list(_history(path).events)
+    answered = next(
+        i
+        for i, e in enumerate(events)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    )
+    state = state_from_events("any", events[:answered], CONVERTER)
+    started = events[0].workflow_execution_started_event_attributes
+    (given,) = CONVERTER.from_payloads(list(started.input.payloads), [MutexInput])
+    assert given.previous_run_id is not None
+    assert state.taking_over_from == given.previous_run_id
+    assert state.holder is None
