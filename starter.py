@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.client import Client, WorkflowHandle
 
@@ -25,6 +25,7 @@ from workflows.messages import (
 )
 
 PROCESS_WORKFLOW = "ProcessWorkflow"
+T = TypeVar("T")
 
 
 class StarterSettings(Settings):
@@ -99,33 +100,37 @@ def check_heartbeat_timeout(options: ProcessOptions, min_interval: timedelta) ->
         )
 
 
+class InboxUnreachable(Exception):
+    """The local inbox refused the connection (or its host is unknown): nobody listens there."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the inbox at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
 async def wait_for_approval_link(
-    inbox_url: str, process_id: str, wait: float, poll_interval: float = 0.2
+    inbox_url: str,
+    process_id: str,
+    wait: float,
+    poll_interval: float = 0.2,
+    *,
+    patient: bool = True,
 ) -> tuple[str, str | None] | None:
     """The approve and reject links the workflow mailed, read from the local inbox.
 
-    None when the inbox cannot be reached or the mail did not arrive in time.
+    None when the mail did not arrive in time (or, ``patient``, the inbox could not be reached
+    meanwhile). Not ``patient``, an inbox that refuses the connection raises
+    ``InboxUnreachable`` at once: see ``_read_inbox``.
     """
-    import aiohttp  # here: of the CLI's commands only start needs it (0.2 s of CPU to import)
 
-    url = f"{inbox_url.rstrip('/')}/messages.json"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    request_timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=request_timeout) as http:
-        while True:
-            try:
-                async with http.get(url, params={"process_id": process_id}) as response:
-                    if response.status == 200:
-                        messages = (await response.json()).get("messages", [])
-                        for message in messages:
-                            if message.get("approve_url"):
-                                return message["approve_url"], message.get("reject_url")
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass  # not up yet, or not there at all: the deadline decides
-            if loop.time() + poll_interval > deadline:
-                return None
-            await asyncio.sleep(poll_interval)
+    def links(messages: list[dict[str, Any]]) -> tuple[str, str | None] | None:
+        for message in messages:
+            if message.get("approve_url"):
+                return message["approve_url"], message.get("reject_url")
+        return None
+
+    return await _read_inbox(inbox_url, process_id, wait, poll_interval, links, patient)
 
 
 async def wait_for_approver_links(
@@ -134,28 +139,68 @@ async def wait_for_approver_links(
     approvers: Sequence[str],
     wait: float,
     poll_interval: float = 0.2,
+    *,
+    patient: bool = True,
 ) -> dict[str, str]:
     """Each named approver's own approve link, read from their mail in the local inbox.
 
-    Returns the links that arrived within ``wait`` seconds (all of them, or fewer).
+    Returns the links that arrived within ``wait`` seconds (all of them, or fewer); not
+    ``patient``, raises ``InboxUnreachable`` as ``wait_for_approval_link`` does.
     """
-    import aiohttp  # here, as above
+    found: dict[str, str] = {}
+
+    def all_found(messages: list[dict[str, Any]]) -> dict[str, str] | None:
+        for message in messages:
+            approver = message.get("approver")
+            if isinstance(approver, str) and approver in approvers and message.get("approve_url"):
+                found.setdefault(approver, message["approve_url"])
+        return found if set(approvers) <= set(found) else None
+
+    await _read_inbox(inbox_url, process_id, wait, poll_interval, all_found, patient)
+    return {a: found[a] for a in approvers if a in found}
+
+
+async def _read_inbox(
+    inbox_url: str,
+    process_id: str,
+    wait: float,
+    poll_interval: float,
+    done: Callable[[list[dict[str, Any]]], T | None],
+    patient: bool,
+) -> T | None:
+    """Read the process's mail from the inbox until ``done`` says it is all there, or ``wait``.
+
+    A refused connection is waited out when ``patient`` (``make run``'s inbox may still be
+    starting); otherwise it is said at once: nobody listens at that address, so waiting the
+    whole ``wait`` for mail would only blame the worker (the CLI, issue: 15 s then "is the
+    worker running?" while the worker was fine and the inbox URL wrong).
+    """
+    import aiohttp  # here: of the CLI's commands only start needs it (0.2 s of CPU to import)
 
     url = f"{inbox_url.rstrip('/')}/messages.json"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    found: dict[str, str] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         while True:
             try:
                 async with http.get(url, params={"process_id": process_id}) as response:
                     if response.status == 200:
-                        for message in (await response.json()).get("messages", []):
-                            approver = message.get("approver")
-                            if approver in approvers and message.get("approve_url"):
-                                found.setdefault(approver, message["approve_url"])
+                        result = done((await response.json()).get("messages", []))
+                        if result is not None:
+                            return result
+            except aiohttp.ClientConnectorError as err:
+                if not patient:
+                    raise InboxUnreachable(inbox_url, _connect_failure(err)) from err
             except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass  # not up yet, or not there at all: the deadline decides
-            if set(approvers) <= set(found) or loop.time() + poll_interval > deadline:
-                return {a: found[a] for a in approvers if a in found}
+                pass  # a slow or odd answer: the deadline decides
+            if loop.time() + poll_interval > deadline:
+                return None
             await asyncio.sleep(poll_interval)
+
+
+def _connect_failure(err: OSError) -> str:
+    """ "connection refused", or what the system said (an unknown host, no route)."""
+    cause = getattr(err, "os_error", err)
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    return cause.strerror or str(cause) if isinstance(cause, OSError) else str(cause)

@@ -30,8 +30,9 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from cli.output import CliError, program, when
 from cli.queries import closed_by, describe, query_state, status_to_tell
 from cli.settings import CliSettings
+from cli.start import inbox_hint
 from cli.status import normalise_process_id, process_id_argument
-from starter import PROCESS_WORKFLOW, wait_for_approval_link
+from starter import PROCESS_WORKFLOW, InboxUnreachable, wait_for_approval_link
 from workflows.lock_queue import describe as describe_priority
 from workflows.messages import (
     CommandName,
@@ -60,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=15.0,
         metavar="SECONDS",
-        help="when it asks for approval again: how long to wait for the mail in the local inbox",
+        help="when it asks for approval again: how long to wait for the new approval mail in "
+        "the local inbox (0: not at all); it never waits for the redrive to run",
     )
 
 
@@ -102,9 +104,14 @@ async def run(
             f"({status_to_tell(taken) or (taken.status.name if taken.status else '?')}); "
             "redrive that one if it failed"
         ) from err
-    link = None
+    link = unreachable = None
     if redrive.approval is None and settings.inbox_url and args.wait > 0:
-        links = await wait_for_approval_link(settings.inbox_url, new_id, args.wait)
+        try:
+            links = await wait_for_approval_link(
+                settings.inbox_url, new_id, args.wait, patient=False
+            )
+        except InboxUnreachable as err:
+            links, unreachable = None, inbox_hint(err)
         link = links[0] if links else None
     document = {
         "process_id": new_id,
@@ -117,8 +124,9 @@ async def run(
             name.value for name in CommandName if name not in redrive.succeeded
         ),
         "approval_link": link,
+        "inbox_error": unreachable,
     }
-    return document, render(new_id, redrive, failed_input, state, link, closed)
+    return document, render(new_id, redrive, failed_input, state, link, closed, unreachable)
 
 
 async def read_history(
@@ -180,9 +188,11 @@ def render(
     state: ProcessState,
     link: str | None,
     closed: str | None = None,
+    unreachable: str | None = None,
 ) -> str:
     """``closed``: Temporal's status when Temporal closed the process by itself (terminated,
-    timed out): its state is then as it last wrote it, not a failure (``common.closed``)."""
+    timed out): its state is then as it last wrote it, not a failure (``common.closed``).
+    ``unreachable``: why the local inbox could not be read for the new approval link."""
     options = failed.options
     if closed is not None:
         ended = f"It was {closed} in Temporal at stage {state.stage.value}, before it finished"
@@ -194,7 +204,8 @@ def render(
     if approval is not None:
         lines.append(f"Approval kept: {approval.decided_by}, {when(approval.decided_at)}")
     else:
-        lines.append("Approval: asked again" + (f": {link}" if link else " (mailed)"))
+        mailed = f" (mailed; {unreachable})" if unreachable else " (mailed)"
+        lines.append("Approval: asked again" + (f": {link}" if link else mailed))
     for name in CommandName:
         kept = redrive.succeeded.get(name)
         if kept is not None:

@@ -17,7 +17,13 @@ from temporalio.client import Client
 
 from cli.output import EXIT_USAGE, CliError, program
 from cli.settings import CliSettings
-from starter import Started, start_process, wait_for_approval_link, wait_for_approver_links
+from starter import (
+    InboxUnreachable,
+    Started,
+    start_process,
+    wait_for_approval_link,
+    wait_for_approver_links,
+)
 from workflows.lock_queue import describe
 from workflows.messages import (
     DEFAULT_LOCK_PRIORITY,
@@ -199,17 +205,12 @@ async def run(
     except InvalidProcessOptions as err:
         raise CliError(f"invalid process options: {err}", EXIT_USAGE) from err
     policy = options.approval
+    unreachable = None
     if settings.inbox_url and args.wait > 0:
-        if policy.named:
-            ids = [a.id for a in policy.approvers]
-            found = await wait_for_approver_links(
-                settings.inbox_url, started.process_id, ids, args.wait
-            )
-            started = Started(started.process_id, started.run_id, approver_links=found)
-        else:
-            links = await wait_for_approval_link(settings.inbox_url, started.process_id, args.wait)
-            if links is not None:
-                started = Started(started.process_id, started.run_id, links[0], links[1])
+        try:
+            started = await read_links(settings.inbox_url, started, policy, args.wait)
+        except InboxUnreachable as err:
+            unreachable = inbox_hint(err)
     shared = {"*": started.approve_url} if started.approve_url else {}
     document = {
         "process_id": started.process_id,
@@ -220,11 +221,37 @@ async def run(
         "approval_links": started.approver_links if policy.named else shared,
         "approval_policy": policy.model_dump(mode="json"),
         "lock": {"resource": options.lock_resource, "priority": options.lock_priority},
+        "inbox_error": unreachable,
     }
     lock = None
     if args.resource is not None or args.priority is not None:
         lock = f"{options.lock_resource}, priority {describe(options.lock_priority)}"
-    return document, render_started(started, settings, args.wait, policy, lock)
+    return document, render_started(started, settings, args.wait, policy, lock, unreachable)
+
+
+async def read_links(
+    inbox_url: str, started: Started, policy: ApprovalPolicy, wait: float
+) -> Started:
+    """The links the workflow mailed, from the local inbox; ``InboxUnreachable`` at once if
+    nothing listens there (not after ``wait``, blaming the worker)."""
+    if policy.named:
+        ids = [a.id for a in policy.approvers]
+        found = await wait_for_approver_links(
+            inbox_url, started.process_id, ids, wait, patient=False
+        )
+        return Started(started.process_id, started.run_id, approver_links=found)
+    links = await wait_for_approval_link(inbox_url, started.process_id, wait, patient=False)
+    if links is None:
+        return started
+    return Started(started.process_id, started.run_id, links[0], links[1])
+
+
+def inbox_hint(err: InboxUnreachable) -> str:
+    """An unreachable inbox, and what to set: the process started and mails its links anyway."""
+    return (
+        f"{err} (APPROVAL_INBOX_URL: the inbox `make run` printed, or empty when approvers get "
+        "real mail); the process runs and its mail goes out all the same"
+    )
 
 
 def render_started(
@@ -233,10 +260,15 @@ def render_started(
     waited: float,
     policy: ApprovalPolicy | None = None,
     lock: str | None = None,
+    unreachable: str | None = None,
 ) -> str:
     lines = [f"Process: {started.process_id}"]
     if policy is not None and policy.named:
-        lines += _approver_lines(started, settings, waited, policy)
+        lines += _approver_lines(started, settings, waited, policy, unreachable)
+        if unreachable:
+            lines.append(f"Inbox: {unreachable}")
+    elif unreachable:
+        lines.append(f"Approval link: {unreachable}")
     elif started.approve_url:
         lines.append(f"Approval link: {started.approve_url}")
         if started.reject_url:
@@ -259,7 +291,11 @@ def render_started(
 
 
 def _approver_lines(
-    started: Started, settings: CliSettings, waited: float, policy: ApprovalPolicy
+    started: Started,
+    settings: CliSettings,
+    waited: float,
+    policy: ApprovalPolicy,
+    unreachable: str | None = None,
 ) -> list[str]:
     lines = ["Approval links (each decides for its own approver only):"]
     width = max(len(_who(a)) for a in policy.approvers)
@@ -269,6 +305,8 @@ def _approver_lines(
             link = (
                 "mailed to them (no local inbox configured)"
                 if not settings.inbox_url
+                else "mailed to them (the inbox cannot be reached: see below)"
+                if unreachable
                 else f"see the inbox at {settings.inbox_url}"
                 if waited <= 0
                 else f"not in the inbox after {waited:g} s (is the worker running?)"

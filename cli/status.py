@@ -119,7 +119,8 @@ def render_state(
     ]
     if state.redriven_from:
         rows.append(("redrive", f"{state.redrive_count} of {state.redriven_from}"))
-    rows += approval_rows(state.approval)
+    # A closed process waits for nothing: its undecided round ended with it.
+    rows += approval_rows(state.approval, ended=state.status.is_final or closed is not None)
     lock = state.lock
     lock_text: str = lock.status
     if lock.status == "held":
@@ -190,8 +191,11 @@ def _compact(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def approval_rows(approval: ApprovalState) -> list[tuple[str, str]]:
-    """The decision, each named approver, and every mail sent: reminders and escalation too."""
+def approval_rows(approval: ApprovalState, ended: bool = False) -> list[tuple[str, str]]:
+    """The decision, each named approver, and every mail sent: reminders and escalation too.
+
+    ``ended``: the process has ended (cancelled, failed, terminated, ...), so a round with no
+    decision ended undecided; the state it last wrote still says "waiting"."""
     named = [a for a in approval.approvers if a.role != "anyone"]
     rows: list[tuple[str, str]] = []
     if approval.decision:
@@ -201,6 +205,13 @@ def approval_rows(approval: ApprovalState) -> list[tuple[str, str]]:
         rows.append(("approval", decided))
         if named and approval.summary:
             rows.append(("", approval.summary))
+    elif ended:
+        if not approval.deadline:
+            rows.append(("approval", "never asked: the process ended first"))
+        else:
+            tally = f" ({approval.approvals} of {approval.required} approvals)" if named else ""
+            text = f"ended undecided{tally}: the process ended before a decision"
+            rows.append(("approval", f"{text}; deadline was {when(approval.deadline)}"))
     elif approval.deadline:
         if named and approval.summary:
             rows.append(("approval", f"{approval.summary}; deadline {when(approval.deadline)}"))
@@ -210,7 +221,7 @@ def approval_rows(approval: ApprovalState) -> list[tuple[str, str]]:
         rows.append(("approval", "not asked yet"))
     for person in named:
         label = "escalated to" if person.role == "escalation" else "approver"
-        rows.append((label, _approver(person)))
+        rows.append((label, _approver(person, ended)))
     if named or len(approval.notices) > 1:
         for notice in approval.notices:
             to = ", ".join(_name_of(approval, i) for i in notice.to)
@@ -221,11 +232,15 @@ def approval_rows(approval: ApprovalState) -> list[tuple[str, str]]:
     return rows
 
 
-def _approver(approver: ApproverState) -> str:
+def _approver(approver: ApproverState, ended: bool = False) -> str:
     who = f"{approver.name} <{approver.id}>" if approver.name else approver.id
     if approver.decision:
         comment = f' "{approver.comment}"' if approver.comment else ""
         text = f"{who}: {approver.decision} at {when(approver.decided_at)}{comment}"
+    elif ended:
+        text = f"{who}: did not decide"
+        if approver.invited_at:
+            text += f" (asked {when(approver.invited_at)})"
     else:
         text = f"{who}: waiting"
         if approver.invited_at:

@@ -24,7 +24,7 @@ from cli.output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output, program
 from cli.settings import CliSettings
 from cli.start import process_options, render_started
 from cli.status import approval_rows, normalise_process_id, render_state
-from starter import Started, wait_for_approval_link
+from starter import InboxUnreachable, Started, wait_for_approval_link, wait_for_approver_links
 from tests.support.http import serving
 from tests.support.moto_server import free_loopback_port
 from workflows.messages import (
@@ -446,8 +446,43 @@ async def test_start_waits_for_the_link_in_the_inbox() -> None:
 
 
 async def test_no_inbox_means_no_link() -> None:
+    """``make run``'s banner is patient: its inbox may still be starting."""
     inbox = f"http://127.0.0.1:{free_loopback_port()}"
     assert await wait_for_approval_link(inbox, "process-1", wait=0.1, poll_interval=0.02) is None
+
+
+async def test_an_inbox_nobody_listens_at_is_said_at_once(time_env: WorkflowEnvironment) -> None:
+    """Before, ``start`` waited its 15 s and said "not in the inbox ... (is the worker
+    running?)" while the worker was fine and the inbox refused the connection."""
+    inbox = f"http://127.0.0.1:{free_loopback_port()}"
+    with pytest.raises(InboxUnreachable) as unreachable:
+        await wait_for_approval_link(inbox, "process-1", wait=600, patient=False)
+    assert unreachable.value.reason == "connection refused"
+    with pytest.raises(InboxUnreachable):
+        await wait_for_approver_links(inbox, "process-1", ["a@x"], wait=600, patient=False)
+
+    settings = CliSettings(inbox_url=inbox)
+    for argv in (
+        ["start", "--requested-by", "x"],
+        ["start", "--requested-by", "x", "--approver", "a@x"],
+    ):
+        out = io.StringIO()
+        args = build_parser().parse_args(argv)
+        await execute(args, time_env.client, settings, Output(False, out))
+        text = out.getvalue()
+        said = (
+            f"cannot reach the inbox at {inbox}: connection refused (APPROVAL_INBOX_URL: the "
+            "inbox `make run` printed, or empty when approvers get real mail); the process runs "
+            "and its mail goes out all the same"
+        )
+        assert said in text, text
+        assert "is the worker running?" not in text
+    args = build_parser().parse_args(["start", "--requested-by", "x", "--json"])
+    out = io.StringIO()
+    await execute(args, time_env.client, settings, Output(True, out))
+    document = json.loads(out.getvalue())
+    assert document["approval_link"] is None
+    assert document["inbox_error"].startswith(f"cannot reach the inbox at {inbox}: connection")
 
 
 async def test_a_reader_that_stops_early_is_not_an_error(time_env: WorkflowEnvironment) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from cli.start import process_options
 from cli.status import render_state
 from workflows.messages import (
     ApprovalState,
+    ApproverState,
     CommandName,
     CommandState,
     FailureReason,
@@ -158,6 +160,59 @@ def test_status_shows_heartbeats_progress_and_where_a_redrive_came_from() -> Non
     )
 
 
+def test_a_process_closed_while_awaiting_approval_is_not_shown_waiting() -> None:
+    """Before, a process cancelled while awaiting approval showed ``approval  waiting,
+    deadline ...`` next to ``failure  cancelled``: its own last state, as if it still waited."""
+    cancelled = state(
+        stage=Stage.FAILED,
+        approval=ApprovalState(deadline=T0 + timedelta(hours=1)),
+        failure_reason=FailureReason.CANCELLED,
+        failure_message="cancelled by an operator",
+    )
+    rows = status_rows(render_state(cancelled, "CANCELED"))
+    assert rows["approval"] == (
+        "ended undecided: the process ended before a decision; deadline was 2026-01-02 04:04:05 UTC"
+    )
+    assert rows["failure"].startswith("cancelled")
+
+    # Terminated (Temporal closed it; its own status still says pending), with named approvers.
+    named = ApprovalState(
+        deadline=T0 + timedelta(hours=1),
+        required=2,
+        approvers=[
+            ApproverState(id="a@x", decision="approved", decided_at=T0, decided_by="a@x"),
+            ApproverState(id="b@x", invited_at=T0),
+        ],
+        approvals=1,
+        summary="1 of 2 approvals; waiting for b@x",
+    )
+    terminated = state(
+        status=ProcessStatus.PENDING,
+        stage=Stage.AWAITING_APPROVAL,
+        approval=named,
+        failure_reason=None,
+    )
+    text = render_state(terminated, "TERMINATED", closed="terminated")
+    assert not re.search(r"\bwaiting\b", text), text
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert (
+        "approval ended undecided (1 of 2 approvals): the process ended before a decision; "
+        "deadline was 2026-01-02 04:04:05 UTC"
+    ) in lines
+    assert "approver b@x: did not decide (asked 2026-01-02 03:04:05 UTC)" in lines
+
+    # Still running: still waiting.
+    running = state(
+        status=ProcessStatus.PENDING,
+        stage=Stage.AWAITING_APPROVAL,
+        approval=ApprovalState(deadline=T0 + timedelta(hours=1)),
+        failure_reason=None,
+    )
+    assert status_rows(render_state(running, "RUNNING"))["approval"] == (
+        "waiting, deadline 2026-01-02 04:04:05 UTC"
+    )
+
+
 def test_a_redrive_keeps_the_approval_and_what_succeeded() -> None:
     failed = ProcessInput(requested_by="alice")
     redrive = plan("process-1", failed, state())
@@ -202,3 +257,38 @@ def test_a_redrive_of_a_redrive_counts_on_and_keeps_the_original_keys() -> None:
     again = plan("process-1-redrive-1", failed, state(process_id="process-1-redrive-1"))
     assert (again.original_process_id, again.count) == ("process-1", 2)
     assert redrive_process_id(again.original_process_id, again.count) == "process-1-redrive-2"
+
+
+def _help_of(command: str, option: str) -> str:
+    """What ``approval-flow COMMAND --help`` says of ``option``."""
+    parser = build_parser()
+    [commands] = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    sub: argparse.ArgumentParser = commands.choices[command]
+    return next(a.help or "" for a in sub._actions if option in a.option_strings)
+
+
+def _command_row(command: str) -> str:
+    """The row of docs/operations.md's command table for ``command``."""
+    text = (Path(__file__).resolve().parents[2] / "docs/operations.md").read_text()
+    [row] = [line for line in text.splitlines() if line.startswith(f"| `{command} ")]
+    return row
+
+
+@pytest.mark.parametrize(
+    ("command", "waits_for", "help_says"),
+    [
+        ("start", "waits up to 15 s for the approval mail", "approval mail in the local inbox"),
+        ("redrive", "wait for the new approval mail", "new approval mail in the local inbox"),
+        ("cancel", "waits for the close", None),
+    ],
+)
+def test_the_docs_say_what_each_wait_waits_for(
+    command: str, waits_for: str, help_says: str | None
+) -> None:
+    """``redrive --wait`` waits for the mail (as ``start --wait``), not for the redrive (as
+    ``cancel --wait`` waits for the close): the table once listed it beside cancel's, unsaid."""
+    assert waits_for in _command_row(command)
+    if help_says is not None:
+        assert help_says in _help_of(command, "--wait")
