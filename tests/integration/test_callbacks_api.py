@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from common.settings import Settings
 from common.tokens import Purpose, SigningKey, TokenSigner
 from tests.support.http import RawResponse, post_until_closed
 from tests.support.moto_server import free_loopback_port
-from tests.support.processes import alive, children, command_line
+from tests.support.processes import alive, children, command_line, stopped
 from tests.support.temporal import start_dev_server
 from tests.workflow.fakes import Fakes
 from workflows.messages import (
@@ -1177,10 +1178,16 @@ async def test_temporal_frozen_or_killed_after_the_api_connected_may_have_record
     env = await start_dev_server()
     try:
         port = env.client.service_client.config.target_host.rsplit(":", 1)[1]
+        # This test's server: its argv names the port exactly (another server's may contain
+        # it as a substring, e.g. in a longer port number).
         [server] = [
             pid
             for pid in children(os.getpid())
-            if "start-dev" in command_line(pid) and port in " ".join(command_line(pid))
+            if "start-dev" in command_line(pid)
+            and any(
+                flag == "--port" and value == port
+                for flag, value in itertools.pairwise(command_line(pid))
+            )
         ]
         settings = make_settings()
         command = settings.signer.sign(
@@ -1204,6 +1211,12 @@ async def test_temporal_frozen_or_killed_after_the_api_connected_may_have_record
             )
             os.kill(server, signal.SIGSTOP)
             try:
+                # kill() returns before every thread of the server has stopped: post once the
+                # kernel says the whole process is stopped.
+                async def server_stopped() -> bool:
+                    return stopped(server)
+
+                await eventually(server_stopped, bool)
                 response = await http.post(
                     f"/approvals/{approval}",
                     data={

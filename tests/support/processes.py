@@ -14,6 +14,15 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by a signal (SIGSTOP: ``State: T`` in ``/proc``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tT" in status
+
+
 def children(pid: int) -> set[int]:
     """The running children of ``pid``, whichever of its threads started them."""
     found: set[int] = set()
