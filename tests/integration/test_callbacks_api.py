@@ -586,6 +586,47 @@ async def test_an_approval_posted_while_no_worker_runs_is_pending_then_recorded(
         assert "Decision recorded" in await response.text()
 
 
+async def test_in_a_worker_outage_an_open_pages_decision_is_taken_but_no_page_is_shown(
+    stack: Stack,
+) -> None:
+    """What docs/api.md promises a person during a worker outage, and no more: the POST of a
+    page already open is taken (signal first), but the page itself needs a worker to render, so
+    the mailed link shows no form, and a POST without the page's hidden check is refused."""
+    task_queue = f"outage-{uuid.uuid4()}"
+    async with stack.worker(task_queue):
+        process_id = await stack.start_process(task_queue)
+        token = stack.approval_token(process_id)
+        page = await stack.http.get(f"/approvals/{token}")  # opened while the worker runs
+        html = await page.text()
+        assert page.status == 200, html
+        found = re.search(r'name="check" value="([0-9a-f]+)"', html)
+        assert found is not None, html
+        await stack.settled(process_id)
+
+    # A short read, so the test does not wait the page's 5 s (a stopped worker's last poll is
+    # still listed: the query waits its whole deadline, as in the outage reproduced).
+    app = create_app(stack.settings, stack.client, temporal_timeout=timedelta(seconds=1))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+        response = await http.get(f"/approvals/{token}")
+        html = await response.text()
+        assert (response.status, response.headers["Retry-After"]) == (503, "5"), html
+        assert 'name="check"' not in html and "could not be read just now" in html
+
+        response = await http.post(f"/approvals/{token}", data={"decision": "approve"})
+        assert response.status == 400, await response.text()
+
+        form = {"check": found.group(1), "decision": "approve", "name": "Ada"}
+        response = await http.post(f"/approvals/{token}", data=form, allow_redirects=False)
+        assert response.status == 303, await response.text()
+    assert await stack.signals(process_id, "approval_decision") == 1
+
+    async with stack.worker(task_queue):
+        state = await eventually(
+            lambda: stack.state(process_id), lambda s: s.approval.decision is not None
+        )
+    assert (state.approval.decision, state.approval.decided_by) == ("approved", "Ada")
+
+
 async def test_a_process_not_ready_to_be_read_is_503_and_a_delivered_decision_says_so(
     stack: Stack,
 ) -> None:
