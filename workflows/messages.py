@@ -321,7 +321,9 @@ class ProcessOptions(Message):
         }
 
     def check(self) -> None:
-        """Refuse, in one line, options with which a process could outlive its own lease.
+        """Refuse, in one line, options a process cannot run with: a duration or an attempt count
+        out of range, reminders that would flood the history, a lease shorter than the process
+        may hold the lock.
 
         A lease shorter than what the process may need gets it revoked mid-phase, its commands
         fenced off downstream: raising ``command_timeout`` alone must not do that silently. Not a
