@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cli.output import CliError
 from common.closed import closed_by_temporal
-from common.unanswered import diagnose, server_saw_no_poller
+from common.unanswered import diagnose, nobody_to_answer, server_saw_no_poller
 from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY, ProcessState, ProcessStatus
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
@@ -43,8 +44,31 @@ async def query_state(
     Given the ``client``, an unanswered query is explained from what the server shows (no
     worker polls, none of the build the workflow is pinned to, or the worker is busy with this
     workflow: ``common.unanswered``); without it (a caller that only retries) it is only said
-    to be unanswered.
+    to be unanswered. Meanwhile the server is asked whether any worker that could answer polls
+    at all: when none did for ``POLLER_FRESHNESS`` that is said at once, instead of after the
+    query's 10 s (the server itself would refuse it only a second before its deadline).
     """
+    if client is None:
+        return await _query(handle, result_type, None)
+    query = asyncio.ensure_future(_query(handle, result_type, client))
+    look = asyncio.ensure_future(nobody_to_answer(client, handle.id))
+    try:
+        await asyncio.wait({query, look}, return_when=asyncio.FIRST_COMPLETED)
+        if not query.done():
+            absent = await look
+            if absent is not None:
+                return None, absent.reason()
+        return await query
+    finally:
+        for task in (query, look):
+            task.cancel()
+            # Whatever it raised, nobody needs it any more.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+async def _query(
+    handle: WorkflowHandle[Any, Any], result_type: type[Any], client: Client | None
+) -> tuple[Any | None, str | None]:
     try:
         return await handle.query(
             STATE_QUERY, result_type=result_type, rpc_timeout=QUERY_TIMEOUT

@@ -253,6 +253,17 @@ async def diagnose(
     )
 
 
+async def nobody_to_answer(
+    client: Client, workflow_id: str, within: timedelta = DIAGNOSIS_TIMEOUT
+) -> Unanswered | None:
+    """Why no worker can answer a query of ``workflow_id``, if the server shows it already: no
+    worker polled its task queue for ``POLLER_FRESHNESS``, or none of the build it is pinned to.
+    None when one may answer (or the server could not say in time): then wait for the query.
+    """
+    unanswered = await diagnose(client, workflow_id, timedelta(0), within=within)
+    return unanswered if unanswered.why in (Why.NO_POLLER, Why.BUILD_NOT_POLLING) else None
+
+
 def server_saw_no_poller(err: RPCError) -> bool:
     """Whether the server refused a query because no worker that could answer it polls."""
     return err.status == RPCStatusCode.FAILED_PRECONDITION and SERVER_SAW_NO_POLLER in err.message

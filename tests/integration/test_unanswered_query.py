@@ -252,3 +252,26 @@ async def test_a_process_pinned_to_a_build_no_worker_runs_names_the_build_and_th
             assert "try again shortly" not in detail
     finally:
         await handle.terminate("test over")
+
+
+@pytest.mark.duration(3)
+async def test_status_says_no_worker_polls_without_waiting_for_the_query(
+    dev_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, ``approval-flow status`` waited the query's whole deadline (10 s) to say that no
+    worker polls, which the server showed from the start: now it looks meanwhile."""
+    monkeypatch.setattr(cli.queries, "QUERY_TIMEOUT", timedelta(minutes=10))
+    task_queue = f"never-polled-{uuid.uuid4()}"
+    handle = await dev_env.client.start_workflow(
+        HeldWorkflow.run, "unused", id=f"unpolled-{uuid.uuid4()}", task_queue=task_queue
+    )
+    try:
+        # A deadline far below the query's: what is tested is that it is not waited for.
+        async with asyncio.timeout(60):
+            state, problem = await query_state(handle, ProcessState, dev_env.client)
+        assert state is None
+        assert problem is not None and problem.startswith(
+            f"no worker is polling task queue {task_queue}"
+        ), problem
+    finally:
+        await handle.terminate("test over")
