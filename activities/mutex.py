@@ -10,7 +10,12 @@ from temporalio import activity
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+)
 from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -69,34 +74,56 @@ async def _join_queue(request: RequestLock) -> None:
             update={"requester_run_id": activity.info().workflow_run_id}
         )
     client = activity.client()
-    # If an operator closed the mutex, the run this may start takes over from the closed one.
-    # (Start arguments count only when signal-with-start starts a run.)
-    previous = await closed_mutex_run(client, request.resource)
-    await client.start_workflow(
-        MUTEX_WORKFLOW_TYPE,
-        MutexInput(
-            resource=request.resource, options=request.mutex_options, previous_run_id=previous
-        ),
-        id=mutex_workflow_id(request.resource),
-        task_queue=activity.info().task_queue,
-        start_signal=LOCK_REQUEST_SIGNAL,
-        start_signal_args=[lock_request],
-    )
+    mutex = client.get_workflow_handle(mutex_workflow_id(request.resource))
+    while True:
+        latest = await _latest_mutex_run(client, request.resource)
+        if latest is not None and latest.status == WorkflowExecutionStatus.RUNNING:
+            # A plain signal, which only a running run takes. Signal-with-start would start a
+            # run that knows of no closed one if an operator terminated this one just now, and
+            # that run would grant at once, beside the holder. Refused: look again.
+            try:
+                await mutex.signal(LOCK_REQUEST_SIGNAL, lock_request)
+                return
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                continue
+        # Closed by an operator (the run this starts takes over from it), or never started.
+        # Start arguments count only when signal-with-start starts a run.
+        await client.start_workflow(
+            MUTEX_WORKFLOW_TYPE,
+            MutexInput(
+                resource=request.resource,
+                options=request.mutex_options,
+                previous_run_id=latest.run_id if latest is not None else None,
+            ),
+            id=mutex_workflow_id(request.resource),
+            task_queue=activity.info().task_queue,
+            start_signal=LOCK_REQUEST_SIGNAL,
+            start_signal_args=[lock_request],
+        )
+        return
 
 
 async def closed_mutex_run(client: Client, resource: str) -> str | None:
     """The run id of the resource's latest mutex run if it is closed; None if it runs or never
-    ran. ``describe`` without a run id answers for the latest run of the id, from the server's
-    own records (no worker, no visibility); a run that continued as new is never the latest."""
+    ran."""
+    latest = await _latest_mutex_run(client, resource)
+    if latest is None or latest.status == WorkflowExecutionStatus.RUNNING:
+        return None
+    return latest.run_id
+
+
+async def _latest_mutex_run(client: Client, resource: str) -> WorkflowExecutionDescription | None:
+    """The resource's latest mutex run; None if it never ran. ``describe`` without a run id
+    answers for the latest run of the id, from the server's own records (no worker, no
+    visibility); a run that continued as new is never the latest."""
     try:
-        latest = await client.get_workflow_handle(mutex_workflow_id(resource)).describe()
+        return await client.get_workflow_handle(mutex_workflow_id(resource)).describe()
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
-    if latest.status == WorkflowExecutionStatus.RUNNING:
-        return None
-    return latest.run_id
 
 
 @activity.defn(name="recover_mutex")

@@ -1,11 +1,13 @@
 """MutexWorkflow against what operators and bad values do to it (time-skipping server): a cancel
-mid-take-over, a run terminated mid-take-over, a closed run no worker can replay, a DynamoDB
-outage at continue-as-new, a request whose lease overflows a deadline.
+mid-take-over, a run terminated mid-take-over, a closed run no worker can replay, a terminate
+between ``request_lock``'s look at the mutex and its request, a DynamoDB outage at
+continue-as-new, a request whose lease overflows a deadline.
 
 Each test failed on the code before it: the mutex closed on the cancel and the next run granted a
 second holder (patch ``mutex-take-over-ignores-cancel``); a run taking over from a run terminated
 mid-take-over granted beside the old holder, and one that could not replay the closed run waited
-forever (``recover_mutex``); no grant went out until DynamoDB answered (patch
+forever (``recover_mutex``); a request started a run that knew of no closed run and granted at
+once (``request_lock``); no grant went out until DynamoDB answered (patch
 ``mutex-carries-abandon-marks``); one request failed every workflow task of the mutex, for good
 (the clamp ``_later``).
 """
@@ -13,17 +15,20 @@ forever (``recover_mutex``); no grant went out until DynamoDB answered (patch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities import mutex as mutex_activities
 from activities.mutex import closed_mutex_run
 from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.requester import Requester
@@ -38,6 +43,7 @@ from workflows.messages import (
     MutexInput,
     MutexOptions,
     ProcessStatus,
+    RequestLock,
     StatusUpdateResult,
     UpdateProcessStatus,
     mutex_workflow_id,
@@ -428,3 +434,71 @@ async def test_a_closed_run_no_worker_can_replay_is_taken_over_from_its_history(
                 assert not await _granted(waiter, "w")
                 await holder.signal(Requester.let_go)  # releases lease 7
                 await eventually(lambda: _granted(waiter, "w"), what="W granted after H")
+
+
+async def test_a_terminate_between_request_locks_look_and_its_request_is_taken_over(
+    time_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``request_lock`` finds the mutex running, and an operator terminates it right then. The
+    request must still reach a run that takes over the terminated one: H keeps the lock.
+
+    Before, the request's signal-with-start started a run that knew of no closed run (it had
+    looked while the mutex still ran), and that run granted W at once, beside H."""
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    real_latest = mutex_activities._latest_mutex_run
+    looks: list[str] = []
+
+    async def terminated_right_after_the_look(client: Client, name: str) -> Any:
+        latest = await real_latest(client, name)
+        looks.append(latest.status.name if latest and latest.status else "none")
+        if len(looks) == 1:
+            await client.get_workflow_handle(mutex_id).terminate("operator error")
+        return latest
+
+    monkeypatch.setattr(mutex_activities, "_latest_mutex_run", terminated_right_after_the_look)
+    with ThreadPoolExecutor(4) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[MutexWorkflow, Requester],
+            activities=Fakes().activities(),
+            activity_executor=executor,
+        ):
+            holder = await client.start_workflow(
+                Requester.run, "h", id=holder_id, task_queue=task_queue
+            )
+            waiter = await client.start_workflow(
+                Requester.run, "w", id=waiter_id, task_queue=task_queue
+            )
+            run_a = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(holder_id, "h")],
+            )
+            await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+            env = ActivityEnvironment(client)
+            env.info = dataclasses.replace(
+                env.info, task_queue=task_queue, workflow_id=waiter_id, workflow_run_id="w-run"
+            )
+            await env.run(
+                mutex_activities.request_lock,
+                RequestLock(resource=resource, request=_request(waiter_id, "w")),
+            )
+            assert looks[0] == "RUNNING"
+            latest = client.get_workflow_handle(mutex_id)
+
+            async def taken_over() -> bool:
+                state = await latest.query(MutexWorkflow.state)
+                return state.recovered_from == run_a.result_run_id
+
+            await eventually(taken_over, what="the request's run to take over from run A")
+            state = await latest.query(MutexWorkflow.state)
+            assert state.holder is not None and state.holder.holder_workflow_id == holder_id
+            assert [r.request_id for r in state.queue] == ["w"]
+            assert not await _granted(waiter, "w")
