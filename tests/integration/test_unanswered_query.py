@@ -201,7 +201,7 @@ async def refused_for_no_poller(handle: WorkflowHandle[Any, Any]) -> bool:
 async def test_a_process_pinned_to_a_build_no_worker_runs_names_the_build_and_the_way_out(
     dev_env: WorkflowEnvironment, short_cli_query: timedelta
 ) -> None:
-    """``make run`` again as ``APPROVAL_BUILD_ID=local-2``: processes pinned to ``local`` wait.
+    """``make run`` again as build ``local-2``: the processes pinned to ``local`` wait.
 
     Before, the server's refusal ("no poller seen for task queue recently", FAILED_PRECONDITION)
     reached the operator as "state query failed: ..." and the page as 503 ``not-ready``, "try

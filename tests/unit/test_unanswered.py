@@ -92,7 +92,8 @@ def test_a_process_pinned_to_a_build_nobody_runs_names_it_and_both_ways_out(
     assert unanswered.reason() == (
         "the process is pinned to build local of deployment approval-flow (Worker Versioning), "
         "and no worker of that build polled task queue approval-flow in the last 70 s "
-        f"({polling}): start a worker of build local (APPROVAL_BUILD_ID=local), or, once "
+        f"({polling}): start a worker of build local (APPROVAL_DEPLOYMENT_NAME=approval-flow "
+        "APPROVAL_BUILD_ID=local), or, once "
         "`approval-flow replay` on a build that runs says its history replays, move the process "
         "there: temporal workflow update-options --workflow-id process-1 "
         "--versioning-override-behavior pinned --versioning-override-deployment-name "
