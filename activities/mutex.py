@@ -139,7 +139,8 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
     ``taking_over_from`` back to a run that finished its take-over (or never had one), with what
     reached the later runs meanwhile queued behind (``adopted``).
     """
-    state = await _last_state(recover.resource, recover.run_id)
+    run_id = recover.run_id
+    state = await _last_state(recover.resource, run_id)
     followed = 0
     while state is not None and state.taking_over_from is not None:
         if followed == MAX_TAKE_OVER_CHAIN:
@@ -147,10 +148,11 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
             raise ApplicationError(f"take-over chain longer than {MAX_TAKE_OVER_CHAIN} runs")
         activity.logger.warning(
             "closed mutex run %s was still taking over from %s; following it",
-            recover.run_id,
+            run_id,
             state.taking_over_from,
         )
-        earlier = await _last_state(recover.resource, state.taking_over_from)
+        run_id = state.taking_over_from
+        earlier = await _last_state(recover.resource, run_id)
         state = adopted(state, earlier)
         followed += 1
     return state

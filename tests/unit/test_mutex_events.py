@@ -19,6 +19,9 @@ MUTEX = sorted(
     p for p in HISTORIES.glob("*/*.json") if "mutex" in p.stem and "process" not in p.stem
 )
 CONVERTER = DATA_CONVERTER.payload_converter
+# The runs that did not end idle, and who waited when they closed: this one was wedged (its first
+# task failed for ever, see test_mutex_operators) and terminated, its only request never granted.
+ENDED_WAITING = {"ts_mutex_wedged_by_overflowing_lease": ["h"]}
 
 
 def _history(path: Path) -> WorkflowHistory:
@@ -45,7 +48,7 @@ def test_the_state_read_from_events_is_the_state_the_run_ended_with(path: Path) 
         assert state.next_lease_id == expected.next_lease_id
     else:
         assert state.holder is None, state.holder
-        assert not state.queue
+        assert [r.request_id for r in state.queue] == ENDED_WAITING.get(path.stem, [])
     assert state.taking_over_from is None
 
 

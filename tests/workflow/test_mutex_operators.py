@@ -20,16 +20,26 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio import activity, workflow
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    Replayer,
+    Worker,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
 
 from activities import mutex as mutex_activities
 from activities.mutex import closed_mutex_run
+from activities.retry import LinearRetryInterceptor
+from common.payloads import DATA_CONVERTER
 from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.requester import Requester
 from workflows.messages import (
@@ -49,6 +59,8 @@ from workflows.messages import (
     mutex_workflow_id,
 )
 from workflows.mutex import MutexWorkflow
+
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 
 
 def _request(requester: str, request_id: str) -> LockRequest:
@@ -502,3 +514,49 @@ async def test_a_terminate_between_request_locks_look_and_its_request_is_taken_o
             assert state.holder is not None and state.holder.holder_workflow_id == holder_id
             assert [r.request_id for r in state.queue] == ["w"]
             assert not await _granted(waiter, "w")
+
+
+_TASK_ERRORS: list[BaseException] = []
+
+
+class _TaskErrors(Interceptor):
+    """Notes every exception a workflow's run raises (a failed workflow task, which the replayer
+    itself does not report: it reports nondeterminism only)."""
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        return _NoteTaskErrors
+
+
+class _NoteTaskErrors(WorkflowInboundInterceptor):
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        try:
+            return await super().execute_workflow(input)
+        except Exception as err:
+            _TASK_ERRORS.append(err)
+            raise
+
+
+async def test_a_mutex_wedged_by_an_overflowing_lease_before_the_clamp_heals_on_the_new_code() -> (
+    None
+):
+    """The history of a mutex the code before the clamp wedged (recorded on the time-skipping
+    server: its first task failed with ``OverflowError``, retried for ever until terminated): the
+    retried task, on today's code, completes. Replayed on the code before the clamp, the same
+    history fails its task again with ``OverflowError``."""
+    path = HISTORIES / "v4" / "ts_mutex_wedged_by_overflowing_lease.json"
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    failed = [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]
+    assert failed[0].workflow_task_failed_event_attributes.failure.message == (
+        "date value out of range"
+    )
+    _TASK_ERRORS.clear()
+    replayer = Replayer(
+        workflows=[MutexWorkflow],
+        data_converter=DATA_CONVERTER,
+        interceptors=[LinearRetryInterceptor(), _TaskErrors()],
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None
+    assert not _TASK_ERRORS, _TASK_ERRORS
