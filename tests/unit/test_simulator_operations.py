@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +85,30 @@ def redrive_of(body: dict[str, Any], callbacks: str, redrive: int = 1) -> dict[s
 async def test_it_heartbeats_with_its_progress_while_it_works() -> None:
     peer = DownstreamPeer()
     pauses: list[float] = []
+    started: list[Downstream] = []
+    beats = 4
 
     async def sleep(seconds: float) -> None:
+        # A minute of work, ended after four pauses: each pause is a heartbeat's interval, so
+        # the count does not depend on how fast a loaded machine runs (real 0.3 s of work once
+        # fitted a single heartbeat at load 10). Ending it means the job was taken a minute ago.
         pauses.append(seconds)
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(0)
+        if len(pauses) == beats:
+            [job] = started[0].book.jobs.values()
+            job.received_at -= timedelta(seconds=job.delay)
 
-    overrides: dict[str, Any] = {"min_delay": 0.3, "max_delay": 0.3, "heartbeat_interval": 0.05}
+    overrides: dict[str, Any] = {"min_delay": 60, "max_delay": 60, "heartbeat_interval": 0.05}
     async with simulator(peer, sleep, **overrides) as (downstream, base, callbacks, http):
+        started.append(downstream)
         body = command(callbacks)
         await post_command(http, base, body)
         await downstream.drain()
         [record] = (await (await http.get(f"{base}/commands")).json())["commands"]
 
     assert len(peer.callbacks) == 1
-    assert len(peer.heartbeats) >= 3
+    # The first as the work starts, one after each pause but the last (then the work is due).
+    assert len(peer.heartbeats) == beats
     token = body["callback_url"].rsplit("/", 1)[-1]
     assert {t for t, _ in peer.heartbeats} == {token}
     percents = [beat["progress"]["percent"] for _, beat in peer.heartbeats]
