@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from local_stack.settings import REGION, LocalStackSettings
+from local_stack.versioning import worker_version
 
 SIGNING_KEY_FILE = "signing-keys"
 SIGNING_SECRET_BYTES = 48  # URL-safe text of 64 characters; the tokens need at least 32 bytes
@@ -119,6 +120,9 @@ def child_environment(
     # The API serves its metrics on its own port; only the worker opens APPROVAL_METRICS_PORT.
     env.pop("APPROVAL_METRICS_PORT", None)
     env.setdefault("APPROVAL_SIGNING_KEYS", keys)
+    # The version whole, for every child: `APPROVAL_BUILD_ID=local-2 make run` names only a build
+    # and make run supplies the deployment; a child reading half a version refuses it.
+    env.update(worker_version(env))
     return env
 
 

@@ -89,12 +89,15 @@ class Stack:
         write_settings_file(
             settings.data_dir, shared_settings({**self._env, **worker_version(self._env)})
         )
-        # Our own view of the settings the children get, for the demo and the checks.
+        # Our own view of the settings the children get, for the demo and the checks; the version
+        # as they get it (our own environment may hold half of one).
         self.app_settings = StarterSettings(
             temporal_address=settings.temporal_address,
             temporal_tls=False,
             signing_keys=self._env["APPROVAL_SIGNING_KEYS"],
             callback_base_url=settings.url(settings.api_port),
+            deployment_name=self._env["APPROVAL_DEPLOYMENT_NAME"],
+            build_id=self._env["APPROVAL_BUILD_ID"],
         )
         namespace = self.app_settings.temporal_namespace
         python = str(settings.python)

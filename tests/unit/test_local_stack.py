@@ -30,6 +30,21 @@ def test_every_part_listens_on_the_configured_host(tmp_path: Path) -> None:
     assert "APPROVAL_METRICS_PORT" not in env  # only the worker gets it, from the stack
 
 
+def test_a_build_named_alone_gets_make_runs_deployment(tmp_path: Path) -> None:
+    # `APPROVAL_BUILD_ID=local-2 make run`: every child read half a version and refused it
+    # ("set APPROVAL_DEPLOYMENT_NAME and APPROVAL_BUILD_ID together"), so make run exited 2.
+    settings = LocalStackSettings(data_dir=tmp_path)
+    env = child_environment(settings, "k1:secret", base={"APPROVAL_BUILD_ID": "local-2"})
+    assert (env["APPROVAL_DEPLOYMENT_NAME"], env["APPROVAL_BUILD_ID"]) == (
+        "approval-flow",
+        "local-2",
+    )
+    mine = child_environment(
+        settings, "k1:secret", base={"APPROVAL_DEPLOYMENT_NAME": "d", "APPROVAL_BUILD_ID": "b"}
+    )
+    assert (mine["APPROVAL_DEPLOYMENT_NAME"], mine["APPROVAL_BUILD_ID"]) == ("d", "b")
+
+
 def _child(tmp_path: Path) -> Child:
     return Child("worker", ["worker"], {}, tmp_path / "worker.log", io.StringIO())
 
