@@ -66,8 +66,7 @@ async def start_process(
         description=description,
         options=options if options is not None else settings.process,
     )
-    process_input.options.check()
-    check_heartbeat_timeout(process_input.options, settings.heartbeat_min_interval)
+    check_options(process_input.options, settings)
     process_id = f"{PROCESS_ID_PREFIX}{uuid.uuid4()}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         PROCESS_WORKFLOW,
@@ -76,6 +75,15 @@ async def start_process(
         task_queue=settings.task_queue,
     )
     return Started(process_id=process_id, run_id=handle.result_run_id)
+
+
+def check_options(options: ProcessOptions, settings: StarterSettings) -> None:
+    """Raise ``InvalidProcessOptions`` (one line) for options no process could live with.
+
+    Needs no server: the CLI asks before it connects, so bad options are said as such even
+    when Temporal is down."""
+    options.check()
+    check_heartbeat_timeout(options, settings.heartbeat_min_interval)
 
 
 def check_heartbeat_timeout(options: ProcessOptions, min_interval: timedelta) -> None:

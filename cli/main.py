@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, Protocol, TextIO
 
 from pydantic import ValidationError
@@ -109,7 +109,15 @@ async def execute(
     out.emit(document, text)
 
 
+# What a command can refuse from its arguments alone, asked before connecting.
+CHECKS: dict[str, Callable[[argparse.Namespace, CliSettings], None]] = {
+    "start": start.check_arguments
+}
+
+
 async def run_async(args: argparse.Namespace, settings: CliSettings, out: Output) -> None:
+    if (check := CHECKS.get(args.command)) is not None:
+        check(args, settings)
     client = await connect(settings)
     try:
         await execute(args, client, settings, out)

@@ -20,6 +20,7 @@ from cli.settings import CliSettings
 from starter import (
     InboxUnreachable,
     Started,
+    check_options,
     start_process,
     wait_for_approval_link,
     wait_for_approver_links,
@@ -188,6 +189,16 @@ def _with_approval_flags(args: argparse.Namespace, settings: CliSettings) -> Pro
     except ValidationError as err:
         problem = err.errors()[0]
         raise CliError(f"invalid approval policy: {problem['msg']}", EXIT_USAGE) from err
+
+
+def check_arguments(args: argparse.Namespace, settings: CliSettings) -> None:
+    """What ``start`` refuses from its flags and settings alone, said before it connects: with
+    Temporal down, options out of range would otherwise read "cannot reach Temporal"."""
+    options = process_options(args, settings)
+    try:
+        check_options(options, settings)
+    except InvalidProcessOptions as err:
+        raise CliError(f"invalid process options: {err}", EXIT_USAGE) from err
 
 
 async def run(

@@ -226,6 +226,19 @@ def test_unreachable_server_is_one_line_and_exit_3(
     ]
 
 
+def test_options_out_of_range_are_said_as_such_with_temporal_down(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They were said only once connected: with the server down, "cannot reach Temporal" (exit 3)
+    # hid what the operator must fix first.
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_loopback_port()}")
+    monkeypatch.setenv("APPROVAL_PROCESS__APPROVAL_TIMEOUT", "P3000000D")
+    monkeypatch.setenv("APPROVAL_INBOX_URL", "")
+    assert run(["start", "--requested-by", "alice"]) == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("approval-flow: invalid process options: approval_timeout"), line
+
+
 def test_malformed_temporal_address_is_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
