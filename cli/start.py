@@ -30,6 +30,8 @@ from workflows.messages import (
     DEFAULT_LOCK_PRIORITY,
     HIGHEST_LOCK_PRIORITY,
     LOWEST_LOCK_PRIORITY,
+    RESOURCE_PATTERN,
+    RESOURCE_RULE,
     ApprovalPolicy,
     Approver,
     InvalidProcessOptions,
@@ -39,16 +41,11 @@ from workflows.messages import (
 HELP = "start a process and print its approval link(s)"
 
 _DURATION = TypeAdapter(timedelta)
-# A resource names a workflow id (``mutex-<resource>``) and a downstream fence: keep it plain.
-RESOURCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def resource(text: str) -> str:
-    if not RESOURCE_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a resource name: letters, digits, '.', '_' and '-', at most 100, "
-            "starting with a letter or digit"
-        )
+    if not re.fullmatch(RESOURCE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a resource name: {RESOURCE_RULE}")
     return text
 
 

@@ -12,6 +12,7 @@ still understood. Be strict only at the HTTP edge (``callbacks_api/bodies.py``).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -242,6 +243,11 @@ LEASE_MARGIN = timedelta(minutes=10)
 # never go above those.
 LONGEST_OPTION = timedelta(days=365)
 MOST_ATTEMPTS = 100
+# A lock resource names the mutex's workflow id (``mutex-<resource>``) and a downstream fence, and
+# operators read it in the CLI, the UI and logs: keep it plain (Temporal refuses ids over 1,000
+# bytes; control characters would reach terminals). ``start --resource`` and ``check()`` use it.
+RESOURCE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # a string: module values stay immutable
+RESOURCE_RULE = "letters, digits, '.', '_' and '-', at most 100, starting with a letter or digit"
 # The final writes' retries start at 1 s; a maximum interval below that is refused by the SDK.
 SHORTEST_FINAL_WRITE_INTERVAL = timedelta(seconds=1)
 
@@ -382,6 +388,10 @@ class ProcessOptions(Message):
             raise InvalidProcessOptions(
                 f"final_write_max_interval {self.final_write_max_interval} is shorter than "
                 f"{SHORTEST_FINAL_WRITE_INTERVAL}, the final writes' first retry interval"
+            )
+        if not re.fullmatch(RESOURCE_PATTERN, self.lock_resource):
+            raise InvalidProcessOptions(
+                f"lock_resource {self.lock_resource!r} is not a resource name: {RESOURCE_RULE}"
             )
         for name, retry in (("aws_retry", self.aws_retry), ("http_retry", self.http_retry)):
             if retry.max_attempts > MOST_ATTEMPTS:

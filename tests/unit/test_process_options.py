@@ -150,3 +150,17 @@ def test_the_workflows_range_names_what_is_out_of_it() -> None:
         "final_write_max_interval 0:00:00.500000 is below the first retry's 0:00:01 "
         "(0 means no maximum)"
     )
+
+
+@pytest.mark.parametrize("resource", ["", "   ", "x" * 101, "db\x1b[31m", "a\nb", "-db", "a b"])
+def test_a_lock_resource_no_mutex_id_should_carry_is_refused(resource: str) -> None:
+    # It becomes the mutex's workflow id: over Temporal's 1,000-byte limit the lock request is
+    # refused by the server on every try; control characters reach operators' terminals. The
+    # same rule as `start --resource` (a setting or an API caller skipped it).
+    with pytest.raises(InvalidProcessOptions, match="lock_resource"):
+        ProcessOptions(lock_resource=resource).check()
+
+
+@pytest.mark.parametrize("resource", ["db-eu-1", "x" * 100, "approval-commands", "a.b_c"])
+def test_a_lock_resource_that_names_a_thing_is_accepted(resource: str) -> None:
+    ProcessOptions(lock_resource=resource).check()
