@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.api.common.v1 import Payloads
@@ -14,6 +14,7 @@ from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowHandle,
     WorkflowQueryFailedError,
 )
 from temporalio.converter import PayloadConverter
@@ -132,7 +133,9 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
 
     A query on a closed run is answered by a worker replaying its history (this worker polls the
     mutex's task queue): the replay every recorded history gets in ``make test``. A run past its
-    retention is gone, and so is any holder it had.
+    retention is gone, and so is any holder it had. A run whose query keeps failing, whatever the
+    error (no worker can replay it, or nothing polls its task queue any more), is read from its
+    events from attempt ``READ_EVENTS_FROM_ATTEMPT`` on (``state_from_events``).
 
     A run that was closed while it was still taking over (an operator terminated it too) adopted
     nothing yet: its holder is the one of the run it was reading. So the answer follows
@@ -140,7 +143,10 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
     reached the later runs meanwhile queued behind (``adopted``).
     """
     run_id = recover.run_id
-    state = await _last_state(recover.resource, run_id)
+    # Once one run of the chain could not be queried, neither can the runs before it (same task
+    # queue, same build): they are read from their events at once, within this attempt.
+    reader = _StateReader(recover.resource)
+    state = await reader.last_state(run_id)
     followed = 0
     while state is not None and state.taking_over_from is not None:
         if followed == MAX_TAKE_OVER_CHAIN:
@@ -152,7 +158,7 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
             state.taking_over_from,
         )
         run_id = state.taking_over_from
-        earlier = await _last_state(recover.resource, run_id)
+        earlier = await reader.last_state(run_id)
         state = adopted(state, earlier)
         followed += 1
     return state
@@ -162,32 +168,84 @@ async def recover_mutex(recover: RecoverMutex) -> MutexState | None:
 MAX_TAKE_OVER_CHAIN = 20
 
 
-# From this attempt on, a closed run whose replay keeps failing is read from its events instead.
+# From this attempt on, a closed run whose query keeps failing is read from its events instead.
 READ_EVENTS_FROM_ATTEMPT = 3
+# The share of an attempt's time the query may take from that attempt on: the rest is for reading
+# the events, so the attempt ends with an answer rather than timing out the same way every time.
+QUERY_SHARE_OF_ATTEMPT = 4
+# The query's limit where the activity has no attempt timeout (the mutex always sets one).
+QUERY_TIMEOUT_FALLBACK = timedelta(seconds=10)
 
 
-async def _last_state(resource: str, run_id: str) -> MutexState | None:
-    handle = activity.client().get_workflow_handle(mutex_workflow_id(resource), run_id=run_id)
-    try:
-        state: MutexState = await handle.query(STATE_QUERY, result_type=MutexState)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            activity.logger.warning("closed mutex run %s is gone; nothing to take over", run_id)
-            return None
-        raise
-    except WorkflowQueryFailedError as err:
-        # The worker could not replay the run (a nondeterminism, or a task that failed every
-        # time, as a lease past the year 9999 did before it was clamped). Retrying the query
-        # would wait forever, and the new run grants nothing meanwhile: after a few attempts
-        # (a replay can fail once under load), read the run's events instead.
-        if activity.info().attempt < READ_EVENTS_FROM_ATTEMPT:
-            raise
-        activity.logger.error(
-            "closed mutex run %s cannot be replayed (%s); taking over from its events", run_id, err
+class _StateReader:
+    """Reads closed runs of one mutex for one attempt of ``recover_mutex``."""
+
+    def __init__(self, resource: str) -> None:
+        self._resource = resource
+        info = activity.info()
+        self._may_read_events = info.attempt >= READ_EVENTS_FROM_ATTEMPT
+        self._query_timeout: timedelta | None = None
+        if self._may_read_events:
+            attempt_timeout = info.start_to_close_timeout or info.schedule_to_close_timeout
+            self._query_timeout = (
+                attempt_timeout / QUERY_SHARE_OF_ATTEMPT
+                if attempt_timeout
+                else QUERY_TIMEOUT_FALLBACK
+            )
+        self._read_events = False
+
+    async def last_state(self, run_id: str) -> MutexState | None:
+        handle = activity.client().get_workflow_handle(
+            mutex_workflow_id(self._resource), run_id=run_id
         )
-        events = [event async for event in handle.fetch_history_events()]
-        return state_from_events(resource, events, activity.payload_converter())
-    return state
+        if self._read_events:
+            return await self._from_events(handle, run_id)
+        try:
+            state: MutexState = await handle.query(
+                STATE_QUERY, result_type=MutexState, rpc_timeout=self._query_timeout
+            )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                activity.logger.warning("closed mutex run %s is gone; nothing to take over", run_id)
+                return None
+            # Whatever else: most often nothing polls the run's task queue any more (its build
+            # retired, or this worker listens elsewhere), and the query times out every time
+            # ("Timeout expired", DEADLINE_EXCEEDED). Retrying it alone would wait forever.
+            if not self._may_read_events:
+                raise
+            activity.logger.error(
+                "closed mutex run %s does not answer its query (%s); taking over from its events",
+                run_id,
+                err,
+            )
+        except WorkflowQueryFailedError as err:
+            # The worker could not replay the run (a nondeterminism, or a task that failed every
+            # time, as a lease past the year 9999 did before it was clamped). Retrying the query
+            # would wait forever, and the new run grants nothing meanwhile: after a few attempts
+            # (a replay can fail once under load), read the run's events instead.
+            if not self._may_read_events:
+                raise
+            activity.logger.error(
+                "closed mutex run %s cannot be replayed (%s); taking over from its events",
+                run_id,
+                err,
+            )
+        else:
+            return state
+        self._read_events = True
+        return await self._from_events(handle, run_id)
+
+    async def _from_events(
+        self, handle: WorkflowHandle[Any, Any], run_id: str
+    ) -> MutexState | None:
+        try:
+            events = [event async for event in handle.fetch_history_events()]
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                activity.logger.warning("closed mutex run %s is gone; nothing to take over", run_id)
+                return None
+            raise
+        return state_from_events(self._resource, events, activity.payload_converter())
 
 
 def state_from_events(

@@ -1,15 +1,15 @@
 """MutexWorkflow against what operators and bad values do to it (time-skipping server): a cancel
-mid-take-over, a run terminated mid-take-over, a closed run no worker can replay, a terminate
-between ``request_lock``'s look at the mutex and its request, a DynamoDB outage at
+mid-take-over, a run terminated mid-take-over, a closed run no worker can replay or answer for, a
+terminate between ``request_lock``'s look at the mutex and its request, a DynamoDB outage at
 continue-as-new, a request whose lease overflows a deadline.
 
 Each test failed on the code before it: the mutex closed on the cancel and the next run granted a
 second holder (patch ``mutex-take-over-ignores-cancel``); a run taking over from a run terminated
-mid-take-over granted beside the old holder, and one that could not replay the closed run waited
-forever (``recover_mutex``); a request started a run that knew of no closed run and granted at
-once (``request_lock``); no grant went out until DynamoDB answered (patch
-``mutex-carries-abandon-marks``); one request failed every workflow task of the mutex, for good
-(the clamp ``_later``).
+mid-take-over granted beside the old holder, and one that could not replay the closed run (or
+reach a worker for it) waited forever (``recover_mutex``); a request started a run that knew of
+no closed run and granted at once (``request_lock``); no grant went out until DynamoDB answered
+(patch ``mutex-carries-abandon-marks``); one request failed every workflow task of the mutex, for
+good (the clamp ``_later``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from workflows.messages import (
     MutexInput,
     MutexOptions,
     ProcessStatus,
+    RecoverMutex,
     RequestLock,
     StatusUpdateResult,
     UpdateProcessStatus,
@@ -446,6 +447,48 @@ async def test_a_closed_run_no_worker_can_replay_is_taken_over_from_its_history(
                 assert not await _granted(waiter, "w")
                 await holder.signal(Requester.let_go)  # releases lease 7
                 await eventually(lambda: _granted(waiter, "w"), what="W granted after H")
+
+
+async def test_a_closed_run_whose_task_queue_nobody_polls_is_taken_over_from_its_history(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A granted H and was terminated; nothing polls A's task queue any more (its build
+    retired). ``recover_mutex``, from attempt ``READ_EVENTS_FROM_ATTEMPT`` on, must answer from
+    A's events: H holds the lock.
+
+    Before, the query timed out (no worker to replay A: an ``RPCError``, not a failed query) and
+    was retried forever: the new run granted nothing, and its history grew without bound."""
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id = f"holder-{uuid.uuid4()}"
+    async with Worker(client, task_queue=task_queue, workflows=[MutexWorkflow, Requester]):
+        holder = await client.start_workflow(
+            Requester.run, "h", id=holder_id, task_queue=task_queue
+        )
+        run_a = await client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(resource=resource),
+            id=mutex_workflow_id(resource),
+            task_queue=task_queue,
+            start_signal=LOCK_REQUEST_SIGNAL,
+            start_signal_args=[_request(holder_id, "h")],
+        )
+        await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+        lease = (await run_a.query(MutexWorkflow.state)).holder
+        await run_a.terminate("operator error")
+    # The worker is gone: nothing answers a query on A now.
+    env = ActivityEnvironment(client)
+    env.info = dataclasses.replace(
+        env.info,
+        attempt=mutex_activities.READ_EVENTS_FROM_ATTEMPT,
+        start_to_close_timeout=timedelta(seconds=2),
+    )
+    state = await env.run(
+        mutex_activities.recover_mutex,
+        RecoverMutex(resource=resource, run_id=run_a.result_run_id or ""),
+    )
+    assert state is not None and state.holder is not None and lease is not None
+    assert (state.holder.holder_workflow_id, state.holder.lease_id) == (holder_id, lease.lease_id)
 
 
 async def test_a_terminate_between_request_locks_look_and_its_request_is_taken_over(
