@@ -287,7 +287,7 @@ def state_from_events(
                 next_lease_id = state.next_lease_id
                 requests.update((r.request_id, r) for r in state.queue)
             elif started.previous_run_id is not None:
-                # Still taking over until recover_mutex's answer shows up below.
+                # Still taking over until recover_mutex's answer or a grant shows up below.
                 state = state.model_copy(update={"taking_over_from": started.previous_run_id})
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             signaled = event.workflow_execution_signaled_event_attributes
@@ -313,6 +313,12 @@ def state_from_events(
         elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
             sent = event.signal_external_workflow_execution_initiated_event_attributes
             if sent.signal_name == LOCK_GRANTED_SIGNAL:
+                # A run taking over grants nothing until it has adopted the closed run's state:
+                # a grant shows that this run is not taking over (any more). Its start may still
+                # name a previous run it never read: a build before the patch mutex-takes-over
+                # ran its first task. Following that run back would adopt its holder and drop
+                # this grant, and the lock would go to another beside this holder.
+                state = state.model_copy(update={"taking_over_from": None})
                 grant = decode(sent.input, LockGranted)
                 queue.remove(grant.request_id)
                 asked = requests.get(grant.request_id)
@@ -374,10 +380,13 @@ def adopted(later: MutexState, earlier: MutexState | None) -> MutexState:
     had: ``earlier``'s holder, queue and lease ids, and behind them the requests that reached
     ``later`` meanwhile (as the mutex itself merges them when its take-over ends).
 
-    A run taking over grants nothing (its holder is None), so ``earlier``'s holder stands.
+    A run taking over grants nothing (its holder is None), so ``earlier``'s holder stands; a
+    ``later`` with a holder was not taking over, and is returned as it is.
     ``earlier`` None: that run is gone, and so is any holder it had.
     """
-    if earlier is None:
+    if earlier is None or later.holder is not None:
+        # Gone: so is its holder. Or ``later`` granted, so it was not taking over after all:
+        # its own holder stands, whatever ``earlier`` had.
         return later.model_copy(update={"taking_over_from": None})
     queue = LockQueue(earlier.queue)
     held = earlier.holder.request_id if earlier.holder is not None else None

@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
-from activities.mutex import state_from_events
+from activities.mutex import adopted, state_from_events
 from common.payloads import DATA_CONVERTER
-from workflows.messages import MutexInput
+from workflows.messages import MutexInput, MutexState
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 MUTEX = sorted(
@@ -66,3 +67,31 @@ def test_a_run_closed_before_its_take_over_answered_is_still_taking_over() -> No
     assert given.previous_run_id is not None
     assert state.taking_over_from == given.previous_run_id
     assert state.holder is None
+
+
+def test_a_run_that_granted_is_not_taking_over_though_its_start_named_a_previous_run() -> None:
+    """A run whose start named a previous run it never read (a build before the patch
+    ``mutex-takes-over`` ran its first task) granted H. Its grant must stand: following the
+    previous run back would adopt that run's holder (here nobody) and drop H, and the next run
+    would grant the lock beside H.
+
+    Before, the rebuild reported the run as still taking over whenever its start named a run."""
+    (path,) = [p for p in MUTEX if p.parent.name == "v5" and p.stem == "mutex_lease_revoked"]
+    events = list(_history(path).events)
+    started = events[0].workflow_execution_started_event_attributes
+    (given,) = CONVERTER.from_payloads(list(started.input.payloads), [MutexInput])
+    assert given.state is None and given.previous_run_id is None
+    renamed = given.model_copy(update={"previous_run_id": "earlier-run"})
+    started.input.CopyFrom(Payloads(payloads=CONVERTER.to_payloads([renamed])))
+    granted = next(
+        i
+        for i, e in enumerate(events)
+        if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+    )
+    assert state_from_events("any", events[:granted], CONVERTER).taking_over_from == "earlier-run"
+    state = state_from_events("any", events[: granted + 1], CONVERTER)
+    assert state.holder is not None
+    assert state.taking_over_from is None
+    # What recover_mutex makes of it, had it followed the run back all the same.
+    merged = adopted(state, MutexState(resource="any"))
+    assert merged.holder == state.holder
