@@ -224,39 +224,32 @@ class Stack:
                 if await worker_polling(client, task_queue, since):
                     break
             await asyncio.sleep(HAND_WORKER_POLL_INTERVAL)
-        version = worker_version(self._env)
-        deployment, build_id = version["APPROVAL_DEPLOYMENT_NAME"], version["APPROVAL_BUILD_ID"]
         try:
-            took = await set_current_version(
-                self.settings.bin_dir / "temporal",
-                self.settings.temporal_address,
-                self.app_settings.temporal_namespace,
-                deployment,
-                build_id,
-                self.settings.ready_timeout,
-                env=self._env,
-            )
+            await self._set_current(worker_version(self._env))
         except VersionNotSet as err:  # e.g. a worker of another build: the operator's to decide
             self.say(str(err))
-            return
-        self.say(f"worker build {build_id} of deployment {deployment} is current ({took:.1f} s)")
 
     async def _make_current(self, worker: Child, env: dict[str, str]) -> None:
         """Make the worker's build current, as docs/upgrades.md has operators do it."""
-        assert self.app_settings is not None
-        deployment, build_id = env["APPROVAL_DEPLOYMENT_NAME"], env["APPROVAL_BUILD_ID"]
         try:
-            took = await set_current_version(
-                self.settings.bin_dir / "temporal",
-                self.settings.temporal_address,
-                self.app_settings.temporal_namespace,
-                deployment,
-                build_id,
-                self.settings.ready_timeout,
-                env=self._env,
-            )
+            await self._set_current(env)
         except VersionNotSet as err:
             raise ChildFailed(worker, str(err)) from None
+
+    async def _set_current(self, version: dict[str, str]) -> None:
+        """Make the build ``version`` names current (``temporal worker deployment
+        set-current-version``) and say so; ``VersionNotSet`` if it cannot be in time."""
+        assert self.app_settings is not None
+        deployment, build_id = version["APPROVAL_DEPLOYMENT_NAME"], version["APPROVAL_BUILD_ID"]
+        took = await set_current_version(
+            self.settings.bin_dir / "temporal",
+            self.settings.temporal_address,
+            self.app_settings.temporal_namespace,
+            deployment,
+            build_id,
+            self.settings.ready_timeout,
+            env=self._env,
+        )
         self.say(f"worker build {build_id} of deployment {deployment} is current ({took:.1f} s)")
 
     async def _import_snapshot(self) -> None:

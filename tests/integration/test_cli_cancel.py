@@ -7,9 +7,6 @@ with reason ``cancelled``, and the lock free for the next process.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from temporalio.worker import Worker
 
 from cli.settings import CliSettings
 from starter import start_process
+from tests.support.cli import cli_environment, run_cli
 from tests.support.waiting import eventually
 from tests.workflow.fakes import Fakes
 from workflows.messages import (
@@ -42,18 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(env: WorkflowEnvironment, *args: str) -> tuple[int, str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
-    environment["TEMPORAL_ADDRESS"] = env.client.service_client.config.target_host
-    process = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "cli", *args],
-        cwd=ROOT,
-        env=environment,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(cli_environment(env), *args)
 
 
 async def test_cancel_wait_cleans_up_and_frees_the_lock(dev_env: WorkflowEnvironment) -> None:

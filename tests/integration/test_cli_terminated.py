@@ -9,10 +9,7 @@ pending" (``common.closed``).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from temporalio.worker import Worker
 
 from cli.settings import CliSettings
 from starter import start_process
+from tests.support.cli import cli_environment, run_cli
 from tests.support.waiting import eventually
 from tests.workflow.fakes import Fakes
 from workflows.messages import (
@@ -42,22 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(env: WorkflowEnvironment, task_queue: str, *args: str) -> tuple[int, str, str]:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "APPROVAL_"))
-    }
-    environment["TEMPORAL_ADDRESS"] = env.client.service_client.config.target_host
-    environment["APPROVAL_TASK_QUEUE"] = task_queue
-    environment["APPROVAL_INBOX_URL"] = ""
-    process = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "cli", *args],
-        cwd=ROOT,
-        env=environment,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    environment = cli_environment(
+        env, ("TEMPORAL_", "APPROVAL_"), APPROVAL_TASK_QUEUE=task_queue, APPROVAL_INBOX_URL=""
     )
-    out, err = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(environment, *args)
 
 
 async def test_a_terminated_process_reads_as_terminated(dev_env: WorkflowEnvironment) -> None:

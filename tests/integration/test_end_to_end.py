@@ -29,6 +29,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 
 from local_stack.children import Child
+from tests.support.cli import run_cli
 from tests.support.moto_server import free_loopback_port
 from tests.support.processes import alive
 from tests.support.waiting import eventually
@@ -195,19 +196,7 @@ def _supervisor(env: dict[str, str], output: Path) -> Child:
 
 
 async def cli(stack: RunningStack, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=stack.cli_env(),
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), FLOW_TIMEOUT)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(stack.cli_env(), *args, within=FLOW_TIMEOUT)
 
 
 async def start_through_cli(stack: RunningStack, description: str, *options: str) -> dict[str, Any]:
