@@ -257,8 +257,10 @@ def state_from_events(
     until the history shows it ended, by a matching release, a cancel of its request, a grant
     that failed, a revocation, or the holder's record marked abandoned; a grant a failed task
     only meant to send was never sent, so nobody holds it. Whatever it cannot tell errs on the
-    side of a holder: a release deferred during the run's own take-over is not applied, and a
-    lease whose request it cannot find never expires. The liveness check frees such a holder
+    side of a holder: a lease whose request it cannot find never expires. Releases and cancels
+    that reached the run while it took over are applied once it adopted the state, as the mutex
+    applies them (a build before ``mutex-defers-from-first-task`` dropped those of its first task
+    instead; its holder had let go all the same). The liveness check frees such a holder
     once its run has closed, so the cost is a wait, never a second holder.
 
     Not read from the events: what the run counted, and abandon marks it started itself (the
@@ -275,6 +277,7 @@ def state_from_events(
     requests: dict[str, LockRequest] = {}  # the last request seen for each id
     grants: dict[int, Lease] = {}  # by the event that sent the grant
     recovering: set[int] = set()  # recover_mutex scheduled (this run took over from another)
+    deferred: list[LockRelease | LockCancel] = []  # releases and cancels while taking over
     next_lease_id = 1
     for event in events:
         kind = event.event_type
@@ -297,19 +300,17 @@ def state_from_events(
                 held = holder is not None and holder.request_id == request.request_id
                 if request.request_id not in queue and not held:
                     queue.enqueue(request)
-            elif signaled.signal_name == LOCK_RELEASE_SIGNAL:
-                release = decode(signaled.input, LockRelease)
-                if (
-                    holder is not None
-                    and holder.lease_id == release.lease_id
-                    and holder.request_id == release.request_id
-                ):
-                    holder = None
-            elif signaled.signal_name == LOCK_CANCEL_SIGNAL:
-                cancel = decode(signaled.input, LockCancel)
-                queue.remove(cancel.request_id)
-                if holder is not None and holder.request_id == cancel.request_id:
-                    holder = None
+            elif signaled.signal_name in (LOCK_RELEASE_SIGNAL, LOCK_CANCEL_SIGNAL):
+                message: LockRelease | LockCancel = (
+                    decode(signaled.input, LockRelease)
+                    if signaled.signal_name == LOCK_RELEASE_SIGNAL
+                    else decode(signaled.input, LockCancel)
+                )
+                if state.taking_over_from is not None:
+                    # As the mutex does: it may name the holder of the run being taken over.
+                    deferred.append(message)
+                else:
+                    holder = _applied(message, queue, holder)
         elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
             sent = event.signal_external_workflow_execution_initiated_event_attributes
             if sent.signal_name == LOCK_GRANTED_SIGNAL:
@@ -319,6 +320,9 @@ def state_from_events(
                 # ran its first task. Following that run back would adopt its holder and drop
                 # this grant, and the lock would go to another beside this holder.
                 state = state.model_copy(update={"taking_over_from": None})
+                for message in deferred:  # such a run took them as they came
+                    holder = _applied(message, queue, holder)
+                deferred.clear()
                 grant = decode(sent.input, LockGranted)
                 queue.remove(grant.request_id)
                 asked = requests.get(grant.request_id)
@@ -368,11 +372,33 @@ def state_from_events(
                 state = adopted(arrived, recovered)
                 queue = LockQueue(state.queue)
                 holder = state.holder
+                for message in deferred:  # applied once the closed run's state is adopted
+                    holder = _applied(message, queue, holder)
+                deferred.clear()
                 next_lease_id = max(next_lease_id, state.next_lease_id)
                 requests.update((r.request_id, r) for r in state.queue)
     return state.model_copy(
         update={"holder": holder, "queue": queue.as_list(), "next_lease_id": next_lease_id}
     )
+
+
+def _applied(
+    message: LockRelease | LockCancel, queue: LockQueue, holder: Lease | None
+) -> Lease | None:
+    """The holder once ``message`` is applied as the mutex applies it (``queue`` is changed in
+    place): a release frees the current lease only, a cancel drops its request or its grant."""
+    if isinstance(message, LockRelease):
+        if (
+            holder is not None
+            and holder.lease_id == message.lease_id
+            and holder.request_id == message.request_id
+        ):
+            return None
+        return holder
+    queue.remove(message.request_id)
+    if holder is not None and holder.request_id == message.request_id:
+        return None
+    return holder
 
 
 def adopted(later: MutexState, earlier: MutexState | None) -> MutexState:

@@ -40,6 +40,12 @@ has not taken yet no longer holds up continue-as-new: it goes to the next run in
 (``MutexState.abandoned``), which retries it. Before it, an outage stopped every grant once the
 history called for continue-as-new.
 
+Since the patch ``mutex-defers-from-first-task`` a run started to take over defers releases and
+cancels from its first task (the SDK runs that task's signal handlers before ``run``); before
+it, a release that reached the run before it ever ran was dropped as stale, and the holder it then
+adopted kept the lock until its lease ended. Since ``mutex-takes-over-abandon-marks`` a take-over
+also starts the abandon marks the closed run had pending; before it they were dropped.
+
 A deadline computed from a request (``lease_timeout``) or the options is clamped to the end of
 time instead of overflowing (``_later``): no request can fail the mutex's workflow task.
 """
@@ -113,6 +119,15 @@ SHIELDED_TAKE_OVER_PATCH = "mutex-take-over-ignores-cancel"
 # it, continue-as-new waited for the mark, which retries until DynamoDB answers: an outage
 # stopped every grant once the history was long enough.
 CARRIED_MARKS_PATCH = "mutex-carries-abandon-marks"
+# From this patch on (asked only by a run started to take over) such a run defers releases and
+# cancels from its very first task. The SDK runs signal handlers before ``run`` in a run's first
+# task: a release that reached the run before it ever ran was judged against no holder, dropped as
+# stale, and the holder the run then adopted kept the lock until its lease ended.
+EARLY_DEFER_PATCH = "mutex-defers-from-first-task"
+# From this patch on (asked only by a run that took over a run with marks pending) a take-over
+# starts the abandon marks the closed run had not written yet (``MutexState.abandoned``). Before
+# it, they were dropped: the abandoned holder's record stayed ``in-progress``.
+ADOPTED_MARKS_PATCH = "mutex-takes-over-abandon-marks"
 
 _BOOKKEEPING_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -187,7 +202,11 @@ class MutexWorkflow:
         self._recovered_from = state.recovered_from
         # The closed run to take over from, until it has been (a fresh run's input names it).
         self._take_over_from = input.previous_run_id if input.state is None else None
-        self._recovering = False
+        # Releases and cancels wait while this is set: they may name the closed run's holder.
+        # ``__init__`` runs before the first task's signal handlers, ``run`` after them: a run
+        # that takes over must defer from here (EARLY_DEFER_PATCH). Only such a run asks; a new
+        # one takes every patch, so ``run`` goes on to take over and apply what was deferred.
+        self._recovering = self._take_over_from is not None and workflow.patched(EARLY_DEFER_PATCH)
         self._deferred: list[LockRelease | LockCancel] = []
         self._shields_take_over = False
         self._take_over_task: asyncio.Task[None] | None = None
@@ -543,6 +562,14 @@ class MutexWorkflow:
             for name, value in recovered.counters.model_dump().items():
                 self._counters[name] = self._counters.get(name, 0) + value
             self._next_check_at = workflow.now()  # the adopted holder may be long gone
+            if (
+                recovered.abandoned
+                and self._carries_marks
+                and workflow.patched(ADOPTED_MARKS_PATCH)
+            ):
+                # Records the closed run had not marked yet: nobody else will.
+                for mark in recovered.abandoned:
+                    self._start_mark(mark)
             workflow.logger.warning(
                 "took over from closed run %s: holder %s, %d waiting",
                 previous_run_id,

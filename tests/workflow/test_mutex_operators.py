@@ -243,6 +243,77 @@ async def test_a_dynamodb_outage_holds_up_no_grant_at_continue_as_new(
         assert written[0].at == carried.abandoned[0].at
 
 
+async def test_a_take_over_writes_the_abandon_marks_the_closed_run_had_pending(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A noticed its holder H abandoned while DynamoDB was down (the mark pending, in A's
+    state) and was terminated; run B takes over from A. Once DynamoDB answers, H's record must be
+    marked abandoned, by B.
+
+    Before (patch ``mutex-takes-over-abandon-marks``) the take-over adopted A's holder, queue and
+    lease ids but not its pending marks: H's record stayed ``in-progress``."""
+    dynamodb_up = False
+    attempts: list[UpdateProcessStatus] = []
+    written: list[UpdateProcessStatus] = []
+
+    @activity.defn(name="update_process_status")
+    async def process_table(update: UpdateProcessStatus) -> StatusUpdateResult:
+        attempts.append(update)
+        if not dynamodb_up:
+            raise RuntimeError("DynamoDB unavailable (scripted)")
+        written.append(update)
+        return StatusUpdateResult(applied=True, status=update.status)
+
+    client: Client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id = f"holder-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[MutexWorkflow, Requester],
+        activities=[*_without(Fakes(), "update_process_status"), process_table],
+    ):
+        run_a = await client.start_workflow(
+            MutexWorkflow.run, MutexInput(resource=resource), id=mutex_id, task_queue=task_queue
+        )
+        holder = await client.start_workflow(
+            Requester.run, "h", id=holder_id, task_queue=task_queue
+        )
+        await run_a.signal(LOCK_REQUEST_SIGNAL, _request(holder_id, "h"))
+        await eventually(lambda: _granted(holder, "h"), what="H granted")
+        await holder.terminate("operator killed it")
+        await time_env.sleep(timedelta(minutes=1, seconds=5))  # past the next liveness check
+        await eventually(lambda: len(attempts) >= 1, what="the abandon mark attempted")
+        state = await run_a.query(MutexWorkflow.state)
+        assert [m.process_id for m in state.abandoned] == [holder_id]
+        await run_a.terminate("operator error")
+        run_b = await client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(resource=resource, previous_run_id=run_a.result_run_id),
+            id=mutex_id,
+            task_queue=task_queue,
+        )
+
+        async def taken_over() -> bool:
+            state = await run_b.query(MutexWorkflow.state)
+            return state.recovered_from == run_a.result_run_id
+
+        await eventually(taken_over, what="run B to take over from A")
+        adopted = await run_b.query(MutexWorkflow.state)
+        assert [m.process_id for m in adopted.abandoned] == [holder_id]
+        dynamodb_up = True
+
+        async def marked() -> bool:
+            return not (await run_b.query(MutexWorkflow.state)).abandoned
+
+        await eventually(marked, what="the adopted mark written once DynamoDB answers")
+        assert {(w.process_id, w.status, w.reason) for w in written} == {
+            (holder_id, ProcessStatus.FAILED, FailureReason.ABANDONED)
+        }
+        assert written[0].at == state.abandoned[0].at
+
+
 async def test_a_lease_timeout_past_the_end_of_time_is_clamped_and_wedges_nothing(
     time_env: WorkflowEnvironment,
 ) -> None:
@@ -489,6 +560,75 @@ async def test_a_closed_run_whose_task_queue_nobody_polls_is_taken_over_from_its
     )
     assert state is not None and state.holder is not None and lease is not None
     assert (state.holder.holder_workflow_id, state.holder.lease_id) == (holder_id, lease.lease_id)
+
+
+async def test_a_release_that_reaches_a_taking_over_run_before_its_first_task_frees_the_lock(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A granted H and was terminated. Run B, started to take over from A with W's request,
+    gets H's release before its first workflow task: B must apply it once it adopted A's holder,
+    and grant W.
+
+    Before (patch ``mutex-defers-from-first-task``), the SDK ran the release handler before
+    ``run`` had started the take-over: judged against no holder, it was dropped as stale, and W
+    waited until H closed or its lease ended."""
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    fakes = Fakes()
+    with ThreadPoolExecutor(4) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[MutexWorkflow, Requester],
+            activities=fakes.activities(),
+            activity_executor=executor,
+        ):
+            holder = await client.start_workflow(
+                Requester.run, "h", id=holder_id, task_queue=task_queue
+            )
+            waiter = await client.start_workflow(
+                Requester.run, "w", id=waiter_id, task_queue=task_queue
+            )
+            run_a = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(holder_id, "h")],
+            )
+            await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+            lease = (await run_a.query(MutexWorkflow.state)).holder
+            assert lease is not None
+            await run_a.terminate("operator error")
+            # Nothing polls B's task queue yet: its start, W's request and H's release all land
+            # in B's first workflow task.
+            b_queue = f"{task_queue}-b"
+            run_b = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource, previous_run_id=run_a.result_run_id),
+                id=mutex_id,
+                task_queue=b_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(waiter_id, "w")],
+            )
+            await run_b.signal(
+                LOCK_RELEASE_SIGNAL, LockRelease(request_id="h", lease_id=lease.lease_id)
+            )
+            async with Worker(
+                client,
+                task_queue=b_queue,
+                workflows=[MutexWorkflow],
+                activities=fakes.activities(),
+                activity_executor=executor,
+            ):
+                await eventually(lambda: _granted(waiter, "w"), what="W granted after H released")
+                state = await run_b.query(MutexWorkflow.state)
+                assert state.recovered_from == run_a.result_run_id
+                assert state.holder is not None and state.holder.holder_workflow_id == waiter_id
+                assert state.counters.releases == 1
 
 
 async def test_a_terminate_between_request_locks_look_and_its_request_is_taken_over(

@@ -296,6 +296,12 @@ REQUIRED["v5"] += ["process_cancelled_while_completing", "process_options_out_of
 REQUIRED["v4"] += ["ts_mutex_wedged_by_overflowing_lease"]
 
 
+# ``mutex-defers-from-first-task`` and ``mutex-takes-over-abandon-marks``, each asked only on its
+# own branch (a run started to take over; a take-over that found marks pending), recorded with
+# ``record_histories v6 --only`` the two names below, comma-separated.
+REQUIRED["v6"] = ["mutex_takeover_adopts_marks", "mutex_takeover_release_before_first_task"]
+
+
 def _name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()
 

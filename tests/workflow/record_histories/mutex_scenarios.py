@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
+from temporalio.worker import Worker
 
+from activities.retry import LinearRetryInterceptor
 from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.harness import Harness, harness
 from tests.workflow.record_histories.recording import (
@@ -25,10 +28,13 @@ from tests.workflow.record_histories.recording import (
     start,
 )
 from workflows.messages import (
+    LOCK_RELEASE_SIGNAL,
     CommandName,
     FailureReason,
     LockCancel,
     LockRelease,
+    MutexInput,
+    MutexOptions,
     ProcessResult,
     mutex_workflow_id,
 )
@@ -425,6 +431,102 @@ async def mutex_abandon_mark_carried(rec: Recording) -> None:
             rec.save(f"mutex_abandon_mark_carried_run{number}", history)
 
 
+async def mutex_takeover_adopts_marks(rec: Recording) -> None:
+    """The mutex noticed its holder abandoned while DynamoDB held the record's write, and was
+    terminated with the mark pending; the next request starts a run that takes over the mark and
+    writes it (patch mutex-takes-over-abandon-marks). That run saved."""
+    fakes = Fakes(fail_gate=asyncio.Event())
+    async with harness(rec.client, fakes) as h:
+        closed_run = await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        await holder.terminate("operator killed it")
+        await eventually(
+            lambda: holder.id in fakes.fail_waiting, within=PATIENCE, what="the mark held"
+        )
+        mutex = rec.client.get_workflow_handle(mutex_workflow_id(h.resource))
+        await mutex.terminate("operator error")
+        late = await start(h, requested_by="late")
+        await h.approve(late)
+
+        async def adopted() -> bool:
+            state = await h.mutex_state()
+            return state.recovered_from == closed_run and [
+                m.process_id for m in state.abandoned
+            ] == [holder.id]
+
+        await eventually(adopted, within=PATIENCE, what="the new run to adopt the mark")
+        assert fakes.fail_gate is not None
+        fakes.fail_gate.set()
+        await h.wait_sent(late)
+        await h.call_back(late, ONE)
+        await h.call_back(late, TWO)
+        await rec.completed(late)
+
+        async def marked() -> bool:
+            return not (await h.mutex_state()).abandoned
+
+        await eventually(marked, within=PATIENCE, what="the adopted mark written")
+        _, history = await rec.mutex_idle(h)
+        assert h.fakes.records[holder.id]["reason"] == FailureReason.ABANDONED
+        assert history.closed_activities("recover_mutex", COMPLETED) == 1
+        assert history.closed_activities("update_process_status", COMPLETED) == 1
+        rec.save("mutex_takeover_adopts_marks", history)
+
+
+async def mutex_takeover_release_before_first_task(rec: Recording) -> None:
+    """The mutex is terminated under a holder; a run started to take over gets the holder's
+    release before its first workflow task (nothing polls its task queue yet): it defers the
+    release, takes over, then applies it (patch mutex-defers-from-first-task). That run saved."""
+    fakes = Fakes()
+    async with harness(rec.client, fakes) as h:
+        closed_run = await rec.start_mutex(h, liveness_interval=SECOND)
+        holder = await start(h, requested_by="holder")
+        await h.approve(holder)
+        await h.wait_sent(holder)
+        mutex_id = mutex_workflow_id(h.resource)
+        await rec.client.get_workflow_handle(mutex_id).terminate("operator error")
+        later_queue = f"{h.task_queue}-later"
+        await rec.client.start_workflow(
+            MutexWorkflow.run,
+            MutexInput(
+                resource=h.resource,
+                options=MutexOptions(liveness_interval=SECOND),
+                previous_run_id=closed_run,
+            ),
+            id=mutex_id,
+            task_queue=later_queue,
+        )
+        await h.call_back(holder, ONE)
+        await h.call_back(holder, TWO)
+        await rec.completed(holder)  # its release is in the new run's history, unread
+        with ThreadPoolExecutor(4) as executor:
+            async with Worker(
+                rec.client,
+                task_queue=later_queue,
+                workflows=[MutexWorkflow],
+                activities=fakes.activities(),
+                activity_executor=executor,
+                interceptors=[LinearRetryInterceptor()],
+            ):
+                state, history = await rec.mutex_idle(h)
+        assert state.recovered_from == closed_run
+        assert (state.counters.releases, state.counters.stale_releases) == (1, 0)
+        assert history.closed_activities("recover_mutex", COMPLETED) == 1
+        first_task = next(
+            n
+            for n, e in enumerate(history.events)
+            if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        )
+        assert [
+            e
+            for e in history.events[:first_task]
+            if e.workflow_execution_signaled_event_attributes.signal_name == LOCK_RELEASE_SIGNAL
+        ], "the release came after the first task"
+        rec.save("mutex_takeover_release_before_first_task", history)
+
+
 SCENARIOS = [
     mutex_cancel_ignored,
     mutex_fifo_queue_liveness_alive,
@@ -438,4 +540,6 @@ SCENARIOS = [
     mutex_takeover_reset_keeps_lease,
     mutex_takeover_cancel_ignored,
     mutex_abandon_mark_carried,
+    mutex_takeover_adopts_marks,
+    mutex_takeover_release_before_first_task,
 ]
