@@ -378,7 +378,14 @@ def state_from_events(
                 next_lease_id = max(next_lease_id, state.next_lease_id)
                 requests.update((r.request_id, r) for r in state.queue)
     return state.model_copy(
-        update={"holder": holder, "queue": queue.as_list(), "next_lease_id": next_lease_id}
+        update={
+            "holder": holder,
+            "queue": queue.as_list(),
+            "next_lease_id": next_lease_id,
+            # Left only by a run closed while still taking over: the next one applies them.
+            "deferred_releases": [m for m in deferred if isinstance(m, LockRelease)],
+            "deferred_cancels": [m for m in deferred if isinstance(m, LockCancel)],
+        }
     )
 
 
@@ -404,30 +411,52 @@ def _applied(
 def adopted(later: MutexState, earlier: MutexState | None) -> MutexState:
     """What ``later``, closed while taking over from the run ``earlier`` stands for, would have
     had: ``earlier``'s holder, queue and lease ids, and behind them the requests that reached
-    ``later`` meanwhile (as the mutex itself merges them when its take-over ends).
+    ``later`` meanwhile (as the mutex itself merges them when its take-over ends); then the
+    releases and cancels ``later`` deferred meanwhile, applied as the mutex applies them.
 
-    A run taking over grants nothing (its holder is None), so ``earlier``'s holder stands; a
-    ``later`` with a holder was not taking over, and is returned as it is.
-    ``earlier`` None: that run is gone, and so is any holder it had.
+    A run taking over grants nothing (its holder is None), so ``earlier``'s holder stands, unless
+    a deferred release or cancel ended its lease; a ``later`` with a holder was not taking over,
+    and is returned as it is. ``earlier`` None: that run is gone, and so is any holder it had.
+    ``earlier`` itself still taking over: the deferred messages wait with its own, for the run
+    further back.
     """
-    if earlier is None or later.holder is not None:
-        # Gone: so is its holder. Or ``later`` granted, so it was not taking over after all:
-        # its own holder stands, whatever ``earlier`` had.
+    if later.holder is not None:
+        # ``later`` granted, so it was not taking over after all: its own holder stands.
         return later.model_copy(update={"taking_over_from": None})
-    queue = LockQueue(earlier.queue)
-    held = earlier.holder.request_id if earlier.holder is not None else None
-    for request in later.queue:
-        if request.request_id not in queue and request.request_id != held:
-            queue.enqueue(request)
-    counters = earlier.counters.model_dump()
-    for name, value in later.counters.model_dump().items():
-        counters[name] = counters.get(name, 0) + value
-    return earlier.model_copy(
+    if earlier is None:
+        merged = later.model_copy(update={"taking_over_from": None})
+    else:
+        queue = LockQueue(earlier.queue)
+        held = earlier.holder.request_id if earlier.holder is not None else None
+        for request in later.queue:
+            if request.request_id not in queue and request.request_id != held:
+                queue.enqueue(request)
+        counters = earlier.counters.model_dump()
+        for name, value in later.counters.model_dump().items():
+            counters[name] = counters.get(name, 0) + value
+        merged = earlier.model_copy(
+            update={
+                "queue": queue.as_list(),
+                "next_lease_id": max(earlier.next_lease_id, later.next_lease_id),
+                "counters": MutexCounters(**counters),
+                "abandoned": [*earlier.abandoned, *later.abandoned],
+                "deferred_releases": [*earlier.deferred_releases, *later.deferred_releases],
+                "deferred_cancels": [*earlier.deferred_cancels, *later.deferred_cancels],
+            }
+        )
+    if merged.taking_over_from is not None:
+        return merged
+    queue = LockQueue(merged.queue)
+    holder = merged.holder
+    pending: list[LockRelease | LockCancel] = [*merged.deferred_releases, *merged.deferred_cancels]
+    for message in pending:
+        holder = _applied(message, queue, holder)
+    return merged.model_copy(
         update={
+            "holder": holder,
             "queue": queue.as_list(),
-            "next_lease_id": max(earlier.next_lease_id, later.next_lease_id),
-            "counters": MutexCounters(**counters),
-            "abandoned": [*earlier.abandoned, *later.abandoned],
+            "deferred_releases": [],
+            "deferred_cancels": [],
         }
     )
 

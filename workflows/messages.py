@@ -713,6 +713,11 @@ class MutexState(Message):
     # a run closed meanwhile (terminated) adopted nothing, and whoever takes over from it must look
     # one run further back.
     taking_over_from: str | None = None
+    # Releases and cancels that reached this run while it was still taking over, not applied yet
+    # (the ``state`` query only; empty once the take-over is done). Whoever takes over from the
+    # run applies them to the holder and queue it finds further back (``recover_mutex``).
+    deferred_releases: list[LockRelease] = []
+    deferred_cancels: list[LockCancel] = []
 
 
 class MutexInput(Message):

@@ -372,6 +372,9 @@ class MutexWorkflow:
             abandoned=list(self._marks.values()),
             # Only while this run has not read the run it takes over from (see MutexState).
             taking_over_from=self._take_over_from if self._takes_over else None,
+            # What waits for that take-over: the next run applies it if this one never does.
+            deferred_releases=[m for m in self._deferred if isinstance(m, LockRelease)],
+            deferred_cancels=[m for m in self._deferred if isinstance(m, LockCancel)],
         )
 
     # -- steps ----------------------------------------------------------------------------------

@@ -95,3 +95,30 @@ def test_a_run_that_granted_is_not_taking_over_though_its_start_named_a_previous
     # What recover_mutex makes of it, had it followed the run back all the same.
     merged = adopted(state, MutexState(resource="any"))
     assert merged.holder == state.holder
+
+
+def test_a_release_deferred_by_a_run_closed_mid_take_over_frees_the_holder_it_adopts() -> None:
+    """A run got the holder's release while taking over and was closed before its take-over
+    answered: its rebuild keeps the release, and whoever follows it back to the run with that
+    holder applies it. Before, the release was dropped and the holder kept the lock."""
+    (path,) = [
+        p
+        for p in MUTEX
+        if p.parent.name == "v6" and p.stem == "mutex_takeover_release_before_first_task"
+    ]
+    events = list(_history(path).events)
+    answered = next(
+        i
+        for i, e in enumerate(events)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    )
+    closed = state_from_events("any", events[:answered], CONVERTER)
+    assert closed.taking_over_from is not None and closed.holder is None
+    assert len(closed.deferred_releases) == 1
+    result = events[answered].activity_task_completed_event_attributes.result
+    (earlier,) = CONVERTER.from_payloads(list(result.payloads), [MutexState])
+    assert earlier.holder is not None
+    assert earlier.holder.lease_id == closed.deferred_releases[0].lease_id
+    merged = adopted(closed, earlier)
+    assert merged.holder is None
+    assert not merged.deferred_releases

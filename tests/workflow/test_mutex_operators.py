@@ -457,6 +457,75 @@ class _UnreadableMutex:
         self._requests.append(request)
 
 
+async def test_a_release_deferred_by_a_run_terminated_mid_take_over_reaches_the_next_run(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Run A granted H and was terminated. Run B, taking over from A (slowly), deferred H's
+    release, and was terminated too. Run C, which follows B back to A, must apply that release:
+    W is granted.
+
+    Before, B's ``state`` did not show what it deferred, and C adopted A's holder H, which had
+    let go: W waited until the liveness check found H closed or its lease ended."""
+    fakes = Fakes(recover_gate=asyncio.Event())
+    client = time_env.client
+    resource, task_queue = f"res-{uuid.uuid4().hex[:8]}", f"tq-{uuid.uuid4()}"
+    holder_id, waiter_id = f"holder-{uuid.uuid4()}", f"waiter-{uuid.uuid4()}"
+    mutex_id = mutex_workflow_id(resource)
+    with ThreadPoolExecutor(4) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[MutexWorkflow, Requester],
+            activities=fakes.activities(),
+            activity_executor=executor,
+        ):
+            holder = await client.start_workflow(
+                Requester.run, "h", id=holder_id, task_queue=task_queue
+            )
+            waiter = await client.start_workflow(
+                Requester.run, "w", id=waiter_id, task_queue=task_queue
+            )
+            run_a = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(holder_id, "h")],
+            )
+            await eventually(lambda: _granted(holder, "h"), what="H granted by run A")
+            await run_a.terminate("operator error")
+            run_b = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource, previous_run_id=run_a.result_run_id),
+                id=mutex_id,
+                task_queue=task_queue,
+            )
+            await eventually(lambda: fakes.recovering, what="run B reading run A")
+            await holder.signal(Requester.let_go)  # its release reaches B, which defers it
+
+            async def deferred() -> bool:
+                return bool((await run_b.query(MutexWorkflow.state)).deferred_releases)
+
+            await eventually(deferred, what="H's release deferred by run B")
+            await run_b.terminate("operator error again")
+            assert fakes.recover_gate is not None
+            fakes.recover_gate.set()
+            run_c = await client.start_workflow(
+                MutexWorkflow.run,
+                MutexInput(resource=resource, previous_run_id=run_b.result_run_id),
+                id=mutex_id,
+                task_queue=task_queue,
+                start_signal=LOCK_REQUEST_SIGNAL,
+                start_signal_args=[_request(waiter_id, "w")],
+            )
+            await eventually(lambda: _granted(waiter, "w"), what="W granted: H had let go")
+            state = await run_c.query(MutexWorkflow.state)
+            assert state.recovered_from == run_b.result_run_id
+            assert state.holder is not None and state.holder.holder_workflow_id == waiter_id
+            assert not state.deferred_releases
+
+
 async def test_a_closed_run_no_worker_can_replay_is_taken_over_from_its_history(
     time_env: WorkflowEnvironment,
 ) -> None:
