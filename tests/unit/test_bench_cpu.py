@@ -31,7 +31,8 @@ sys.stdin.readline()
 '''], stdin=sys.stdin, stdout=sys.stdout)
 child.wait()
 """
-SLEEPER = "import sys; sys.stdin.readline()"
+# Says when it is up: its start-up (tens of ms of CPU, more under load) is not the stretch measured.
+SLEEPER = "import sys; print('ready', flush=True); sys.stdin.readline()"
 BURN_SECONDS = 0.3
 TICK = 0.01
 
@@ -44,6 +45,8 @@ def parts() -> Iterator[tuple[subprocess.Popen[str], subprocess.Popen[str]]]:
         )
 
     burner, sleeper = start(BURNER), start(SLEEPER)
+    assert sleeper.stdout is not None
+    assert sleeper.stdout.readline() == "ready\n"
     yield burner, sleeper
     for part in (burner, sleeper):
         part.kill()
