@@ -618,6 +618,9 @@ async def test_a_closed_run_whose_task_queue_nobody_polls_is_taken_over_from_its
         await run_a.terminate("operator error")
     # The worker is gone: nothing answers a query on A now.
     env = ActivityEnvironment(client)
+    # The worker's converter, as recover_mutex gets it there (the default one decodes the
+    # state's pydantic models with pydantic's deprecated parse_obj).
+    env.payload_converter = DATA_CONVERTER.payload_converter
     env.info = dataclasses.replace(
         env.info,
         attempt=mutex_activities.READ_EVENTS_FROM_ATTEMPT,
