@@ -7,6 +7,7 @@ from typing import Any
 
 from temporalio.client import Client
 
+from cli.output import printable
 from cli.queries import status_to_tell
 from cli.settings import CliSettings
 from starter import PROCESS_WORKFLOW
@@ -50,19 +51,24 @@ async def run(
     if not rows:
         which = f" with status {args.status}" if args.status else ""
         return {"processes": []}, f"no processes{which}"
+    return {"processes": rows}, render_list(rows)
+
+
+def render_list(rows: list[dict[str, Any]]) -> str:
+    """The table of processes; ids escaped as ``status`` does: any client of the Temporal
+    namespace may start a ProcessWorkflow under an id of its choosing."""
     header = ("PROCESS", "STATUS", "TEMPORAL", "STARTED (UTC)")
     table = [
         (
-            row["process_id"],
-            row["status"] or "-",
+            printable(row["process_id"]),
+            printable(row["status"] or "-"),
             row["temporal_status"] or "-",
             row["started_at"][:19].replace("T", " "),
         )
         for row in rows
     ]
     widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(len(header))]
-    text = "\n".join(
+    return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in [header, *table]
     )
-    return {"processes": rows}, text

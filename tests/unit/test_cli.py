@@ -17,7 +17,7 @@ from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
 
 from cli.keys import link_lives, spoken
-from cli.list import list_query
+from cli.list import list_query, render_list
 from cli.lock import render_lock
 from cli.main import build_parser, execute, run
 from cli.output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Output, program
@@ -676,3 +676,17 @@ def test_status_shows_each_approver_reminders_and_escalation() -> None:
         ("mail: reminder", "2026-01-02 03:24:05 UTC to b@x: NOT SENT (SNS unavailable)"),
         ("mail: escalation", "2026-01-02 03:34:05 UTC to Dave"),
     ]
+
+
+def test_list_escapes_a_process_id_it_did_not_write() -> None:
+    # Any client of the namespace may start a ProcessWorkflow under an id of its choosing; the
+    # raw id cleared the operator's screen (ESC [2J) and wrote a line of its own.
+    row = {
+        "process_id": "process-1\x1b[2J\nprocess-2  completed",
+        "status": "pending",
+        "temporal_status": "RUNNING",
+        "started_at": "2026-12-05T04:00:00+00:00",
+    }
+    text = render_list([row])
+    assert "\x1b" not in text and len(text.splitlines()) == 2, text
+    assert "process-1\\x1b[2J\\nprocess-2  completed" in text, text
