@@ -24,7 +24,12 @@ from activities.process_table import ProcessTableActivities
 from activities.retry import LinearRetryInterceptor
 from common.aws import AwsClients
 from common.aws_resources import ensure_resources
-from tests.support.moto_server import MotoServer, moto_settings, running_moto_server
+from tests.support.moto_server import (
+    MotoServer,
+    moto_settings,
+    record_field,
+    running_moto_server,
+)
 from tests.workflow.fakes import Fakes, eventually
 from tests.workflow.harness import Harness
 from workflows.messages import CommandName, ProcessStatus, RetrySettings
@@ -87,7 +92,7 @@ async def test_completed_write_outlives_a_frozen_emulator(
             )
             await h.approve(handle)
             await h.wait_sent(handle)
-            assert _status(clients, settings.process_table, handle.id) == "in-progress"
+            assert record_field(clients, settings.process_table, handle.id) == "in-progress"
             with moto.frozen():
                 await h.call_back(handle, CommandName.ONE)
                 await h.call_back(handle, CommandName.TWO)
@@ -99,15 +104,8 @@ async def test_completed_write_outlives_a_frozen_emulator(
                 )
             result = await handle.result()
     assert result.status == "success"
-    assert _status(clients, settings.process_table, handle.id) == ProcessStatus.COMPLETED.value
+    assert record_field(clients, settings.process_table, handle.id) == ProcessStatus.COMPLETED.value
 
 
 async def _beyond(handle: WorkflowHandle[Any, Any], attempt: int) -> bool:
     return await _attempt(handle, UPDATE) >= attempt
-
-
-def _status(clients: AwsClients, table: str, process_id: str) -> str:
-    item = clients.dynamodb.get_item(
-        TableName=table, Key={"process_id": {"S": process_id}}, ConsistentRead=True
-    )["Item"]
-    return item["status"]["S"]

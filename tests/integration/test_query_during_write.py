@@ -37,7 +37,12 @@ from callbacks_api.processes import Processes
 from cli.queries import query_state
 from common.aws import AwsClients
 from common.aws_resources import ensure_resources
-from tests.support.moto_server import MotoServer, moto_settings, running_moto_server
+from tests.support.moto_server import (
+    MotoServer,
+    moto_settings,
+    record_field,
+    running_moto_server,
+)
 from tests.support.waiting import eventually
 from tests.workflow.fakes import Fakes
 from tests.workflow.harness import Harness
@@ -96,7 +101,7 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
             # the ordinary retries are cut to seconds.
             handle = await h.start(aws_retry=RetrySettings(max_attempts=3, delay=timedelta(0)))
             await eventually(lambda: handle.id in fakes.approvals, what="the approval request")
-            assert _record(clients, settings.process_table, handle.id) == "pending"
+            assert record_field(clients, settings.process_table, handle.id) == "pending"
             with moto.frozen():
                 await h.approve(handle)  # the grant follows: its task writes ``in-progress``
                 await eventually(
@@ -125,14 +130,14 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
                 assert (page.status, page.stage) == (ProcessStatus.PENDING, Stage.CREATING)
                 assert "create_process" in _pending_activities(await second.describe())
             await eventually(
-                lambda: _record(clients, settings.process_table, handle.id) == "in-progress",
+                lambda: record_field(clients, settings.process_table, handle.id) == "in-progress",
                 what="the in-progress record once the emulator answers",
             )
-            assert _record(clients, settings.process_table, handle.id, "approved_by") == "bob"
+            assert record_field(clients, settings.process_table, handle.id, "approved_by") == "bob"
             await eventually(
                 lambda: second.id in fakes.approvals, what="the second process's approval request"
             )
-            assert _record(clients, settings.process_table, second.id) == "pending"
+            assert record_field(clients, settings.process_table, second.id) == "pending"
             await second.terminate("test over")  # it would wait an hour for its approval
             await h.wait_send_started(handle)
             await h.call_back(handle, CommandName.ONE)
@@ -141,7 +146,7 @@ async def test_state_query_answers_while_the_in_progress_write_hangs(
             final = await h.state(handle)
     assert result.status == "success"
     assert final.status is ProcessStatus.COMPLETED and final.stage is Stage.COMPLETED
-    assert _record(clients, settings.process_table, handle.id) == ProcessStatus.COMPLETED.value
+    assert record_field(clients, settings.process_table, handle.id) == ProcessStatus.COMPLETED.value
 
 
 def _pending_activities(description: WorkflowExecutionDescription) -> set[str]:
@@ -166,13 +171,6 @@ async def _writing_after_grant(handle: WorkflowHandle[Any, Any]) -> bool:
         ):
             granted_at = event.event_id
     return bool(granted_at) and scheduled_at > granted_at and await _task_running(handle)
-
-
-def _record(clients: AwsClients, table: str, process_id: str, field: str = "status") -> str:
-    item = clients.dynamodb.get_item(
-        TableName=table, Key={"process_id": {"S": process_id}}, ConsistentRead=True
-    )["Item"]
-    return item[field]["S"]
 
 
 async def test_a_write_tried_in_the_worker_gives_its_thread_back(moto: MotoServer) -> None:
@@ -352,7 +350,7 @@ async def test_a_try_started_after_its_deadline_does_not_write(
                         functools.partial(fakes.approvals.__contains__, handle.id),
                         what=f"{handle.id}'s approval request once the emulator answers",
                     )
-                    assert _record(clients, settings.process_table, handle.id) == "pending"
+                    assert record_field(clients, settings.process_table, handle.id) == "pending"
                 await holder.result()
             finally:
                 released.set()

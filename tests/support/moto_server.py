@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from common.aws import AwsClients
 from common.settings import Settings
 from common.tokens import SigningKey
 from local_stack.children import die_with_parent
@@ -215,3 +216,11 @@ def moto_settings(server: MotoServer | str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def record_field(clients: AwsClients, table: str, process_id: str, field: str = "status") -> str:
+    """One string field of a process's record in the emulator's table, read consistently."""
+    item = clients.dynamodb.get_item(
+        TableName=table, Key={"process_id": {"S": process_id}}, ConsistentRead=True
+    )["Item"]
+    return str(item[field]["S"])
