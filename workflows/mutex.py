@@ -659,13 +659,7 @@ class MutexWorkflow:
         try:
             await workflow.execute_activity_method(
                 ProcessTableActivities.update_process_status,
-                UpdateProcessStatus(
-                    process_id=holder.holder_workflow_id,
-                    status=ProcessStatus.FAILED,
-                    reason=FailureReason.ABANDONED,
-                    message=f"closed ({status}) while holding lease {holder.lease_id}",
-                    at=workflow.now(),
-                ),
+                _abandoned(holder.holder_workflow_id, status, holder.lease_id, workflow.now()),
                 start_to_close_timeout=self._options.activity_attempt_timeout,
                 retry_policy=retry,
             )
@@ -689,13 +683,7 @@ class MutexWorkflow:
         try:
             await workflow.execute_activity_method(
                 ProcessTableActivities.update_process_status,
-                UpdateProcessStatus(
-                    process_id=mark.process_id,
-                    status=ProcessStatus.FAILED,
-                    reason=FailureReason.ABANDONED,
-                    message=f"closed ({mark.status}) while holding lease {mark.lease_id}",
-                    at=mark.at,
-                ),
+                _abandoned(mark.process_id, mark.status, mark.lease_id, mark.at),
                 start_to_close_timeout=self._options.activity_attempt_timeout,
                 retry_policy=_FINAL_WRITE_RETRY,
             )
@@ -750,4 +738,15 @@ def _reset(holder: Lease, request: LockRequest) -> bool:
         and request.requester_run_id is not None
         and holder.holder_run_id is not None
         and request.requester_run_id != holder.holder_run_id
+    )
+
+
+def _abandoned(process_id: str, status: str, lease_id: int, at: datetime) -> UpdateProcessStatus:
+    """The record update that marks a holder which closed holding its lease as abandoned."""
+    return UpdateProcessStatus(
+        process_id=process_id,
+        status=ProcessStatus.FAILED,
+        reason=FailureReason.ABANDONED,
+        message=f"closed ({status}) while holding lease {lease_id}",
+        at=at,
     )
