@@ -41,20 +41,18 @@ from workflows.messages import (
     APPROVAL_DECISION_SIGNAL,
     COMMAND_CALLBACK_SIGNAL,
     COMMAND_HEARTBEAT_SIGNAL,
+    FINAL_STATUS_VALUES,
     PROCESS_STATUS_ATTRIBUTE,
     STATE_QUERY,
     ApprovalDecision,
     CommandCallback,
     CommandHeartbeat,
     ProcessState,
-    ProcessStatus,
 )
 
 logger = logging.getLogger(__name__)
 
 _STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
-# The statuses a process records itself once its own code ended it.
-_FINAL = frozenset(status.value for status in ProcessStatus if status.is_final)
 PRESENCE_TTL = timedelta(seconds=2)
 
 # Worth another try: the server was away, slow, overloaded or interrupted (503, Retry-After).
@@ -368,7 +366,7 @@ def status_of(description: WorkflowExecutionDescription) -> str:
     """The closed process's status to tell (``common.closed``): Temporal's when Temporal closed
     it by itself (``terminated``), else the process's own (``failed``...), else Temporal's."""
     own = description.typed_search_attributes.get(_STATUS_KEY)
-    outside = closed_by_temporal(description.status, own in _FINAL)
+    outside = closed_by_temporal(description.status, own in FINAL_STATUS_VALUES)
     if outside is not None:
         return outside
     if own:

@@ -18,11 +18,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from cli.output import CliError
 from common.closed import closed_by_temporal
 from common.unanswered import diagnose, nobody_to_answer, server_saw_no_poller
-from workflows.messages import PROCESS_STATUS_ATTRIBUTE, STATE_QUERY, ProcessState, ProcessStatus
+from workflows.messages import (
+    FINAL_STATUS_VALUES,
+    PROCESS_STATUS_ATTRIBUTE,
+    STATE_QUERY,
+    ProcessState,
+)
 
 STATUS_KEY = SearchAttributeKey.for_keyword(PROCESS_STATUS_ATTRIBUTE)
-# The statuses a process records itself once its own code ended it.
-FINAL = frozenset(status.value for status in ProcessStatus if status.is_final)
 # A query needs a worker to answer; without one the server would hold the call for a long time.
 QUERY_TIMEOUT = timedelta(seconds=10)
 
@@ -101,7 +104,7 @@ def closed_by(description: WorkflowExecution, state: ProcessState | None = None)
     none of its code running (``common.closed``); None when the process speaks for itself.
     Judged on its state when read, else on its ``ProcessStatus`` search attribute."""
     own = state.status.value if state is not None else process_status_of(description)
-    return closed_by_temporal(description.status, own in FINAL)
+    return closed_by_temporal(description.status, own in FINAL_STATUS_VALUES)
 
 
 def status_to_tell(description: WorkflowExecution, state: ProcessState | None = None) -> str | None:

@@ -62,6 +62,11 @@ class ProcessStatus(StrEnum):
         return self in (ProcessStatus.COMPLETED, ProcessStatus.FAILED)
 
 
+# The statuses a process records itself once its own code ended it, as its record and its
+# ProcessStatus search attribute spell them.
+FINAL_STATUS_VALUES = frozenset(status.value for status in ProcessStatus if status.is_final)
+
+
 class FailureReason(StrEnum):
     """Why a process failed; also the ``ApplicationError`` type the Temporal UI shows."""
 
